@@ -1,0 +1,34 @@
+"""OmniQ: a PostgreSQL task queue for Python.
+
+Tasks, results, events and schedules live in PostgreSQL; every query is a named .sql file;
+dequeue, retries and schedule advancement are stored procedures; workers wake on NOTIFY.
+"""
+
+from .models import (
+    EventType,
+    PostgresConfig,
+    ResultStatus,
+    Schedule,
+    ScheduleStatus,
+    ScheduleType,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EventType",
+    "PostgresConfig",
+    "ResultStatus",
+    "Schedule",
+    "ScheduleStatus",
+    "ScheduleType",
+    "Task",
+    "TaskEvent",
+    "TaskResult",
+    "TaskStatus",
+    "__version__",
+]

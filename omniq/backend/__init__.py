@@ -1,0 +1,1 @@
+"""OmniQ's storage backends."""

@@ -1,0 +1,38 @@
+"""OmniQ's PostgreSQL backend: ``PostgreSQLBackend`` and the two factory functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...models.config import PostgresConfig
+from .backend import PostgreSQLBackend
+from .events import AsyncPostgresEventStorage, PostgresEventStorage
+from .queue import AsyncPostgresQueue, PostgresQueue
+from .results import AsyncPostgresResultStorage, PostgresResultStorage
+from .schedules import AsyncPostgresScheduleStorage, PostgresScheduleStorage
+
+
+def create_async_postgres_backend(**settings: Any) -> PostgreSQLBackend:
+    """A backend for ``async with``; takes the keyword arguments of :class:`PostgresConfig`."""
+    return PostgreSQLBackend(PostgresConfig(**settings))
+
+
+def create_postgres_backend(**settings: Any) -> PostgreSQLBackend:
+    """A backend for ``with`` and the ``_sync`` methods; same arguments as the async factory."""
+    return PostgreSQLBackend(PostgresConfig(**settings))
+
+
+__all__ = [
+    "AsyncPostgresEventStorage",
+    "AsyncPostgresQueue",
+    "AsyncPostgresResultStorage",
+    "AsyncPostgresScheduleStorage",
+    "PostgreSQLBackend",
+    "PostgresConfig",
+    "PostgresEventStorage",
+    "PostgresQueue",
+    "PostgresResultStorage",
+    "PostgresScheduleStorage",
+    "create_async_postgres_backend",
+    "create_postgres_backend",
+]

@@ -1,0 +1,174 @@
+"""PostgreSQLBackend: owns the pool, the LISTEN connection, the SQL files and the components."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+from ...models.config import PostgresConfig
+from . import schema
+from .connection import acquire, connect_listener, create_pool, translate_errors
+from .events import PostgresEventStorage
+from .listener import CHANNEL_KINDS, Listener
+from .queue import PostgresQueue
+from .results import PostgresResultStorage
+from .schedules import PostgresScheduleStorage
+from .sqlfiles import SQLFiles, sql_files
+from .sync import LoopThread, run_on, with_sync_methods
+
+log = logging.getLogger("omniq.backend")
+
+
+@with_sync_methods
+class PostgreSQLBackend:
+    """OmniQ on PostgreSQL: ``task_queue``, ``result_storage``, ``event_storage``, ``schedule_storage``.
+
+    Use ``async with backend:`` in async code and ``with backend:`` in blocking code. The
+    schema is created or migrated on connect. Connecting is also done on first use.
+    """
+
+    def __init__(self, config: PostgresConfig | None = None, **overrides: Any) -> None:
+        self.config = config if config is not None else PostgresConfig(**overrides)
+        self.sql: SQLFiles = sql_files(self.config.schema, tuple(self.config.tables.items()))
+        self.task_queue = PostgresQueue(self)
+        self.result_storage = PostgresResultStorage(self)
+        self.event_storage = PostgresEventStorage(self)
+        self.schedule_storage = PostgresScheduleStorage(self)
+        self._pool: asyncpg.Pool | None = None
+        self._listener: Listener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: LoopThread | None = None
+        self._opening: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return f"<PostgreSQLBackend {state} {self.config!r}>"
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the pool and create or migrate the schema; idempotent."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop and self._pool is not None:
+            raise RuntimeError("this backend is open on another event loop; use one backend per loop")
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is not None:
+                return
+            pool = await create_pool(self.config)
+            try:
+                async with acquire(pool, self.config, self.config.acquire_timeout) as conn:
+                    await schema.migrate(conn, self.sql, self.config.schema)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool, self._loop = pool, loop
+
+    async def close(self) -> None:
+        """Close the LISTEN connection and the pool."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+        self._opening = None
+
+    async def __aenter__(self) -> PostgreSQLBackend:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __enter__(self) -> PostgreSQLBackend:
+        try:
+            run_on(self._sync_loop(), self.connect())
+        except BaseException:
+            self._stop_thread()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._thread is not None:
+                run_on(self._thread.loop, self.close())
+        finally:
+            self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
+            self._loop = None
+
+    def _sync_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop sync calls run on: the one the pool lives on, else a thread of our own."""
+        if self._pool is not None and self._loop is not None and self._loop.is_running():
+            return self._loop
+        if self._thread is None:
+            self._thread = LoopThread()
+        return self._thread.loop
+
+    # -- shared plumbing ----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (connecting first if needed), with errors translated."""
+        if self._pool is None:
+            await self.connect()
+        assert self._pool is not None
+        async with acquire(self._pool, self.config, self.config.acquire_timeout) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside a transaction: pass it as ``connection=`` to enqueue."""
+        async with self.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def listener(self) -> Listener:
+        """The LISTEN connection, opened on first need."""
+        if self._listener is None:
+            async with self.acquire() as conn:
+                channels = {kind: await self.sql.migrations.channel(conn, kind=kind) for kind in CHANNEL_KINDS}
+
+            async def connect() -> asyncpg.Connection:
+                return await connect_listener(self.config)
+
+            if self._listener is None:
+                self._listener = Listener(connect, channels)
+        async with translate_errors(self.config):
+            await self._listener.start()
+        return self._listener
+
+    async def migrate(self, dry_run: bool = False) -> list[str]:
+        """Apply pending migrations and changed function files; returns their names.
+
+        With ``dry_run`` nothing is applied: the names of what would run are returned.
+        """
+        pool = await create_pool(self.config) if self._pool is None else None
+        try:
+            async with acquire(pool or self._pool, self.config, self.config.acquire_timeout) as conn:  # type: ignore[arg-type]
+                if dry_run:
+                    plan = await schema.plan(conn, self.sql, self.config.schema)
+                else:
+                    plan = await schema.migrate(conn, self.sql, self.config.schema)
+        finally:
+            if pool is not None:
+                await pool.close()
+        return [s.name for s in plan.scripts]
+
+    async def schema_version(self) -> int:
+        """Number of the latest numbered migration applied to the schema (0: not installed)."""
+        async with self.acquire() as conn:
+            return (await schema.plan(conn, self.sql, self.config.schema)).version

@@ -1,0 +1,67 @@
+"""What the four storage components share: their backend, its SQL files, a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from .connection import translate_errors
+
+if TYPE_CHECKING:
+    from .backend import PostgreSQLBackend
+    from .sqlfiles import SQLFiles
+
+DEFAULT_LIMIT = 100
+CLEANUP_BATCH = 10_000
+
+
+class Component:
+    """Base of the storage components; sync ``_sync`` twins are added by ``with_sync_methods``."""
+
+    def __init__(self, backend: PostgreSQLBackend) -> None:
+        self._backend = backend
+
+    @property
+    def _sql(self) -> SQLFiles:
+        return self._backend.sql
+
+    def _sync_loop(self) -> asyncio.AbstractEventLoop:
+        return self._backend._sync_loop()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, connection: asyncpg.Connection | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """The caller's connection when given (their transaction), else one from the pool."""
+        if connection is not None:
+            async with translate_errors(self._backend.config, connecting=False):
+                yield connection
+            return
+        async with self._backend.acquire() as conn:
+            yield conn
+
+    async def _drain(self, call: Any, **params: Any) -> int:
+        """Call a batched cleanup function until a batch comes back short; total rows removed."""
+        total = 0
+        while True:
+            async with self._conn() as conn:
+                removed = await call(conn, batch=CLEANUP_BATCH, **params)
+            total += removed
+            if removed < CLEANUP_BATCH:
+                return total
+
+
+def as_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """A status/type filter given as one value or several."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def check_page(limit: int, offset: int) -> None:
+    if not isinstance(limit, int) or limit < 0 or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"limit and offset must be non-negative integers, got limit={limit!r} offset={offset!r}")

@@ -1,0 +1,184 @@
+"""The connection pool, the JSONB codec, and the translation of driver errors into OmniQ's."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+
+from ...errors import (
+    AuthenticationError,
+    DatabaseConnectionError,
+    DatabaseNotFoundError,
+    OmniQError,
+    PermissionDeniedError,
+    PoolExhaustedError,
+    QueryTimeoutError,
+)
+from ...models.config import PostgresConfig
+
+
+def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str, Any]:
+    """Keyword arguments for asyncpg.connect/create_pool; ``dsn`` wins over the separate fields."""
+    dsn = (config.listen_dsn if listen else None) or config.dsn
+    kwargs: dict[str, Any] = {"timeout": config.connect_timeout}
+    if dsn:
+        kwargs["dsn"] = dsn
+    else:
+        kwargs.update(
+            host=config.host, port=config.port, database=config.database,
+            user=config.username, password=config.password or None,
+        )
+    suffix = "-listener" if listen else ""
+    kwargs["server_settings"] = {"application_name": config.application_name + suffix}
+    return kwargs
+
+
+def target(config: PostgresConfig) -> str:
+    """``host:port/database`` for messages; never includes a password."""
+    if config.dsn and "://" in config.dsn:
+        parts = urlsplit(config.dsn)
+        host = parts.hostname or "localhost"
+        return f"{host}:{parts.port or 5432}/{parts.path.lstrip('/') or '?'}"
+    if config.dsn:
+        fields = dict(p.split("=", 1) for p in config.dsn.split() if "=" in p)
+        return f"{fields.get('host', 'localhost')}:{fields.get('port', 5432)}/{fields.get('dbname', '?')}"
+    return f"{config.host}:{config.port}/{config.database}"
+
+
+def _encode_json(value: Any) -> str:
+    # The backend passes JSON text it serialised (and checked) itself; anything else is dumped.
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decode JSONB with orjson on every pooled connection."""
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_json, decoder=orjson.loads, format="text"
+    )
+
+
+async def create_pool(config: PostgresConfig) -> asyncpg.Pool:
+    async with translate_errors(config):
+        return await asyncpg.create_pool(
+            **connect_kwargs(config),
+            min_size=config.min_connections,
+            max_size=config.max_connections,
+            command_timeout=config.command_timeout,
+            statement_cache_size=config.statement_cache_size,
+            init=init_connection,
+        )
+
+
+async def connect_listener(config: PostgresConfig) -> asyncpg.Connection:
+    """A connection of its own for LISTEN, with TCP keepalives so a dead peer is noticed."""
+    async with translate_errors(config):
+        conn = await asyncpg.connect(**connect_kwargs(config, listen=True))
+    _enable_keepalive(conn)
+    return conn
+
+
+def _enable_keepalive(conn: asyncpg.Connection) -> None:
+    # asyncpg has no public option for this; a half-open TCP link would otherwise leave the
+    # listener deaf forever. Probes are TCP-level: no statement is sent.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 25_000)
+
+
+@contextlib.asynccontextmanager
+async def translate_errors(config: PostgresConfig, *, connecting: bool = True) -> AsyncIterator[None]:
+    """Re-raise driver and socket errors as OmniQ errors that name the server and a fix."""
+    try:
+        yield
+    except OmniQError:
+        raise
+    except Exception as exc:
+        translated = translate(exc, config, connecting=connecting)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def translate(exc: BaseException, config: PostgresConfig, *, connecting: bool = True) -> OmniQError | None:
+    where = target(config)
+    if isinstance(exc, TimeoutError) and not connecting:
+        return QueryTimeoutError(
+            f"a statement on {where} took longer than command_timeout={config.command_timeout:g}s. "
+            "Raise command_timeout or make the work smaller."
+        )
+    user = config.username if not config.dsn else "the configured user"
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return AuthenticationError(
+            f"PostgreSQL at {where} refused user {user}: {exc}. Verify username and password "
+            "(or the dsn), and that pg_hba.conf allows this user from this host."
+        )
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return DatabaseNotFoundError(
+            f"database at {where} does not exist: {exc}. Create the database first "
+            "(createdb NAME, or CREATE DATABASE NAME in psql) or configure another."
+        )
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return PermissionDeniedError(
+            f"permission denied on {where}: {exc}. OmniQ needs CREATE on the database (to create "
+            "its schema) and on the schema, or an administrator who applied `omniq sql` for you."
+        )
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return QueryTimeoutError(
+            f"a statement on {where} was cancelled after the statement timeout: {exc}. "
+            "Raise command_timeout (or the server's statement_timeout) or make the work smaller."
+        )
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return DatabaseConnectionError(
+            f"PostgreSQL at {where} has no free connection slots: {exc}. Lower max_connections of "
+            "your pools or raise the server's max_connections."
+        )
+    if isinstance(exc, asyncpg.CannotConnectNowError):
+        return DatabaseConnectionError(f"PostgreSQL at {where} is starting up or shutting down: {exc}")
+    lost = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+    if isinstance(exc, lost) and "pool" not in str(exc).lower():
+        return DatabaseConnectionError(f"connection to PostgreSQL at {where} failed or was lost: {exc}")
+    if isinstance(exc, asyncpg.AdminShutdownError | asyncpg.CrashShutdownError):
+        return DatabaseConnectionError(f"PostgreSQL at {where} shut down: {exc}. Retry when it is back.")
+    if isinstance(exc, OSError | TimeoutError) and not isinstance(exc, asyncpg.PostgresError):
+        reason = str(exc) or type(exc).__name__
+        return DatabaseConnectionError(
+            f"cannot connect to PostgreSQL at {where}: {reason}. Check that the server is running "
+            "and reachable there, or set host/port (or dsn) to where it is."
+        )
+    return None
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool, config: PostgresConfig, timeout: float) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; waiting longer than ``timeout`` raises PoolExhaustedError."""
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    except TimeoutError:
+        raise PoolExhaustedError(
+            f"no pooled connection to {target(config)} became free within {timeout:g}s: all "
+            f"{config.max_connections} are in use. Increase max_connections or hold connections "
+            "for less time."
+        ) from None
+    except Exception as exc:
+        translated = translate(exc, config)
+        if translated is None:
+            raise
+        raise translated from exc
+    try:
+        async with translate_errors(config, connecting=False):
+            yield conn
+    finally:
+        await pool.release(conn)

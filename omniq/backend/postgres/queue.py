@@ -1,0 +1,204 @@
+"""The task queue: enqueue (one, many, in the caller's transaction), dequeue (blocking on
+LISTEN), and the task-table API around them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ...errors import DuplicateTaskError, UnknownDependencyError
+from ...models._common import as_utc, utcnow
+from ...models.enums import TaskStatus
+from ...models.task import Task, check_queue_name
+from .base import DEFAULT_LIMIT, Component, as_list, check_page
+from .rows import task_from_row, task_params, tasks_json
+from .sync import with_sync_methods
+
+
+def _queues(queues: str | Sequence[str]) -> list[str]:
+    names = [queues] if isinstance(queues, str) else list(queues)
+    if not names:
+        raise ValueError("dequeue needs at least one queue name")
+    return [check_queue_name(q) for q in names]
+
+
+class AsyncPostgresQueue(Component):
+    """Tasks in PostgreSQL. Every method has a blocking ``<name>_sync`` twin."""
+
+    async def enqueue(self, task: Task, *, connection: asyncpg.Connection | None = None) -> str:
+        """Store ``task`` and wake a waiting worker; returns its id.
+
+        With ``connection`` (an asyncpg connection of yours, inside your transaction) the task
+        is written in that transaction: it becomes visible, and wakes workers, only on commit.
+        """
+        (task_id,) = await self.enqueue_many([task], connection=connection)
+        return task_id
+
+    async def enqueue_many(self, tasks: Iterable[Task], *, connection: asyncpg.Connection | None = None) -> list[str]:
+        """Store a batch in one statement (one round trip, one NOTIFY per queue)."""
+        batch = list(tasks)
+        if not batch:
+            return []
+        payload = tasks_json(batch)  # raises TypeError before anything is sent
+        async with self._conn(connection) as conn:
+            try:
+                changed = await self._sql.tasks.enqueue_tasks(conn, tasks=payload)
+            except asyncpg.UniqueViolationError as exc:
+                raise DuplicateTaskError(
+                    f"a task with this id already exists ({exc.detail or exc}); nothing was enqueued. "
+                    "Use a new id, or omit id to get a generated one."
+                ) from None
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise UnknownDependencyError(f"{exc}; nothing was enqueued. {exc.hint or ''}".strip()) from None
+        statuses = {row["id"]: row["status"] for row in changed}
+        for task in batch:
+            task.status = TaskStatus(statuses.get(task.id, "waiting" if task.dependencies else "pending"))
+        return [task.id for task in batch]
+
+    async def dequeue(
+        self, queues: str | Sequence[str], timeout: float | None = None, *, worker_id: str | None = None
+    ) -> Task | None:
+        """Take the next ready task, marked running; ``None`` when there is none.
+
+        ``timeout=None`` looks once. With ``timeout=T`` it waits up to T seconds for a task,
+        woken by NOTIFY (no polling), and also when a delayed task falls due meanwhile.
+        """
+        tasks = await self.dequeue_many(queues, 1, timeout=timeout, worker_id=worker_id)
+        return tasks[0] if tasks else None
+
+    async def dequeue_many(
+        self,
+        queues: str | Sequence[str],
+        limit: int,
+        *,
+        timeout: float | None = None,
+        worker_id: str | None = None,
+    ) -> list[Task]:
+        """Take up to ``limit`` ready tasks at once; waits like :meth:`dequeue`."""
+        names = _queues(queues)
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        if timeout is None or timeout <= 0:
+            return await self._take(names, limit, worker_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        listener = await self._backend.listener()
+        with listener.watch("tasks", frozenset(names)) as wakeup:
+            while True:
+                wakeup.clear()  # before looking: a NOTIFY from now on is not missed
+                tasks = await self._take(names, limit, worker_id)
+                if tasks:
+                    return tasks
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                due = await self.next_due_at(names)
+                if due is not None:
+                    remaining = min(remaining, max(0.0, (due - utcnow()).total_seconds()) + 0.002)
+                await wakeup.wait(remaining)
+
+    async def _take(self, queues: list[str], limit: int, worker_id: str | None) -> list[Task]:
+        async with self._conn() as conn:
+            rows = await self._sql.tasks.dequeue_tasks(conn, queues=queues, limit=limit, worker_id=worker_id)
+        return [task_from_row(row) for row in rows]
+
+    async def next_due_at(self, queues: str | Sequence[str]) -> datetime | None:
+        """When the earliest delayed pending task of these queues becomes due."""
+        async with self._conn() as conn:
+            return await self._sql.tasks.next_due_at(conn, queues=_queues(queues))
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self._conn() as conn:
+            row = await self._sql.tasks.get_task(conn, id=task_id)
+        return task_from_row(row) if row else None
+
+    async def update_task(self, task: Task) -> bool:
+        """Write the task's fields back (status, priority, run_at, ...); False if it is gone."""
+        params = task_params(task)
+        async with self._conn() as conn:
+            return await self._sql.tasks.update_task(conn, **params) is not None
+
+    async def delete_task(self, task_id: str) -> bool:
+        async with self._conn() as conn:
+            return await self._sql.tasks.delete_task(conn, id=task_id) is not None
+
+    async def cancel_task(self, task_id: str, reason: str = "cancelled by request") -> bool:
+        """Cancel a task that has not started yet (and the tasks that depend on it)."""
+        return await self.cancel_tasks([task_id], reason) == 1
+
+    async def cancel_tasks(self, task_ids: Sequence[str], reason: str = "cancelled by request") -> int:
+        async with self._conn() as conn:
+            return await self._sql.tasks.cancel_tasks(conn, ids=list(task_ids), reason=reason)
+
+    async def retry_tasks(
+        self, task_ids: Sequence[str] | None = None, *, queue_name: str | None = None, func: str | None = None
+    ) -> int:
+        """Send failed tasks (or the given failed/cancelled/expired ones) back to pending."""
+        async with self._conn() as conn:
+            ids = list(task_ids) if task_ids is not None else None
+            return await self._sql.tasks.retry_tasks(conn, ids=ids, queue_name=queue_name, func=func)
+
+    async def list_tasks(
+        self,
+        queue_name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        func: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Tasks, newest first, filtered by any combination of the arguments."""
+        check_page(limit, offset)
+        async with self._conn() as conn:
+            rows = await self._sql.tasks.list_tasks(
+                conn, statuses=as_list(status), queue_name=queue_name, func=func,
+                created_after=as_utc(created_after), created_before=as_utc(created_before),
+                limit=limit, offset=offset,
+            )
+        return [task_from_row(row) for row in rows]
+
+    async def get_queue_size(self, queue_name: str = "default") -> int:
+        """Pending tasks in the queue (ready now or delayed)."""
+        async with self._conn() as conn:
+            return await self._sql.tasks.count_pending(conn, queue_name=queue_name)
+
+    async def cleanup_expired_tasks(self) -> int:
+        """Mark overdue unstarted tasks expired, then delete expired tasks; returns rows deleted."""
+        return await self._drain(self._sql.tasks.cleanup_expired_tasks)
+
+    async def purge_finished_tasks(self, older_than: timedelta) -> int:
+        """Delete finished tasks created more than ``older_than`` ago; returns rows deleted."""
+        return await self._drain(self._sql.tasks.purge_finished_tasks, older_than=older_than)
+
+    async def requeue_stalled(self, older_than: timedelta) -> int:
+        """Put tasks running for longer than ``older_than`` back to pending."""
+        async with self._conn() as conn:
+            return await self._sql.tasks.requeue_stalled(conn, older_than=older_than)
+
+    async def finish_tasks(self, outcomes: Sequence[dict[str, Any]], worker_id: str | None) -> dict[str, str]:
+        """Record run outcomes in one transaction (used by workers); returns id -> new status.
+
+        Each outcome: id, attempt, outcome ('success' | 'failure' | 'expired'), result, error,
+        error_type, traceback, started_at, finished_at, execution_time. Tasks no longer held
+        in that attempt are left alone and missing from the answer.
+        """
+        payload = orjson.dumps(outcomes).decode()
+        async with self._conn() as conn:
+            rows = await self._sql.tasks.finish_tasks(conn, outcomes=payload, worker_id=worker_id)
+        return {row["id"]: row["status"] for row in rows}
+
+    async def release_tasks(self, task_ids: Sequence[str], worker_id: str | None, reason: str) -> int:
+        """Return running tasks to pending without counting a retry (graceful shutdown)."""
+        async with self._conn() as conn:
+            return await self._sql.tasks.release_tasks(conn, ids=list(task_ids), worker_id=worker_id, reason=reason)
+
+
+@with_sync_methods
+class PostgresQueue(AsyncPostgresQueue):
+    """The task queue with its blocking methods: ``enqueue_sync``, ``dequeue_sync``, ..."""

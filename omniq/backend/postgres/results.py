@@ -1,0 +1,82 @@
+"""Result storage: one row per task, and waiting for it woken by the completion NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+
+from ...models._common import as_utc
+from ...models.enums import ResultStatus
+from ...models.result import TaskResult
+from .base import DEFAULT_LIMIT, Component, as_list, check_page
+from .rows import result_from_row, result_params
+from .sync import with_sync_methods
+
+FINAL = frozenset({ResultStatus.SUCCESS, ResultStatus.FAILURE, ResultStatus.CANCELLED, ResultStatus.EXPIRED})
+
+
+class AsyncPostgresResultStorage(Component):
+    """Task results in PostgreSQL. Every method has a blocking ``<name>_sync`` twin."""
+
+    async def set(self, result: TaskResult) -> None:
+        """Store a result, replacing the task's earlier one."""
+        params = result_params(result)
+        async with self._conn() as conn:
+            await self._sql.results.upsert_result(conn, **params)
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        async with self._conn() as conn:
+            row = await self._sql.results.get_result(conn, task_id=task_id)
+        return result_from_row(row) if row else None
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        """The task's final result as soon as it is stored; ``None`` after ``timeout`` seconds.
+
+        Woken by the NOTIFY that storing a final result sends, not by polling.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        listener = await self._backend.listener()
+        with listener.watch("results", frozenset([task_id])) as wakeup:
+            while True:
+                wakeup.clear()
+                result = await self.get(task_id)
+                if result is not None and result.status in FINAL:
+                    return result
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return None
+                await wakeup.wait(remaining)
+
+    async def list_results(
+        self,
+        status: str | Sequence[str] | None = None,
+        worker_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> list[TaskResult]:
+        """Results, newest first, filtered by any combination of the arguments."""
+        check_page(limit, offset)
+        async with self._conn() as conn:
+            rows = await self._sql.results.list_results(
+                conn, statuses=as_list(status), worker_id=worker_id,
+                created_after=as_utc(created_after), created_before=as_utc(created_before),
+                limit=limit, offset=offset,
+            )
+        return [result_from_row(row) for row in rows]
+
+    async def delete(self, task_id: str) -> bool:
+        async with self._conn() as conn:
+            return await self._sql.results.delete_result(conn, task_id=task_id) is not None
+
+    async def cleanup_expired_results(self) -> int:
+        """Delete results past their expires_at; returns rows deleted."""
+        return await self._drain(self._sql.results.cleanup_expired_results)
+
+
+@with_sync_methods
+class PostgresResultStorage(AsyncPostgresResultStorage):
+    """Result storage with its blocking methods: ``set_sync``, ``get_sync``, ``wait_sync``, ..."""

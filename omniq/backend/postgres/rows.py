@@ -1,0 +1,133 @@
+"""Conversions between the models and table rows: JSON text out, records in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ...models._common import as_utc, dump_json
+from ...models.event import TaskEvent
+from ...models.result import TaskResult
+from ...models.schedule import Schedule
+from ...models.task import Task
+
+# Model fields kept inside the *_data JSONB column instead of a column of their own.
+TASK_DATA_FIELDS = ("timeout", "result_ttl")
+SCHEDULE_DATA_FIELDS = ("priority", "max_retries", "retry_delay", "timeout")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def task_document(task: Task) -> dict[str, Any]:
+    """The JSON object omniq_enqueue takes for one task."""
+    data = dict(task.task_data)
+    data.update({k: getattr(task, k) for k in TASK_DATA_FIELDS if getattr(task, k) is not None})
+    return {
+        "id": task.id, "queue_name": task.queue_name, "priority": task.priority,
+        "func": task.func, "args": task.args, "kwargs": task.kwargs,
+        "created_at": _iso(task.created_at), "run_at": _iso(task.run_at),
+        "expires_at": _iso(task.expires_at), "retry_count": task.retry_count,
+        "max_retries": task.max_retries, "retry_delay": task.retry_delay,
+        "dependencies": task.dependencies, "callbacks": task.callbacks,
+        "metadata": task.metadata, "task_data": data,
+    }
+
+
+def tasks_json(tasks: Iterable[Task]) -> str:
+    """One JSON array for a batch; on failure, name the task and field that cannot be stored."""
+    documents = [task_document(t) for t in tasks]
+    try:
+        return dump_json(documents, "task")
+    except TypeError:
+        for doc in documents:
+            for key in ("args", "kwargs", "metadata", "task_data"):
+                dump_json(doc[key], f"{key} of task {doc['id']} ({doc['func']})")
+        raise
+
+
+def task_from_row(row: Mapping[str, Any]) -> Task:
+    data = dict(row["task_data"])
+    extra = {k: data.pop(k) for k in TASK_DATA_FIELDS if k in data}
+    return Task(
+        id=row["id"], queue_name=row["queue_name"], priority=row["priority"],
+        status=row["status"], func=row["func"], args=row["args"], kwargs=row["kwargs"],
+        created_at=row["created_at"], run_at=row["run_at"], expires_at=row["expires_at"],
+        retry_count=row["retry_count"], max_retries=row["max_retries"],
+        retry_delay=row["retry_delay"], dependencies=row["dependencies"],
+        callbacks=row["callbacks"], metadata=row["metadata"], task_data=data,
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        worker_id=row["worker_id"], attempts=row["attempts"], **extra,
+    )
+
+
+def task_params(task: Task) -> dict[str, Any]:
+    """Parameters of the update_task query."""
+    doc = task_document(task)
+    return {
+        **{k: doc[k] for k in ("id", "queue_name", "priority", "func", "retry_count", "max_retries", "retry_delay")},
+        "status": str(task.status), "run_at": task.run_at, "expires_at": task.expires_at,
+        **{k: dump_json(doc[k], f"{k} of task {task.id}") for k in
+           ("args", "kwargs", "dependencies", "callbacks", "metadata", "task_data")},
+    }
+
+
+def result_params(result: TaskResult) -> dict[str, Any]:
+    return {
+        "task_id": result.task_id, "status": str(result.status),
+        "result": dump_json(result.result, f"result of task {result.task_id}"),
+        "error": result.error, "error_type": result.error_type, "traceback": result.traceback,
+        "created_at": result.created_at, "started_at": result.started_at,
+        "completed_at": result.completed_at, "expires_at": result.expires_at,
+        "worker_id": result.worker_id, "execution_time": result.execution_time,
+        "memory_usage": result.memory_usage,
+        "metadata": dump_json(result.metadata, "result metadata"),
+        "result_data": dump_json(result.result_data, "result_data"),
+    }
+
+
+def result_from_row(row: Mapping[str, Any]) -> TaskResult:
+    return TaskResult(**dict(row))
+
+
+def events_json(events: Iterable[TaskEvent]) -> str:
+    documents = []
+    for e in events:
+        doc = {name: getattr(e, name) for name in e.__slots__}  # type: ignore[attr-defined]
+        doc["timestamp"] = _iso(e.timestamp)
+        doc["event_type"] = str(e.event_type)
+        documents.append(doc)
+    return dump_json(documents, "event")
+
+
+def event_from_row(row: Mapping[str, Any]) -> TaskEvent:
+    return TaskEvent(**dict(row))
+
+
+def schedule_params(schedule: Schedule) -> dict[str, Any]:
+    data = dict(schedule.schedule_data)
+    data.update({k: getattr(schedule, k) for k in SCHEDULE_DATA_FIELDS})
+    values = {name: getattr(schedule, name) for name in schedule.__slots__}  # type: ignore[attr-defined]
+    for key in SCHEDULE_DATA_FIELDS:
+        values.pop(key)
+    values.update(
+        schedule_type=str(schedule.schedule_type), status=str(schedule.status),
+        args=dump_json(schedule.args, f"args of schedule {schedule.id}"),
+        kwargs=dump_json(schedule.kwargs, f"kwargs of schedule {schedule.id}"),
+        metadata=dump_json(schedule.metadata, f"metadata of schedule {schedule.id}"),
+        schedule_data=dump_json(data, f"schedule_data of schedule {schedule.id}"),
+    )
+    return values
+
+
+def schedule_from_row(row: Mapping[str, Any]) -> Schedule:
+    values = dict(row)
+    data = dict(values.pop("schedule_data"))
+    extra = {k: data.pop(k) for k in SCHEDULE_DATA_FIELDS if k in data}
+    return Schedule(**values, **extra, schedule_data=data)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    return as_utc(value)

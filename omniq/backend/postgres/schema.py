@@ -1,0 +1,80 @@
+"""Creates and migrates OmniQ's schema: numbered migrations once, function files when changed.
+
+Everything runs in one transaction under an advisory lock, so any number of processes
+starting together migrate once and the others wait, then find nothing left to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from ...errors import SchemaError
+from .sqlfiles import Script, SQLFiles
+
+TABLES_KEY = "tables"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a migration run would apply, in order."""
+
+    scripts: list[Script]
+    version: int  # number of the latest numbered migration already applied (0: none)
+
+    @property
+    def latest(self) -> int:
+        return max((_number(s) for s in self.scripts if s.name.startswith("migrations/")), default=self.version)
+
+
+async def plan(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
+    """The scripts not yet applied (or changed since), without taking any lock."""
+    applied: dict[str, str] = {}
+    if await files.migrations.installed(conn, schema_name=schema):
+        applied = {r["name"]: r["checksum"] for r in await files.migrations.applied_migrations(conn)}
+    todo = [s for s in files.migration_scripts if s.name not in applied]
+    todo += [s for s in files.function_scripts if applied.get(s.name) != s.checksum or todo]
+    version = max((_number_of(name) for name in applied if name.startswith("migrations/")), default=0)
+    return Plan(todo, version)
+
+
+async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
+    """Bring the schema up to date; returns what was applied (nothing when current)."""
+    current = await plan(conn, files, schema)
+    if not current.scripts:
+        await _check_tables(conn, files)
+        return current
+    async with conn.transaction():
+        await files.migrations.lock_installation(conn, schema_name=schema)
+        await files.migrations.create_schema(conn)
+        await files.migrations.use_schema(conn)
+        await files.migrations.create_bookkeeping(conn)
+        await _check_tables(conn, files)
+        todo = await plan(conn, files, schema)  # again, now that we hold the lock
+        for script in todo.scripts:
+            await conn.execute(script.sql)
+            await files.migrations.record_migration(conn, name=script.name, checksum=script.checksum)
+    return todo
+
+
+async def _check_tables(conn: asyncpg.Connection, files: SQLFiles) -> None:
+    """One installation per schema: refuse a second one with other table names."""
+    wanted = ",".join(files.names[k] for k in ("tasks", "results", "events", "schedules"))
+    recorded = await files.migrations.get_meta(conn, key=TABLES_KEY)
+    if recorded is None:
+        await files.migrations.set_meta(conn, key=TABLES_KEY, value=wanted)
+    elif recorded != wanted:
+        raise SchemaError(
+            f"schema {files.names['public']!r} already holds an OmniQ installation with tables "
+            f"{recorded} (tasks, results, events, schedules), not {wanted}. Use another schema "
+            "for a second installation, or the same table names."
+        )
+
+
+def _number(script: Script) -> int:
+    return _number_of(script.name)
+
+
+def _number_of(name: str) -> int:
+    return int(name.split("/")[-1].split("_")[0])

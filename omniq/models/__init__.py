@@ -1,0 +1,21 @@
+"""OmniQ's data models: plain typed data, no I/O."""
+
+from .config import PostgresConfig
+from .enums import EventType, ResultStatus, ScheduleStatus, ScheduleType, TaskStatus
+from .event import TaskEvent
+from .result import TaskResult
+from .schedule import Schedule
+from .task import Task
+
+__all__ = [
+    "EventType",
+    "PostgresConfig",
+    "ResultStatus",
+    "Schedule",
+    "ScheduleStatus",
+    "ScheduleType",
+    "Task",
+    "TaskEvent",
+    "TaskResult",
+    "TaskStatus",
+]

@@ -1,0 +1,78 @@
+"""Helpers shared by the models: ids, UTC time, JSON-safety checks."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# datetime and dataclass values are refused rather than silently turned into strings,
+# so what a task stores is exactly what it gets back.
+_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Naive datetimes (``datetime.utcnow()``) are read as UTC; aware ones are converted."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}: {value!r}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def dump_json(value: Any, what: str) -> str:
+    """Serialise ``value`` for a JSONB column or raise TypeError saying what cannot be stored."""
+    try:
+        data = orjson.dumps(value, option=_JSON_OPTIONS)
+    except TypeError as exc:
+        raise TypeError(
+            f"{what} cannot be stored as JSON: {exc}. Pass only str, int, float, bool, None, "
+            "list, tuple and dict with str keys (convert datetimes, sets and objects yourself)."
+        ) from None
+    if b"null" in data:
+        _reject_non_finite(value, what)
+    if b"\\u0000" in data:
+        _reject_nul(value, what)
+    return data.decode()
+
+
+def _walk(value: Any):
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        yield item
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _reject_non_finite(value: Any, what: str) -> None:
+    # orjson writes NaN and infinities as null; refuse instead of changing the value.
+    for item in _walk(value):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise TypeError(f"{what} cannot be stored as JSON: {item!r} is not a finite number.")
+
+
+def _reject_nul(value: Any, what: str) -> None:
+    # PostgreSQL's jsonb cannot hold U+0000.
+    for item in _walk(value):
+        if isinstance(item, str) and "\x00" in item:
+            raise TypeError(
+                f"{what} cannot be stored: PostgreSQL JSONB cannot hold the NUL character "
+                "(U+0000); strip it or encode the text (e.g. base64)."
+            )

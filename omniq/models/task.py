@@ -1,0 +1,130 @@
+"""Task: one unit of work, a function import path plus its arguments."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ._common import as_utc, new_id, utcnow
+from .enums import TaskStatus
+
+# "package.module.function" or "package.module:Class.method"
+_IDENT = r"[A-Za-z_]\w*"
+FUNC_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*([.:]){_IDENT}(\.{_IDENT})*$")
+TASK_ID = re.compile(r"^[^\s,\x00-\x1f\x7f]{1,255}$")
+CALLBACK_KINDS = frozenset({"on_success", "on_failure", "on_complete"})
+
+
+def func_path(func: Any) -> str:
+    """Return the import path of ``func`` (a path string or a module-level callable)."""
+    if callable(func) and not isinstance(func, str):
+        module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
+        if not module or "<" in qualname:
+            raise ValueError(
+                f"{func!r} has no import path (lambdas and nested functions cannot be queued); "
+                "define it at module level or pass 'package.module.function'."
+            )
+        return f"{module}.{qualname}" if "." not in qualname else f"{module}:{qualname}"
+    if not isinstance(func, str) or not FUNC_PATH.match(func):
+        raise ValueError(
+            f"func must be an import path like 'package.module.function' or "
+            f"'package.module:Class.method', got {func!r}"
+        )
+    return func
+
+
+def check_queue_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ValueError(f"queue_name must be a non-empty string of at most 200 characters, got {name!r}")
+    return name
+
+
+@dataclass(kw_only=True, slots=True, eq=True)
+class Task:
+    """A queued call of ``func(*args, **kwargs)``; field names match the tasks table."""
+
+    func: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue_name: str = "default"
+    priority: int = 0
+    id: str = field(default_factory=new_id)
+    status: TaskStatus = TaskStatus.PENDING
+    created_at: datetime = field(default_factory=utcnow)
+    run_at: datetime | None = None
+    expires_at: datetime | None = None
+    retry_count: int = 0
+    max_retries: int = 3
+    retry_delay: float = 1.0
+    dependencies: list[str] = field(default_factory=list)
+    callbacks: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None  # seconds; None uses the worker's default
+    result_ttl: float | None = None  # seconds to keep the result; None keeps it
+    # Set by workers, read-only for producers.
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: str | None = None
+    attempts: int = 0
+    task_data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.func = func_path(self.func)
+        self.queue_name = check_queue_name(self.queue_name)
+        self.args = tuple(self.args)
+        self.kwargs = dict(self.kwargs)
+        if any(not isinstance(k, str) for k in self.kwargs):
+            raise TypeError(f"kwargs keys must be strings, got {list(self.kwargs)!r}")
+        self.status = TaskStatus(self.status)
+        self.created_at = as_utc(self.created_at) or utcnow()
+        self.run_at = as_utc(self.run_at)
+        self.expires_at = as_utc(self.expires_at)
+        self.started_at = as_utc(self.started_at)
+        self.finished_at = as_utc(self.finished_at)
+        self.id = check_task_id(self.id)
+        _check_int("priority", self.priority, low=-(2**31), high=2**31 - 1)
+        _check_int("max_retries", self.max_retries, low=0, high=10_000)
+        _check_int("retry_count", self.retry_count, low=0, high=2**31 - 1)
+        _check_positive("retry_delay", self.retry_delay, allow_zero=True)
+        if self.timeout is not None:
+            _check_positive("timeout", self.timeout)
+        if self.result_ttl is not None:
+            _check_positive("result_ttl", self.result_ttl)
+        self.dependencies = [_task_id(d) for d in self.dependencies]
+        if self.id in self.dependencies:
+            raise ValueError(f"task {self.id} cannot depend on itself")
+        unknown = set(self.callbacks) - CALLBACK_KINDS
+        if unknown:
+            raise ValueError(f"callbacks keys must be among {sorted(CALLBACK_KINDS)}, got {sorted(unknown)}")
+        self.callbacks = {kind: func_path(path) for kind, path in self.callbacks.items()}
+
+
+def check_task_id(value: Any) -> str:
+    """Task ids are 1-255 printable characters without spaces or commas."""
+    if not isinstance(value, str) or not TASK_ID.match(value):
+        raise ValueError(
+            f"a task id must be 1-255 printable characters without spaces or commas, got {value!r}"
+        )
+    return value
+
+
+def _task_id(dep: Any) -> str:
+    if isinstance(dep, Task):
+        return dep.id
+    try:
+        return check_task_id(dep)
+    except ValueError:
+        raise ValueError(f"dependencies must be task ids or Task objects, got {dep!r}") from None
+
+
+def _check_int(name: str, value: Any, *, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds, got {value!r}")

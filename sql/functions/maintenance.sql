@@ -1,0 +1,162 @@
+-- Maintenance a DBA or operator runs from psql, and that the Python API and CLI call too:
+-- cleanup of expired rows, purge of finished tasks, requeue and retry, a queue overview.
+-- Deleting functions work in bounded batches (p_batch rows per call, one short transaction
+-- each): call them until they return less than p_batch. See sql/README.md for recipes.
+-- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
+
+-- name: functions_maintenance#
+CREATE OR REPLACE FUNCTION omniq_cleanup_expired_tasks(p_batch INTEGER DEFAULT 10000)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Expire unstarted tasks past expires_at, then delete up to p_batch expired tasks.
+-- Index: tasks_expiry_idx, then tasks_status_created_idx.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    PERFORM omniq_expire_tasks(NULL);
+    DELETE FROM "tasks" WHERE ctid = ANY (ARRAY(
+        SELECT t.ctid FROM "tasks" AS t WHERE t.status = 'expired' LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_cleanup_expired_results(p_batch INTEGER DEFAULT 10000)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Delete up to p_batch results whose expires_at has passed. Index: results_expires_idx.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    DELETE FROM "results" WHERE ctid = ANY (ARRAY(
+        SELECT r.ctid FROM "results" AS r WHERE r.expires_at <= now() LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_cleanup_old_events(p_before TIMESTAMPTZ, p_batch INTEGER DEFAULT 10000)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Delete up to p_batch events older than p_before. Index: events_timestamp_idx.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    DELETE FROM "events" WHERE ctid = ANY (ARRAY(
+        SELECT e.ctid FROM "events" AS e WHERE e.timestamp < p_before LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_cleanup_expired_schedules(p_batch INTEGER DEFAULT 10000)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Delete up to p_batch schedules that expired: status 'expired', or active or paused past
+-- expires_at (or created_at + ttl_seconds). The schedules table is small: a scan is fine.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    DELETE FROM "schedules" WHERE ctid = ANY (ARRAY(
+        SELECT s.ctid FROM "schedules" AS s
+        WHERE s.status = 'expired'
+           OR (s.status IN ('active', 'paused')
+               AND coalesce(s.expires_at, s.created_at + make_interval(secs => s.ttl_seconds)) <= now())
+        LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_purge_finished_tasks(p_older_than INTERVAL, p_batch INTEGER DEFAULT 10000)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Delete up to p_batch finished tasks (completed, failed, cancelled, expired) created more
+-- than p_older_than ago; their results and events stay until their own cleanup. A task
+-- that a waiting task still depends on is kept. Index: tasks_status_created_idx.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    DELETE FROM "tasks" WHERE ctid = ANY (ARRAY(
+        SELECT t.ctid FROM "tasks" AS t
+        WHERE t.status IN ('completed', 'failed', 'cancelled', 'expired')
+          AND t.created_at < now() - p_older_than
+          AND NOT EXISTS (SELECT 1 FROM "tasks" AS w
+                          WHERE w.status = 'waiting' AND w.dependencies ? t.id)
+        LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_requeue_stalled(p_older_than INTERVAL)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Put tasks running for longer than p_older_than back to pending, whoever holds them
+-- (including tasks dequeued through the API without a worker id). No retry is counted.
+DECLARE
+    v_ids TEXT[];
+BEGIN
+    SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
+    WHERE t.status = 'running' AND t.started_at < now() - p_older_than;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH requeued AS (
+        UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL
+        WHERE t.id = ANY (v_ids) AND t.status = 'running'
+        RETURNING t.id, t.queue_name, t.worker_id
+    )
+    INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, message)
+    SELECT gen_random_uuid()::text, r.id, 'requeued', now(), r.queue_name,
+           'running longer than ' || p_older_than || '; requeued by omniq_requeue_stalled'
+    FROM requeued AS r;
+    RETURN cardinality(v_ids);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_retry_tasks(p_ids TEXT[] DEFAULT NULL, p_queue TEXT DEFAULT NULL,
+    p_func TEXT DEFAULT NULL)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Give failed (and cancelled or expired) tasks a fresh start: pending now, retry_count 0,
+-- expiry cleared. Select by ids, by queue, by func, or any combination (all NULL: every
+-- failed task). Index: tasks_status_created_idx.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    WITH retried AS (
+        UPDATE "tasks" AS t
+        SET status = 'pending', retry_count = 0, run_at = NULL, expires_at = NULL,
+            worker_id = NULL, started_at = NULL, finished_at = NULL
+        WHERE (CASE WHEN p_ids IS NULL THEN t.status = 'failed'
+                    ELSE t.status IN ('failed', 'cancelled', 'expired') AND t.id = ANY (p_ids) END)
+          AND (p_queue IS NULL OR t.queue_name = p_queue)
+          AND (p_func IS NULL OR t.func = p_func)
+        RETURNING t.id, t.queue_name
+    ), forgotten AS (
+        DELETE FROM "results" AS r USING retried WHERE r.task_id = retried.id
+    )
+    INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, message)
+    SELECT gen_random_uuid()::text, r.id, 'requeued', now(), r.queue_name, 'retried by operator'
+    FROM retried AS r;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE VIEW omniq_queue_overview AS
+-- Per queue: tasks by status, how many pending tasks wait for a later run_at, and the age
+-- of the oldest ready task. A full scan of the tasks table: for humans, not for hot paths.
+SELECT t.queue_name,
+       count(*) FILTER (WHERE t.status = 'pending' AND (t.run_at IS NULL OR t.run_at <= now())) AS ready,
+       count(*) FILTER (WHERE t.status = 'pending' AND t.run_at > now()) AS scheduled_later,
+       count(*) FILTER (WHERE t.status = 'waiting') AS waiting,
+       count(*) FILTER (WHERE t.status = 'running') AS running,
+       count(*) FILTER (WHERE t.status = 'completed') AS completed,
+       count(*) FILTER (WHERE t.status = 'failed') AS failed,
+       count(*) FILTER (WHERE t.status IN ('cancelled', 'expired')) AS cancelled_or_expired,
+       now() - min(coalesce(t.run_at, t.created_at))
+           FILTER (WHERE t.status = 'pending' AND (t.run_at IS NULL OR t.run_at <= now())) AS oldest_ready_age
+FROM "tasks" AS t
+GROUP BY t.queue_name;

@@ -1,0 +1,81 @@
+-- Worker liveness in PL/pgSQL: heartbeats, deregistration, and the rescue of tasks held by
+-- workers whose heartbeat stopped (process killed, host lost).
+-- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
+
+-- name: functions_workers#
+CREATE OR REPLACE FUNCTION omniq_heartbeat(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
+    p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[])
+RETURNS TEXT[]
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Register or refresh a worker. Returns the ids among p_held that this worker no longer
+-- holds (rescued or cancelled meanwhile): the worker stops caring about them.
+-- Index: tasks_running_idx.
+BEGIN
+    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency)
+    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency)
+    ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
+    SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
+        queues = excluded.queues, concurrency = excluded.concurrency;
+    RETURN ARRAY(
+        SELECT h FROM unnest(p_held) AS h
+        WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
+                          WHERE t.id = h AND t.status = 'running' AND t.worker_id = p_worker_id));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_worker_stopped(p_worker_id TEXT)
+RETURNS VOID
+LANGUAGE sql SET search_path FROM CURRENT AS $$
+-- A worker that shut down cleanly leaves the registry.
+    DELETE FROM omniq_workers WHERE id = p_worker_id
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_rescue_tasks(p_stale_after INTERVAL)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Tasks held by workers silent for longer than p_stale_after go back to pending; each rescue
+-- counts as a retry, so a task that keeps killing its worker ends failed ('WorkerLost').
+-- Dead workers leave the registry. Tasks dequeued without a worker id are not touched
+-- (see omniq_requeue_stalled). Index: tasks_running_idx.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    WITH dead AS (
+        SELECT w.id FROM omniq_workers AS w WHERE w.last_heartbeat < now() - p_stale_after
+    ), stalled AS (
+        SELECT t.id FROM "tasks" AS t
+        WHERE t.status = 'running' AND t.worker_id IN (SELECT dead.id FROM dead)
+        FOR UPDATE SKIP LOCKED
+    ), rescued AS (
+        UPDATE "tasks" AS t
+        SET status = CASE WHEN t.retry_count < t.max_retries THEN 'pending' ELSE 'failed' END,
+            retry_count = least(t.retry_count + 1, t.max_retries),
+            finished_at = CASE WHEN t.retry_count < t.max_retries THEN NULL ELSE now() END,
+            started_at = NULL
+        FROM stalled WHERE t.id = stalled.id
+        RETURNING t.id, t.status, t.queue_name, t.worker_id
+    ), results_written AS (
+        INSERT INTO "results" (task_id, status, error, error_type, created_at, completed_at,
+            worker_id, result_data)
+        SELECT r.id, 'failure', 'worker ' || r.worker_id || ' stopped responding while running the task',
+               'WorkerLost', now(), now(), r.worker_id, '{}'
+        FROM rescued AS r WHERE r.status = 'failed'
+        ON CONFLICT (task_id) DO UPDATE SET status = 'failure', error = excluded.error,
+            error_type = excluded.error_type, completed_at = excluded.completed_at
+    ), logged AS (
+        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, worker_id, message,
+            error_type)
+        SELECT gen_random_uuid()::text, r.id,
+               CASE r.status WHEN 'pending' THEN 'rescued' ELSE 'failed' END, now(), r.queue_name,
+               r.worker_id, 'worker ' || r.worker_id || ' stopped heartbeating', 'WorkerLost'
+        FROM rescued AS r
+    ), forgotten AS (
+        DELETE FROM omniq_workers AS w USING dead WHERE w.id = dead.id
+          AND NOT EXISTS (SELECT 1 FROM "tasks" AS t
+                          WHERE t.status = 'running' AND t.worker_id = w.id
+                            AND t.id NOT IN (SELECT rescued.id FROM rescued))
+    )
+    SELECT count(*) INTO v_n FROM rescued;
+    RETURN v_n;
+END
+$$;

@@ -1,0 +1,82 @@
+-- Named queries on the tasks table, loaded by aiosql. State changes are one-line calls of
+-- the stored functions in sql/functions/tasks.sql; reads are plain SELECTs.
+-- Optional filters are written (:x IS NULL OR col = :x) so one query serves every combination.
+
+-- name: enqueue_tasks(tasks)
+-- Insert a JSON array of tasks; returns those not left 'pending' (see omniq_enqueue).
+SELECT id, status FROM "public".omniq_enqueue(:tasks::jsonb);
+
+-- name: dequeue_tasks(queues, limit, worker_id)
+-- Hand out up to :limit ready tasks, marked running. Index: tasks_dequeue_idx.
+SELECT * FROM "public".omniq_dequeue(:queues::text[], :limit::int, :worker_id::text);
+
+-- name: finish_tasks(outcomes, worker_id)
+-- Record a batch of outcomes (success, failure with retry, expiry) in one transaction.
+SELECT id, status FROM "public".omniq_finish_tasks(:outcomes::jsonb, :worker_id::text);
+
+-- name: release_tasks(ids, worker_id, reason)$
+-- Return running tasks to pending without counting a retry (graceful shutdown).
+SELECT "public".omniq_release_tasks(:ids::text[], :worker_id::text, :reason::text);
+
+-- name: cancel_tasks(ids, reason)$
+-- Cancel tasks that have not started; returns how many were cancelled.
+SELECT "public".omniq_cancel_tasks(:ids::text[], :reason::text);
+
+-- name: retry_tasks(ids, queue_name, func)$
+-- Reset failed tasks to pending (by ids, queue or func). Index: tasks_status_created_idx.
+SELECT "public".omniq_retry_tasks(:ids::text[], :queue_name::text, :func::text);
+
+-- name: get_task(id)^
+-- One task by id. Index: tasks_pkey.
+SELECT * FROM "public"."tasks" WHERE id = :id::text;
+
+-- name: list_tasks(statuses, queue_name, func, created_after, created_before, limit, offset)
+-- Tasks, newest first, filtered by any of status list, queue, func and creation time.
+-- Index: tasks_status_created_idx when statuses is given.
+SELECT * FROM "public"."tasks"
+WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
+  AND (:queue_name::text IS NULL OR queue_name = :queue_name::text)
+  AND (:func::text IS NULL OR func = :func::text)
+  AND (:created_after::timestamptz IS NULL OR created_at >= :created_after::timestamptz)
+  AND (:created_before::timestamptz IS NULL OR created_at < :created_before::timestamptz)
+ORDER BY created_at DESC, id
+LIMIT :limit::int OFFSET :offset::int;
+
+-- name: update_task(id, queue_name, priority, status, func, args, kwargs, run_at, expires_at, retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data)$
+-- Overwrite a task's fields from the model; returns the id, or NULL when no such task.
+UPDATE "public"."tasks"
+SET queue_name = :queue_name::text, priority = :priority::int, status = :status::text,
+    func = :func::text, args = :args::jsonb, kwargs = :kwargs::jsonb,
+    run_at = :run_at::timestamptz, expires_at = :expires_at::timestamptz,
+    retry_count = :retry_count::int, max_retries = :max_retries::int,
+    retry_delay = :retry_delay::real, dependencies = :dependencies::jsonb,
+    callbacks = :callbacks::jsonb, metadata = :metadata::jsonb, task_data = :task_data::jsonb,
+    finished_at = CASE WHEN :status::text IN ('completed', 'failed', 'cancelled', 'expired')
+                       THEN coalesce(finished_at, now()) END
+WHERE id = :id::text
+RETURNING id;
+
+-- name: delete_task(id)$
+-- Delete one task (its result and events stay); returns the id, or NULL when absent.
+DELETE FROM "public"."tasks" WHERE id = :id::text RETURNING id;
+
+-- name: count_pending(queue_name)$
+-- Pending tasks in a queue, due now or later. Index: tasks_dequeue_idx (index-only scan).
+SELECT count(*) FROM "public"."tasks" WHERE status = 'pending' AND queue_name = :queue_name::text;
+
+-- name: next_due_at(queues)$
+-- When the earliest delayed task of these queues becomes due. Index: tasks_delayed_idx.
+SELECT min(run_at) FROM "public"."tasks"
+WHERE status = 'pending' AND queue_name = ANY (:queues::text[]) AND run_at > now();
+
+-- name: cleanup_expired_tasks(batch)$
+-- Expire overdue tasks and delete up to :batch expired ones.
+SELECT "public".omniq_cleanup_expired_tasks(:batch::int);
+
+-- name: purge_finished_tasks(older_than, batch)$
+-- Delete up to :batch finished tasks older than :older_than.
+SELECT "public".omniq_purge_finished_tasks(:older_than::interval, :batch::int);
+
+-- name: requeue_stalled(older_than)$
+-- Put tasks running longer than :older_than back to pending.
+SELECT "public".omniq_requeue_stalled(:older_than::interval);

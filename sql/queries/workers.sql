@@ -1,0 +1,21 @@
+-- Named queries on worker liveness, loaded by aiosql: heartbeats, deregistration, rescue.
+
+-- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held)$
+-- Refresh a worker's heartbeat; returns the held task ids it lost. Index: tasks_running_idx.
+SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
+    :concurrency::int, :held::text[]);
+
+-- name: worker_stopped(worker_id)!
+-- Remove a cleanly stopped worker from the registry.
+SELECT "public".omniq_worker_stopped(:worker_id::text);
+
+-- name: rescue_tasks(stale_after)$
+-- Requeue tasks of workers silent for longer than :stale_after. Index: tasks_running_idx.
+SELECT "public".omniq_rescue_tasks(:stale_after::interval);
+
+-- name: list_workers()
+-- Registered workers and how many tasks each holds. Index: tasks_running_idx.
+SELECT w.*, (SELECT count(*) FROM "public"."tasks" AS t
+             WHERE t.status = 'running' AND t.worker_id = w.id) AS running
+FROM "public".omniq_workers AS w
+ORDER BY w.started_at;

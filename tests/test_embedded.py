@@ -1,0 +1,169 @@
+"""Real tests of omniq.embedded: every test here starts actual PostgreSQL servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from omniq import embedded
+from omniq.embedded import EmbeddedPostgres, ensure_running, stop_persistent
+
+REPO = Path(__file__).resolve().parents[1]
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A dir the server user can traverse (pytest's tmp_path is 0700 root-owned under root)."""
+    path = Path(tempfile.mkdtemp(prefix="omniq-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def fetchval(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def test_session_server_answers(pg_dsn: str) -> None:
+    assert await fetchval(pg_dsn, "SELECT 1") == 1
+    assert await fetchval(pg_dsn, "SELECT current_database()") == "omniq"
+
+
+async def test_throwaway_start_stop() -> None:
+    server = EmbeddedPostgres(durable=False, extra_settings={"work_mem": "8MB"})
+    dsn = server.start()
+    try:
+        assert dsn == f"postgresql://postgres@127.0.0.1:{server.port}/omniq" == server.dsn
+        assert server.is_running()
+        assert server.start() == dsn  # idempotent
+        assert await fetchval(dsn, "SELECT 1") == 1
+        for name, expected in {
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "work_mem": "8MB",
+            "max_connections": "200",
+            "listen_addresses": "127.0.0.1",
+            "shared_preload_libraries": "pg_stat_statements",
+        }.items():
+            assert await fetchval(dsn, f"SHOW {name}") == expected, name
+        if IS_ROOT:  # initdb/postgres refuse root, so they ran as the server user
+            assert server.data_dir.stat().st_uid == embedded.server_user().pw_uid  # type: ignore[union-attr]
+    finally:
+        server.stop()
+    assert not server.is_running()
+    assert not server.data_dir.exists()
+
+
+async def test_restart_keeps_data() -> None:
+    with EmbeddedPostgres() as server:
+        conn = await asyncpg.connect(server.dsn)
+        await conn.execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
+        await conn.close()
+        port = server.port
+        for mode in ("immediate", "fast"):
+            assert server.restart(mode=mode) == f"postgresql://postgres@127.0.0.1:{port}/omniq"
+            assert await fetchval(server.dsn, "SELECT v FROM t") == "kept"
+
+
+def _ensure_running_in_subprocess(data_dir: Path) -> subprocess.Popen[str]:
+    code = (
+        "import sys; from omniq.embedded import ensure_running; print(ensure_running(sys.argv[1]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(data_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_ensure_running_concurrently(scratch: Path) -> None:
+    data_dir = scratch / "cluster"
+    try:
+        procs = [_ensure_running_in_subprocess(data_dir) for _ in range(2)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], results
+        dsns = {out.strip() for out, _ in results}
+        assert len(dsns) == 1, results
+        dsn = dsns.pop()
+        assert ensure_running(data_dir) == dsn  # adopts the live postmaster
+        assert await fetchval(dsn, "SELECT 1") == 1
+        assert stop_persistent(data_dir) is True
+        assert stop_persistent(data_dir) is False
+        assert ensure_running(data_dir) == dsn  # restarted on its previous port
+    finally:
+        stop_persistent(data_dir)
+    assert (data_dir / "PG_VERSION").exists()  # persistent: data kept
+
+
+def test_missing_binaries_give_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OMNIQ_PG_BINDIR", str(tmp_path))
+    server = EmbeddedPostgres()
+    with pytest.raises(RuntimeError, match="OMNIQ_PG_BINDIR") as info:
+        server.start()
+    assert "apt-get install postgresql" in str(info.value)
+    assert not server.data_dir.exists()  # the throwaway dir is cleaned up
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root hands the server to another user")
+def test_unreachable_data_dir_is_explained(scratch: Path) -> None:
+    scratch.chmod(0o700)
+    with pytest.raises(RuntimeError, match="not searchable by user"):
+        EmbeddedPostgres(scratch / "cluster").start()
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OMNIQ_EMBEDDED_DIR", raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = embedded.default_data_dir()
+    monkeypatch.chdir(tmp_path / "b")
+    assert embedded.default_data_dir() != first
+    assert first.name.startswith("a-")
+    if IS_ROOT:
+        assert first.parent == Path("/var/tmp/omniq-embedded")
+    monkeypatch.setenv("OMNIQ_EMBEDDED_DIR", str(tmp_path / "x"))
+    assert embedded.default_data_dir() == tmp_path / "x"
+
+
+def test_module_needs_only_the_stdlib() -> None:
+    # -I -S: no site-packages and no cwd on sys.path, so only the stdlib can be imported.
+    code = (
+        "import importlib.util, sys; "
+        "spec = importlib.util.spec_from_file_location('standalone', sys.argv[1]); "
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); "
+        "print(mod.find_bindir())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, embedded.__file__],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip(), "postgres").exists()
+
+
+def test_failed_start_reports_the_log() -> None:
+    server = EmbeddedPostgres(durable=False, extra_settings={"shared_buffers": "plenty"})
+    with pytest.raises(RuntimeError, match="failed to start") as info:
+        server.start()
+    assert "shared_buffers" in str(info.value)  # the server log's own complaint
+    assert not server.is_running()
+    assert not server.data_dir.exists()
