@@ -10,11 +10,15 @@ def check_identifier(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
     if len(value.encode()) > MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"{what} {value!r} is longer than {MAX_IDENTIFIER_BYTES} bytes; PostgreSQL would truncate it")
+        raise ValueError(
+            f"{what} {value!r} is longer than {MAX_IDENTIFIER_BYTES} bytes; PostgreSQL would truncate it"
+        )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value) or value != value.strip():
         raise ValueError(f"{what} {value!r} contains control characters or surrounding spaces")
     if what == "schema" and value.lower().startswith("pg_"):
-        raise ValueError(f"schema {value!r} is reserved: PostgreSQL keeps names starting with 'pg_' for itself")
+        raise ValueError(
+            f"schema {value!r} is reserved: PostgreSQL keeps names starting with 'pg_' for itself"
+        )
     return value
 
 

@@ -37,7 +37,9 @@ class PostgresConfig:
     dsn: str | None = None
     listen_dsn: str | None = None
     connect_timeout: float = 10.0
-    acquire_timeout: float = 30.0  # waiting longer for a pooled connection raises PoolExhaustedError
+    acquire_timeout: float = (
+        30.0  # waiting longer for a pooled connection raises PoolExhaustedError
+    )
     statement_cache_size: int = 100  # 0 when the pool goes through PgBouncer
     application_name: str = "omniq"
 
@@ -45,7 +47,9 @@ class PostgresConfig:
         check_identifier(self.schema, "schema")
         names = [check_identifier(getattr(self, f), f) for f in TABLE_FIELDS]
         if len(set(names)) != len(names):
-            raise ValueError(f"table names must differ, got {dict(zip(TABLE_FIELDS, names, strict=True))}")
+            raise ValueError(
+                f"table names must differ, got {dict(zip(TABLE_FIELDS, names, strict=True))}"
+            )
         if not 0 <= self.min_connections <= self.max_connections or self.max_connections < 1:
             raise ValueError(
                 f"need 0 <= min_connections <= max_connections and max_connections >= 1, "
@@ -54,7 +58,9 @@ class PostgresConfig:
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(f"port must be an integer between 1 and 65535, got {self.port!r}")
         if self.command_timeout is not None and self.command_timeout <= 0:
-            raise ValueError(f"command_timeout must be positive seconds, got {self.command_timeout!r}")
+            raise ValueError(
+                f"command_timeout must be positive seconds, got {self.command_timeout!r}"
+            )
 
     @property
     def tables(self) -> dict[str, str]:
@@ -89,7 +95,6 @@ class PostgresConfig:
 
 def redact_dsn(dsn: str) -> str:
     """Hide the password in a URL or key/value DSN."""
-
 
     dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)

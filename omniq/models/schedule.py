@@ -87,7 +87,9 @@ class Schedule:
 
     def _validate_trigger(self) -> None:
         if self.schedule_type == ScheduleType.CRON:
-            if not isinstance(self.cron_expression, str) or not croniter.is_valid(self.cron_expression):
+            if not isinstance(self.cron_expression, str) or not croniter.is_valid(
+                self.cron_expression
+            ):
                 raise ValueError(
                     f"invalid cron expression {self.cron_expression!r}: expected five fields "
                     "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"

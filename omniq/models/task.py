@@ -37,7 +37,9 @@ def func_path(func: Any) -> str:
 
 def check_queue_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise ValueError(f"queue_name must be a non-empty string of at most 200 characters, got {name!r}")
+        raise ValueError(
+            f"queue_name must be a non-empty string of at most 200 characters, got {name!r}"
+        )
     return name
 
 
@@ -97,7 +99,9 @@ class Task:
             raise ValueError(f"task {self.id} cannot depend on itself")
         unknown = set(self.callbacks) - CALLBACK_KINDS
         if unknown:
-            raise ValueError(f"callbacks keys must be among {sorted(CALLBACK_KINDS)}, got {sorted(unknown)}")
+            raise ValueError(
+                f"callbacks keys must be among {sorted(CALLBACK_KINDS)}, got {sorted(unknown)}"
+            )
         self.callbacks = {kind: func_path(path) for kind, path in self.callbacks.items()}
 
 
@@ -127,4 +131,6 @@ def _check_int(name: str, value: Any, *, low: int, high: int) -> None:
 def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero) or value != value:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds, got {value!r}")
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds, got {value!r}"
+        )

@@ -56,7 +56,9 @@ class PostgreSQLBackend:
         """Open the pool and create or migrate the schema; idempotent."""
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop and self._pool is not None:
-            raise RuntimeError("this backend is open on another event loop; use one backend per loop")
+            raise RuntimeError(
+                "this backend is open on another event loop; use one backend per loop"
+            )
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
@@ -97,7 +99,10 @@ class PostgreSQLBackend:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             if self._thread is not None:
@@ -140,7 +145,10 @@ class PostgreSQLBackend:
         """The LISTEN connection, opened on first need."""
         if self._listener is None:
             async with self.acquire() as conn:
-                channels = {kind: await self.sql.migrations.channel(conn, kind=kind) for kind in CHANNEL_KINDS}
+                channels = {
+                    kind: await self.sql.migrations.channel(conn, kind=kind)
+                    for kind in CHANNEL_KINDS
+                }
 
             async def connect() -> asyncpg.Connection:
                 return await connect_listener(self.config)
@@ -158,7 +166,9 @@ class PostgreSQLBackend:
         """
         pool = await create_pool(self.config) if self._pool is None else None
         try:
-            async with acquire(pool or self._pool, self.config, self.config.acquire_timeout) as conn:  # type: ignore[arg-type]
+            async with acquire(
+                pool or self._pool, self.config, self.config.acquire_timeout
+            ) as conn:  # type: ignore[arg-type]
                 if dry_run:
                     plan = await schema.plan(conn, self.sql, self.config.schema)
                 else:

@@ -33,7 +33,9 @@ class Component:
         return self._backend._sync_loop()
 
     @contextlib.asynccontextmanager
-    async def _conn(self, connection: asyncpg.Connection | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def _conn(
+        self, connection: asyncpg.Connection | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
         """The caller's connection when given (their transaction), else one from the pool."""
         if connection is not None:
             async with translate_errors(self._backend.config, connecting=False):
@@ -64,4 +66,6 @@ def as_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 def check_page(limit: int, offset: int) -> None:
     if not isinstance(limit, int) or limit < 0 or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"limit and offset must be non-negative integers, got limit={limit!r} offset={offset!r}")
+        raise ValueError(
+            f"limit and offset must be non-negative integers, got limit={limit!r} offset={offset!r}"
+        )

@@ -31,8 +31,11 @@ def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str,
         kwargs["dsn"] = dsn
     else:
         kwargs.update(
-            host=config.host, port=config.port, database=config.database,
-            user=config.username, password=config.password or None,
+            host=config.host,
+            port=config.port,
+            database=config.database,
+            user=config.username,
+            password=config.password or None,
         )
     suffix = "-listener" if listen else ""
     kwargs["server_settings"] = {"application_name": config.application_name + suffix}
@@ -99,7 +102,9 @@ def _enable_keepalive(conn: asyncpg.Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def translate_errors(config: PostgresConfig, *, connecting: bool = True) -> AsyncIterator[None]:
+async def translate_errors(
+    config: PostgresConfig, *, connecting: bool = True
+) -> AsyncIterator[None]:
     """Re-raise driver and socket errors as OmniQ errors that name the server and a fix."""
     try:
         yield
@@ -112,7 +117,9 @@ async def translate_errors(config: PostgresConfig, *, connecting: bool = True) -
         raise translated from exc
 
 
-def translate(exc: BaseException, config: PostgresConfig, *, connecting: bool = True) -> OmniQError | None:
+def translate(
+    exc: BaseException, config: PostgresConfig, *, connecting: bool = True
+) -> OmniQError | None:
     where = target(config)
     if isinstance(exc, TimeoutError) and not connecting:
         return QueryTimeoutError(
@@ -120,7 +127,9 @@ def translate(exc: BaseException, config: PostgresConfig, *, connecting: bool = 
             "Raise command_timeout or make the work smaller."
         )
     user = config.username if not config.dsn else "the configured user"
-    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
         return AuthenticationError(
             f"PostgreSQL at {where} refused user {user}: {exc}. Verify username and password "
             "(or the dsn), and that pg_hba.conf allows this user from this host."
@@ -146,12 +155,22 @@ def translate(exc: BaseException, config: PostgresConfig, *, connecting: bool = 
             "your pools or raise the server's max_connections."
         )
     if isinstance(exc, asyncpg.CannotConnectNowError):
-        return DatabaseConnectionError(f"PostgreSQL at {where} is starting up or shutting down: {exc}")
-    lost = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+        return DatabaseConnectionError(
+            f"PostgreSQL at {where} is starting up or shutting down: {exc}"
+        )
+    lost = (
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+    )
     if isinstance(exc, lost) and "pool" not in str(exc).lower():
-        return DatabaseConnectionError(f"connection to PostgreSQL at {where} failed or was lost: {exc}")
+        return DatabaseConnectionError(
+            f"connection to PostgreSQL at {where} failed or was lost: {exc}"
+        )
     if isinstance(exc, asyncpg.AdminShutdownError | asyncpg.CrashShutdownError):
-        return DatabaseConnectionError(f"PostgreSQL at {where} shut down: {exc}. Retry when it is back.")
+        return DatabaseConnectionError(
+            f"PostgreSQL at {where} shut down: {exc}. Retry when it is back."
+        )
     if isinstance(exc, OSError | TimeoutError) and not isinstance(exc, asyncpg.PostgresError):
         reason = str(exc) or type(exc).__name__
         return DatabaseConnectionError(
@@ -162,7 +181,9 @@ def translate(exc: BaseException, config: PostgresConfig, *, connecting: bool = 
 
 
 @contextlib.asynccontextmanager
-async def acquire(pool: asyncpg.Pool, config: PostgresConfig, timeout: float) -> AsyncIterator[asyncpg.Connection]:
+async def acquire(
+    pool: asyncpg.Pool, config: PostgresConfig, timeout: float
+) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection; waiting longer than ``timeout`` raises PoolExhaustedError."""
     try:
         conn = await pool.acquire(timeout=timeout)

@@ -41,9 +41,15 @@ class AsyncPostgresEventStorage(Component):
         check_page(limit, offset)
         async with self._conn() as conn:
             rows = await self._sql.events.list_events(
-                conn, task_id=task_id, event_types=as_list(event_type), queue_name=queue_name,
-                worker_id=worker_id, after=as_utc(after), before=as_utc(before),
-                limit=limit, offset=offset,
+                conn,
+                task_id=task_id,
+                event_types=as_list(event_type),
+                queue_name=queue_name,
+                worker_id=worker_id,
+                after=as_utc(after),
+                before=as_utc(before),
+                limit=limit,
+                offset=offset,
             )
         return [event_from_row(row) for row in rows]
 

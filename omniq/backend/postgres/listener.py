@@ -104,7 +104,9 @@ class Listener:
             while not self._closed:
                 try:
                     await self._open()
-                except Exception as exc:  # server down: keep trying, each waiter has its own timeout
+                except (
+                    Exception
+                ) as exc:  # server down: keep trying, each waiter has its own timeout
                     log.info("LISTEN reconnect failed (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_delay)

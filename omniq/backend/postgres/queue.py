@@ -39,7 +39,9 @@ class AsyncPostgresQueue(Component):
         (task_id,) = await self.enqueue_many([task], connection=connection)
         return task_id
 
-    async def enqueue_many(self, tasks: Iterable[Task], *, connection: asyncpg.Connection | None = None) -> list[str]:
+    async def enqueue_many(
+        self, tasks: Iterable[Task], *, connection: asyncpg.Connection | None = None
+    ) -> list[str]:
         """Store a batch in one statement (one round trip, one NOTIFY per queue)."""
         batch = list(tasks)
         if not batch:
@@ -54,14 +56,22 @@ class AsyncPostgresQueue(Component):
                     "Use a new id, or omit id to get a generated one."
                 ) from None
             except asyncpg.ForeignKeyViolationError as exc:
-                raise UnknownDependencyError(f"{exc}; nothing was enqueued. {exc.hint or ''}".strip()) from None
+                raise UnknownDependencyError(
+                    f"{exc}; nothing was enqueued. {exc.hint or ''}".strip()
+                ) from None
         statuses = {row["id"]: row["status"] for row in changed}
         for task in batch:
-            task.status = TaskStatus(statuses.get(task.id, "waiting" if task.dependencies else "pending"))
+            task.status = TaskStatus(
+                statuses.get(task.id, "waiting" if task.dependencies else "pending")
+            )
         return [task.id for task in batch]
 
     async def dequeue(
-        self, queues: str | Sequence[str], timeout: float | None = None, *, worker_id: str | None = None
+        self,
+        queues: str | Sequence[str],
+        timeout: float | None = None,
+        *,
+        worker_id: str | None = None,
     ) -> Task | None:
         """Take the next ready task, marked running; ``None`` when there is none.
 
@@ -104,7 +114,9 @@ class AsyncPostgresQueue(Component):
 
     async def _take(self, queues: list[str], limit: int, worker_id: str | None) -> list[Task]:
         async with self._conn() as conn:
-            rows = await self._sql.tasks.dequeue_tasks(conn, queues=queues, limit=limit, worker_id=worker_id)
+            rows = await self._sql.tasks.dequeue_tasks(
+                conn, queues=queues, limit=limit, worker_id=worker_id
+            )
         return [task_from_row(row) for row in rows]
 
     async def next_due_at(self, queues: str | Sequence[str]) -> datetime | None:
@@ -131,17 +143,25 @@ class AsyncPostgresQueue(Component):
         """Cancel a task that has not started yet (and the tasks that depend on it)."""
         return await self.cancel_tasks([task_id], reason) == 1
 
-    async def cancel_tasks(self, task_ids: Sequence[str], reason: str = "cancelled by request") -> int:
+    async def cancel_tasks(
+        self, task_ids: Sequence[str], reason: str = "cancelled by request"
+    ) -> int:
         async with self._conn() as conn:
             return await self._sql.tasks.cancel_tasks(conn, ids=list(task_ids), reason=reason)
 
     async def retry_tasks(
-        self, task_ids: Sequence[str] | None = None, *, queue_name: str | None = None, func: str | None = None
+        self,
+        task_ids: Sequence[str] | None = None,
+        *,
+        queue_name: str | None = None,
+        func: str | None = None,
     ) -> int:
         """Send failed tasks (or the given failed/cancelled/expired ones) back to pending."""
         async with self._conn() as conn:
             ids = list(task_ids) if task_ids is not None else None
-            return await self._sql.tasks.retry_tasks(conn, ids=ids, queue_name=queue_name, func=func)
+            return await self._sql.tasks.retry_tasks(
+                conn, ids=ids, queue_name=queue_name, func=func
+            )
 
     async def list_tasks(
         self,
@@ -157,9 +177,14 @@ class AsyncPostgresQueue(Component):
         check_page(limit, offset)
         async with self._conn() as conn:
             rows = await self._sql.tasks.list_tasks(
-                conn, statuses=as_list(status), queue_name=queue_name, func=func,
-                created_after=as_utc(created_after), created_before=as_utc(created_before),
-                limit=limit, offset=offset,
+                conn,
+                statuses=as_list(status),
+                queue_name=queue_name,
+                func=func,
+                created_after=as_utc(created_after),
+                created_before=as_utc(created_before),
+                limit=limit,
+                offset=offset,
             )
         return [task_from_row(row) for row in rows]
 
@@ -181,7 +206,9 @@ class AsyncPostgresQueue(Component):
         async with self._conn() as conn:
             return await self._sql.tasks.requeue_stalled(conn, older_than=older_than)
 
-    async def finish_tasks(self, outcomes: Sequence[dict[str, Any]], worker_id: str | None) -> dict[str, str]:
+    async def finish_tasks(
+        self, outcomes: Sequence[dict[str, Any]], worker_id: str | None
+    ) -> dict[str, str]:
         """Record run outcomes in one transaction (used by workers); returns id -> new status.
 
         Each outcome: id, attempt, outcome ('success' | 'failure' | 'expired'), result, error,
@@ -193,10 +220,14 @@ class AsyncPostgresQueue(Component):
             rows = await self._sql.tasks.finish_tasks(conn, outcomes=payload, worker_id=worker_id)
         return {row["id"]: row["status"] for row in rows}
 
-    async def release_tasks(self, task_ids: Sequence[str], worker_id: str | None, reason: str) -> int:
+    async def release_tasks(
+        self, task_ids: Sequence[str], worker_id: str | None, reason: str
+    ) -> int:
         """Return running tasks to pending without counting a retry (graceful shutdown)."""
         async with self._conn() as conn:
-            return await self._sql.tasks.release_tasks(conn, ids=list(task_ids), worker_id=worker_id, reason=reason)
+            return await self._sql.tasks.release_tasks(
+                conn, ids=list(task_ids), worker_id=worker_id, reason=reason
+            )
 
 
 @with_sync_methods

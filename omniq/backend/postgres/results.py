@@ -13,7 +13,9 @@ from .base import DEFAULT_LIMIT, Component, as_list, check_page
 from .rows import result_from_row, result_params
 from .sync import with_sync_methods
 
-FINAL = frozenset({ResultStatus.SUCCESS, ResultStatus.FAILURE, ResultStatus.CANCELLED, ResultStatus.EXPIRED})
+FINAL = frozenset(
+    {ResultStatus.SUCCESS, ResultStatus.FAILURE, ResultStatus.CANCELLED, ResultStatus.EXPIRED}
+)
 
 
 class AsyncPostgresResultStorage(Component):
@@ -62,9 +64,13 @@ class AsyncPostgresResultStorage(Component):
         check_page(limit, offset)
         async with self._conn() as conn:
             rows = await self._sql.results.list_results(
-                conn, statuses=as_list(status), worker_id=worker_id,
-                created_after=as_utc(created_after), created_before=as_utc(created_before),
-                limit=limit, offset=offset,
+                conn,
+                statuses=as_list(status),
+                worker_id=worker_id,
+                created_after=as_utc(created_after),
+                created_before=as_utc(created_before),
+                limit=limit,
+                offset=offset,
             )
         return [result_from_row(row) for row in rows]
 

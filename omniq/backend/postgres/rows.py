@@ -26,13 +26,22 @@ def task_document(task: Task) -> dict[str, Any]:
     data = dict(task.task_data)
     data.update({k: getattr(task, k) for k in TASK_DATA_FIELDS if getattr(task, k) is not None})
     return {
-        "id": task.id, "queue_name": task.queue_name, "priority": task.priority,
-        "func": task.func, "args": task.args, "kwargs": task.kwargs,
-        "created_at": _iso(task.created_at), "run_at": _iso(task.run_at),
-        "expires_at": _iso(task.expires_at), "retry_count": task.retry_count,
-        "max_retries": task.max_retries, "retry_delay": task.retry_delay,
-        "dependencies": task.dependencies, "callbacks": task.callbacks,
-        "metadata": task.metadata, "task_data": data,
+        "id": task.id,
+        "queue_name": task.queue_name,
+        "priority": task.priority,
+        "func": task.func,
+        "args": task.args,
+        "kwargs": task.kwargs,
+        "created_at": _iso(task.created_at),
+        "run_at": _iso(task.run_at),
+        "expires_at": _iso(task.expires_at),
+        "retry_count": task.retry_count,
+        "max_retries": task.max_retries,
+        "retry_delay": task.retry_delay,
+        "dependencies": task.dependencies,
+        "callbacks": task.callbacks,
+        "metadata": task.metadata,
+        "task_data": data,
     }
 
 
@@ -52,14 +61,28 @@ def task_from_row(row: Mapping[str, Any]) -> Task:
     data = dict(row["task_data"])
     extra = {k: data.pop(k) for k in TASK_DATA_FIELDS if k in data}
     return Task(
-        id=row["id"], queue_name=row["queue_name"], priority=row["priority"],
-        status=row["status"], func=row["func"], args=row["args"], kwargs=row["kwargs"],
-        created_at=row["created_at"], run_at=row["run_at"], expires_at=row["expires_at"],
-        retry_count=row["retry_count"], max_retries=row["max_retries"],
-        retry_delay=row["retry_delay"], dependencies=row["dependencies"],
-        callbacks=row["callbacks"], metadata=row["metadata"], task_data=data,
-        started_at=row["started_at"], finished_at=row["finished_at"],
-        worker_id=row["worker_id"], attempts=row["attempts"], **extra,
+        id=row["id"],
+        queue_name=row["queue_name"],
+        priority=row["priority"],
+        status=row["status"],
+        func=row["func"],
+        args=row["args"],
+        kwargs=row["kwargs"],
+        created_at=row["created_at"],
+        run_at=row["run_at"],
+        expires_at=row["expires_at"],
+        retry_count=row["retry_count"],
+        max_retries=row["max_retries"],
+        retry_delay=row["retry_delay"],
+        dependencies=row["dependencies"],
+        callbacks=row["callbacks"],
+        metadata=row["metadata"],
+        task_data=data,
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        worker_id=row["worker_id"],
+        attempts=row["attempts"],
+        **extra,
     )
 
 
@@ -67,21 +90,42 @@ def task_params(task: Task) -> dict[str, Any]:
     """Parameters of the update_task query."""
     doc = task_document(task)
     return {
-        **{k: doc[k] for k in ("id", "queue_name", "priority", "func", "retry_count", "max_retries", "retry_delay")},
-        "status": str(task.status), "run_at": task.run_at, "expires_at": task.expires_at,
-        **{k: dump_json(doc[k], f"{k} of task {task.id}") for k in
-           ("args", "kwargs", "dependencies", "callbacks", "metadata", "task_data")},
+        **{
+            k: doc[k]
+            for k in (
+                "id",
+                "queue_name",
+                "priority",
+                "func",
+                "retry_count",
+                "max_retries",
+                "retry_delay",
+            )
+        },
+        "status": str(task.status),
+        "run_at": task.run_at,
+        "expires_at": task.expires_at,
+        **{
+            k: dump_json(doc[k], f"{k} of task {task.id}")
+            for k in ("args", "kwargs", "dependencies", "callbacks", "metadata", "task_data")
+        },
     }
 
 
 def result_params(result: TaskResult) -> dict[str, Any]:
     return {
-        "task_id": result.task_id, "status": str(result.status),
+        "task_id": result.task_id,
+        "status": str(result.status),
         "result": dump_json(result.result, f"result of task {result.task_id}"),
-        "error": result.error, "error_type": result.error_type, "traceback": result.traceback,
-        "created_at": result.created_at, "started_at": result.started_at,
-        "completed_at": result.completed_at, "expires_at": result.expires_at,
-        "worker_id": result.worker_id, "execution_time": result.execution_time,
+        "error": result.error,
+        "error_type": result.error_type,
+        "traceback": result.traceback,
+        "created_at": result.created_at,
+        "started_at": result.started_at,
+        "completed_at": result.completed_at,
+        "expires_at": result.expires_at,
+        "worker_id": result.worker_id,
+        "execution_time": result.execution_time,
         "memory_usage": result.memory_usage,
         "metadata": dump_json(result.metadata, "result metadata"),
         "result_data": dump_json(result.result_data, "result_data"),
@@ -113,7 +157,8 @@ def schedule_params(schedule: Schedule) -> dict[str, Any]:
     for key in SCHEDULE_DATA_FIELDS:
         values.pop(key)
     values.update(
-        schedule_type=str(schedule.schedule_type), status=str(schedule.status),
+        schedule_type=str(schedule.schedule_type),
+        status=str(schedule.status),
         args=dump_json(schedule.args, f"args of schedule {schedule.id}"),
         kwargs=dump_json(schedule.kwargs, f"kwargs of schedule {schedule.id}"),
         metadata=dump_json(schedule.metadata, f"metadata of schedule {schedule.id}"),

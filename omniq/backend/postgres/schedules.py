@@ -40,9 +40,13 @@ class AsyncPostgresScheduleStorage(Component):
         check_page(limit, offset)
         async with self._conn() as conn:
             rows = await self._sql.schedules.list_schedules(
-                conn, statuses=as_list(status),
+                conn,
+                statuses=as_list(status),
                 schedule_type=str(schedule_type) if schedule_type else None,
-                queue_name=queue_name, func=func, limit=limit, offset=offset,
+                queue_name=queue_name,
+                func=func,
+                limit=limit,
+                offset=offset,
             )
         return [schedule_from_row(row) for row in rows]
 
@@ -62,7 +66,9 @@ class AsyncPostgresScheduleStorage(Component):
 
     async def _set_status(self, schedule_id: str, status: str) -> bool:
         async with self._conn() as conn:
-            return bool(await self._sql.schedules.set_schedule_status(conn, id=schedule_id, status=status))
+            return bool(
+                await self._sql.schedules.set_schedule_status(conn, id=schedule_id, status=status)
+            )
 
     async def get_ready_schedules(self, limit: int = DEFAULT_LIMIT) -> list[Schedule]:
         """Active schedules due now (read only; firing them is :meth:`fire_due_schedules`)."""

@@ -25,17 +25,24 @@ class Plan:
 
     @property
     def latest(self) -> int:
-        return max((_number(s) for s in self.scripts if s.name.startswith("migrations/")), default=self.version)
+        return max(
+            (_number(s) for s in self.scripts if s.name.startswith("migrations/")),
+            default=self.version,
+        )
 
 
 async def plan(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
     """The scripts not yet applied (or changed since), without taking any lock."""
     applied: dict[str, str] = {}
     if await files.migrations.installed(conn, schema_name=schema):
-        applied = {r["name"]: r["checksum"] for r in await files.migrations.applied_migrations(conn)}
+        applied = {
+            r["name"]: r["checksum"] for r in await files.migrations.applied_migrations(conn)
+        }
     todo = [s for s in files.migration_scripts if s.name not in applied]
     todo += [s for s in files.function_scripts if applied.get(s.name) != s.checksum or todo]
-    version = max((_number_of(name) for name in applied if name.startswith("migrations/")), default=0)
+    version = max(
+        (_number_of(name) for name in applied if name.startswith("migrations/")), default=0
+    )
     return Plan(todo, version)
 
 
@@ -54,7 +61,9 @@ async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Pla
         todo = await plan(conn, files, schema)  # again, now that we hold the lock
         for script in todo.scripts:
             await conn.execute(script.sql)
-            await files.migrations.record_migration(conn, name=script.name, checksum=script.checksum)
+            await files.migrations.record_migration(
+                conn, name=script.name, checksum=script.checksum
+            )
     return todo
 
 

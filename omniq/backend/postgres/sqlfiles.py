@@ -73,7 +73,9 @@ class SQLFiles:
         self.migration_scripts = [self._script(p, names) for p in _files("migrations")]
         self.function_scripts = [self._script(p, names) for p in _files("functions")]
         for path in _files("queries"):
-            setattr(self, path.stem, SimpleNamespace(**_load_queries(render(path.read_text(), names))))
+            setattr(
+                self, path.stem, SimpleNamespace(**_load_queries(render(path.read_text(), names)))
+            )
 
     @staticmethod
     def _script(path: Path, names: dict[str, str]) -> Script:
@@ -104,5 +106,7 @@ def _load_queries(text: str) -> dict[str, Query]:
     queries = {}
     for name in loaded.available_queries:
         fn = getattr(loaded, name)
-        queries[name] = Query(name, fn.sql, tuple(order.get(name, ())), fn.operation, fn.__doc__ or "")
+        queries[name] = Query(
+            name, fn.sql, tuple(order.get(name, ())), fn.operation, fn.__doc__ or ""
+        )
     return queries
