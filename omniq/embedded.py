@@ -39,7 +39,7 @@ SUPERUSER = "postgres"
 CONF_FILE = "omniq.conf"  # rewritten on every start, included from postgresql.conf
 LOG_FILE = "server.log"
 _SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-_TOOLS = ("initdb", "pg_ctl", "postgres", "psql")
+_TOOLS = ("initdb", "pg_ctl", "postgres", "createdb")
 _INSTALL_HINT = (
     "Install the PostgreSQL server (Debian/Ubuntu: `apt-get install postgresql`, "
     "Fedora: `dnf install postgresql-server postgresql-contrib`, macOS: `brew install postgresql`, "
@@ -52,7 +52,7 @@ _INSTALL_HINT = (
 
 
 def find_bindir() -> Path:
-    """Return the directory holding initdb, pg_ctl, postgres and psql.
+    """Return the directory holding initdb, pg_ctl, postgres and createdb.
 
     Order: ``$OMNIQ_PG_BINDIR`` (authoritative when set), ``pg_config --bindir``,
     ``initdb`` on PATH, the highest ``/usr/lib/postgresql/*/bin``, then the binaries
@@ -413,17 +413,13 @@ class EmbeddedPostgres:
             return f.read().decode(errors="replace")
         return ""
 
-    def _psql(self, sql: str) -> str:
-        conn = ["-h", "127.0.0.1", "-p", str(self._port), "-U", SUPERUSER, "-d", "postgres"]
-        return _run([self.bindir / "psql", "-X", "-qtA", *conn, "-c", sql]).stdout.strip()
-
     def _create_database(self) -> None:
-        if self._psql("SELECT 1 FROM pg_database WHERE datname = 'omniq'") == "1":
-            return
+        # createdb rather than SQL text: OmniQ keeps its SQL in sql/, and this is idempotent.
+        conn = ["-h", "127.0.0.1", "-p", str(self._port), "-U", SUPERUSER]
         try:
-            self._psql("CREATE DATABASE omniq")
+            _run([self.bindir / "createdb", *conn, DATABASE])
         except RuntimeError as exc:
-            if "already exists" not in str(exc):  # lost a race to a concurrent creator: fine
+            if "already exists" not in str(exc):  # also when a concurrent creator won the race
                 raise
 
 

@@ -24,19 +24,32 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_worker_stopped(p_worker_id TEXT)
-RETURNS VOID
-LANGUAGE sql SET search_path FROM CURRENT AS $$
--- A worker that shut down cleanly leaves the registry.
-    DELETE FROM omniq_workers WHERE id = p_worker_id
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- A worker that shut down leaves the registry; any task it still holds goes back to pending
+-- (no retry counted). Returns the number of tasks released. Index: tasks_running_idx.
+DECLARE
+    v_ids TEXT[];
+BEGIN
+    DELETE FROM omniq_workers WHERE id = p_worker_id;
+    SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
+    WHERE t.status = 'running' AND t.worker_id = p_worker_id;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN omniq_release_tasks(v_ids, p_worker_id, 'worker ' || p_worker_id || ' stopped');
+END
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_rescue_tasks(p_stale_after INTERVAL)
-RETURNS INTEGER
+RETURNS TABLE (rescued INTEGER, next_check_at TIMESTAMPTZ)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Tasks held by workers silent for longer than p_stale_after go back to pending; each rescue
 -- counts as a retry, so a task that keeps killing its worker ends failed ('WorkerLost').
 -- Dead workers leave the registry. Tasks dequeued without a worker id are not touched
--- (see omniq_requeue_stalled). Index: tasks_running_idx.
+-- (see omniq_requeue_stalled). next_check_at is when the next held task could go stale
+-- (NULL: no worker holds a task), so idle workers check then and not on a timer.
+-- Index: tasks_running_idx.
 DECLARE
     v_n INTEGER;
 BEGIN
@@ -76,6 +89,9 @@ BEGIN
                             AND t.id NOT IN (SELECT rescued.id FROM rescued))
     )
     SELECT count(*) INTO v_n FROM rescued;
-    RETURN v_n;
+    RETURN QUERY
+    SELECT v_n, min(w.last_heartbeat) + p_stale_after
+    FROM omniq_workers AS w
+    WHERE EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
 END
 $$;

@@ -5,13 +5,14 @@
 SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
     :concurrency::int, :held::text[]);
 
--- name: worker_stopped(worker_id)!
--- Remove a cleanly stopped worker from the registry.
+-- name: worker_stopped(worker_id)$
+-- Remove a stopped worker from the registry, releasing any task it still holds.
 SELECT "public".omniq_worker_stopped(:worker_id::text);
 
--- name: rescue_tasks(stale_after)$
--- Requeue tasks of workers silent for longer than :stale_after. Index: tasks_running_idx.
-SELECT "public".omniq_rescue_tasks(:stale_after::interval);
+-- name: rescue_tasks(stale_after)^
+-- Requeue tasks of workers silent for longer than :stale_after; when to check next.
+-- Index: tasks_running_idx.
+SELECT * FROM "public".omniq_rescue_tasks(:stale_after::interval);
 
 -- name: list_workers()
 -- Registered workers and how many tasks each holds. Index: tasks_running_idx.

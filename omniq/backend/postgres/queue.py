@@ -229,6 +229,50 @@ class AsyncPostgresQueue(Component):
                 conn, ids=list(task_ids), worker_id=worker_id, reason=reason
             )
 
+    # -- worker registry: heartbeats, rescue, deregistration ------------------------------
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        queues: Sequence[str],
+        concurrency: int,
+        held: Sequence[str] = (),
+    ) -> list[str]:
+        """Register or refresh a worker; returns the ids among ``held`` it no longer holds."""
+        async with self._conn() as conn:
+            lost = await self._sql.workers.heartbeat(
+                conn,
+                worker_id=worker_id,
+                hostname=hostname,
+                pid=pid,
+                queues=list(queues),
+                concurrency=concurrency,
+                held=list(held),
+            )
+        return list(lost or [])
+
+    async def rescue_tasks(self, stale_after: timedelta) -> tuple[int, datetime | None]:
+        """Requeue tasks of workers silent for longer than ``stale_after``.
+
+        Returns (tasks rescued, when the next held task could go stale or None).
+        """
+        async with self._conn() as conn:
+            row = await self._sql.workers.rescue_tasks(conn, stale_after=stale_after)
+        return row["rescued"], row["next_check_at"]
+
+    async def worker_stopped(self, worker_id: str) -> int:
+        """Deregister a worker, releasing any task it still holds; returns tasks released."""
+        async with self._conn() as conn:
+            return await self._sql.workers.worker_stopped(conn, worker_id=worker_id)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Registered workers with their last heartbeat and the number of tasks they hold."""
+        async with self._conn() as conn:
+            return [dict(row) for row in await self._sql.workers.list_workers(conn)]
+
 
 @with_sync_methods
 class PostgresQueue(AsyncPostgresQueue):

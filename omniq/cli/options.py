@@ -1,0 +1,41 @@
+"""Options every command shares: where PostgreSQL is, which schema; the embedded fallback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..models.config import PostgresConfig, redact_dsn
+
+PG_ENV = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE")
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--dsn",
+        help="postgresql:// URL or libpq string (default: $OMNIQ_DSN, then PG* variables, then embedded)",
+    )
+    group.add_argument(
+        "--schema",
+        default=os.environ.get("OMNIQ_SCHEMA", "public"),
+        help="schema of the OmniQ tables (default: $OMNIQ_SCHEMA or public)",
+    )
+
+
+def config_from_args(args: argparse.Namespace, **settings: object) -> PostgresConfig:
+    """--dsn, else OMNIQ_DSN, else the libpq PG* variables, else the embedded server."""
+    dsn = args.dsn or os.environ.get("OMNIQ_DSN")
+    if not dsn and any(os.environ.get(name) for name in PG_ENV):
+        dsn = "postgresql://"  # asyncpg fills host, port, user, password and database from PG*
+    if not dsn:
+        from ..embedded import default_data_dir, ensure_running
+
+        dsn = ensure_running()
+        print(
+            f"omniq: using the embedded PostgreSQL at {redact_dsn(dsn)} (data in {default_data_dir()}; "
+            "stop it with `omniq embedded stop`)",
+            file=sys.stderr,
+        )
+    return PostgresConfig(dsn=dsn, schema=args.schema, **settings)  # type: ignore[arg-type]
