@@ -233,6 +233,9 @@ class AsyncWorker:
                 await self._fetch_loop(burst)
                 await self._drain()
             finally:
+                assert self._flush_lock is not None
+                async with self._flush_lock:
+                    pass  # a flush under way finishes before the flusher is cancelled
                 for helper in helpers:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
@@ -402,24 +405,30 @@ class AsyncWorker:
         assert self._flush_lock is not None
         async with self._flush_lock:
             outcomes, self._batch = self._batch.outcomes, _Batch()
-            if not outcomes:
-                return
-            delay = 0.1
-            while True:
-                try:
-                    statuses = await self.backend.task_queue.finish_tasks(outcomes, self.worker_id)
-                    break
-                except (ConnectionError, OSError, TimeoutError) as exc:
-                    log.warning(
-                        "recording %d outcome(s) failed (%s); retrying in %.1fs",
-                        len(outcomes),
-                        exc,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        for outcome in outcomes:
-            self._count(outcome, statuses.get(outcome["id"]))
+            if outcomes:
+                statuses = await self._write_outcomes(outcomes)
+                for outcome in outcomes:
+                    self._count(outcome, statuses.get(outcome["id"]))
+
+    async def _write_outcomes(self, outcomes: list[dict[str, Any]]) -> dict[str, str]:
+        queue = self.backend.task_queue
+        delay = 0.1
+        while True:
+            try:
+                return await queue.finish_tasks(outcomes, self.worker_id)
+            except (ConnectionError, OSError, TimeoutError) as exc:  # transient: keep and retry
+                log.warning("recording %d outcome(s) failed (%s); retrying in %.1fs", len(outcomes), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                if len(outcomes) == 1:
+                    log.exception("could not record the outcome of %s; it stays held and is requeued at shutdown", outcomes[0]["id"])
+                    return {}
+                log.exception("recording a batch failed; recording its %d outcomes one by one", len(outcomes))
+                statuses: dict[str, str] = {}
+                for outcome in outcomes:
+                    statuses.update(await self._write_outcomes([outcome]))
+                return statuses
 
     def _count(self, outcome: dict[str, Any], status: str | None) -> None:
         """Tally an outcome by the status the database gave the task, and log it for people."""

@@ -10,10 +10,27 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import OmniQError
-from . import run
+import asyncpg
 
-COMMAND_MODULES = [run]
+from ..errors import OmniQError
+from . import admin, doctor, manage, produce, run, show, status
+from .common import CommandError
+
+COMMAND_MODULES = [run, produce, status, show, manage, admin, doctor]
+
+EXAMPLES = """\
+examples:
+  omniq enqueue app.tasks.send_email '"ann@example.com"' --queue emails
+  omniq worker --queues emails,default        run tasks (Ctrl-C stops)
+  omniq status --watch                        queues, workers and schedules, refreshed
+  omniq tasks --status failed                 then: omniq task ID, omniq retry ID
+  omniq schedule add app.tasks.report --cron '0 6 * * *'
+  omniq cleanup --purge-finished-older-than 7
+  omniq sql | psql "$DSN"                     install/migrate by hand (see omniq doctor)
+
+Every command takes --dsn (or $OMNIQ_DSN, or the PG* variables) and --schema.
+Exit codes: 0 ok, 1 error, 2 usage error, 3 not found.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="omniq",
         description="OmniQ: a PostgreSQL task queue. Without --dsn, OMNIQ_DSN or PG* variables, "
         "commands use an embedded PostgreSQL that OmniQ starts for this directory.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(commands)
+    for sub in _all_subparsers(parser):  # --debug also after the command name
+        if not any("--debug" in a.option_strings for a in sub._actions):
+            sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += [sub, *_all_subparsers(sub)]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,11 +73,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except CommandError as exc:
+        if args.debug:
+            raise
+        return _fail(str(exc), exc.exit_code)
     except (OmniQError, ConnectionError, ValueError, TypeError, RuntimeError, OSError) as exc:
         if args.debug:
             raise
-        print(f"omniq: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc) or type(exc).__name__)
+    except asyncpg.PostgresError as exc:
+        if args.debug:
+            raise
+        return _fail(f"PostgreSQL said: {exc}")
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if args.debug:
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"omniq: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 def entry_point() -> None:

@@ -9,7 +9,7 @@ CREATE OR REPLACE FUNCTION omniq_cleanup_expired_tasks(p_batch INTEGER DEFAULT 1
 RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Expire unstarted tasks past expires_at, then delete up to p_batch expired tasks.
--- Index: tasks_expiry_idx, then tasks_status_created_idx.
+-- Index: tasks_expiry_idx, then tasks_finished_idx.
 DECLARE
     v_n INTEGER;
 BEGIN
@@ -73,7 +73,7 @@ RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Delete up to p_batch finished tasks (completed, failed, cancelled, expired) created more
 -- than p_older_than ago; their results and events stay until their own cleanup. A task
--- that a waiting task still depends on is kept. Index: tasks_status_created_idx.
+-- that a waiting task still depends on is kept. Index: tasks_finished_idx.
 DECLARE
     v_n INTEGER;
 BEGIN
@@ -121,7 +121,7 @@ RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Give failed (and cancelled or expired) tasks a fresh start: pending now, retry_count 0,
 -- expiry cleared. Select by ids, by queue, by func, or any combination (all NULL: every
--- failed task). Index: tasks_status_created_idx.
+-- failed task). Index: tasks_finished_idx.
 DECLARE
     v_n INTEGER;
 BEGIN

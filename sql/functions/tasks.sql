@@ -252,6 +252,11 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     v_ids TEXT[];
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t
+                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
+                     AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))) THEN
+        RETURN 0;  -- the usual case, answered by the index alone
+    END IF;
     WITH expired AS (
         UPDATE "tasks" AS t SET status = 'expired', finished_at = now()
         WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()

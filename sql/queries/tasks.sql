@@ -23,7 +23,7 @@ SELECT "public".omniq_release_tasks(:ids::text[], :worker_id::text, :reason::tex
 SELECT "public".omniq_cancel_tasks(:ids::text[], :reason::text);
 
 -- name: retry_tasks(ids, queue_name, func)$
--- Reset failed tasks to pending (by ids, queue or func). Index: tasks_status_created_idx.
+-- Reset failed tasks to pending (by ids, queue or func). Index: tasks_finished_idx.
 SELECT "public".omniq_retry_tasks(:ids::text[], :queue_name::text, :func::text);
 
 -- name: get_task(id)^
@@ -32,7 +32,7 @@ SELECT * FROM "public"."tasks" WHERE id = :id::text;
 
 -- name: list_tasks(statuses, queue_name, func, created_after, created_before, limit, offset)
 -- Tasks, newest first, filtered by any of status list, queue, func and creation time.
--- Index: tasks_status_created_idx when statuses is given.
+-- Index: tasks_finished_idx when statuses is given.
 SELECT * FROM "public"."tasks"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
   AND (:queue_name::text IS NULL OR queue_name = :queue_name::text)

@@ -66,6 +66,12 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: OmniQ leaves no session state behind (no LISTEN, locks, SET), so the
+    default reset (one more round trip per operation) is skipped; open transactions are still
+    rolled back by asyncpg before this is called."""
+
+
 async def create_pool(config: PostgresConfig) -> asyncpg.Pool:
     async with translate_errors(config):
         return await asyncpg.create_pool(
@@ -75,6 +81,7 @@ async def create_pool(config: PostgresConfig) -> asyncpg.Pool:
             command_timeout=config.command_timeout,
             statement_cache_size=config.statement_cache_size,
             init=init_connection,
+            reset=_keep_session,
         )
 
 

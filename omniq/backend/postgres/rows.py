@@ -22,10 +22,10 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def task_document(task: Task) -> dict[str, Any]:
-    """The JSON object omniq_enqueue takes for one task."""
+    """The JSON object omniq_enqueue takes for one task (absent keys are NULL there)."""
     data = dict(task.task_data)
     data.update({k: getattr(task, k) for k in TASK_DATA_FIELDS if getattr(task, k) is not None})
-    return {
+    doc = {
         "id": task.id,
         "queue_name": task.queue_name,
         "priority": task.priority,
@@ -43,6 +43,12 @@ def task_document(task: Task) -> dict[str, Any]:
         "metadata": task.metadata,
         "task_data": data,
     }
+    # Leaving out None keeps "null" out of the JSON text, so dump_json's NaN check (which
+    # looks for "null") walks the values only when the user's own data holds a None.
+    for key in ("run_at", "expires_at"):
+        if doc[key] is None:
+            del doc[key]
+    return doc
 
 
 def tasks_json(tasks: Iterable[Task]) -> str:

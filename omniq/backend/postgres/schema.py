@@ -14,6 +14,13 @@ from ...errors import SchemaError
 from .sqlfiles import Script, SQLFiles
 
 TABLES_KEY = "tables"
+# Creating an object whose name is taken: a user's own table, or a configured table name
+# equal to one of OmniQ's own objects (omniq_workers, tasks_pkey, ...).
+_CLASHES = (
+    asyncpg.DuplicateTableError,
+    asyncpg.DuplicateObjectError,
+    asyncpg.DuplicateFunctionError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +67,14 @@ async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Pla
         await _check_tables(conn, files)
         todo = await plan(conn, files, schema)  # again, now that we hold the lock
         for script in todo.scripts:
-            await conn.execute(script.sql)
+            try:
+                await conn.execute(script.sql)
+            except _CLASHES as exc:
+                raise SchemaError(
+                    f"cannot install OmniQ in schema {files.names['public']!r}: {exc} "
+                    f"(applying {script.name}). A table, index or function of that name already "
+                    "exists there; use another schema or other table names."
+                ) from exc
             await files.migrations.record_migration(
                 conn, name=script.name, checksum=script.checksum
             )

@@ -1,0 +1,191 @@
+"""What the commands share: exit codes, argument parsers, opening the backend."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from croniter import croniter
+
+from ..backend.postgres import PostgreSQLBackend
+from ..backend.postgres.connection import connect_kwargs, translate_errors
+from ..models._common import utcnow
+from ..models.config import PostgresConfig
+from .options import add_connection_options, config_from_args
+
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 3
+
+
+class CommandError(Exception):
+    """An error a command reports as one line, with its exit code."""
+
+    exit_code = EXIT_ERROR
+
+
+class NotFound(CommandError):
+    exit_code = EXIT_NOT_FOUND
+
+
+# -- argument types (a bad value is a usage error: exit 2 with argparse's message) ------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
+_UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def seconds(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` as seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected seconds or a duration like 90s, 15m, 2h, 7d, got {text!r}")
+    return float(match.group(1)) * _UNIT[(match.group(2) or "s").lower()]
+
+
+def days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"days must not be negative, got {text!r}")
+    return value
+
+
+def moment(text: str) -> datetime:
+    """An ISO 8601 time (naive means UTC) or a duration ago (``15m``: fifteen minutes ago)."""
+    if _DURATION.match(text) and not text.strip().replace(".", "").isdigit():
+        return utcnow() - timedelta(seconds=seconds(text))
+    return iso_time(text)
+
+
+def iso_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time like 2025-01-31T09:30:00Z, got {text!r}"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def json_value(text: str) -> Any:
+    """A task argument: JSON when it parses as JSON, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
+def cron(text: str) -> str:
+    if not croniter.is_valid(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid cron expression {text!r}: expected five fields "
+            "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"
+        )
+    return text
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# -- parsers -------------------------------------------------------------------------------
+
+
+def add_command(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    handler: Callable[[argparse.Namespace], int | None],
+    summary: str,
+    description: str | None = None,
+    *,
+    connect: bool = True,
+) -> argparse.ArgumentParser:
+    """A sub-command with its help, the connection options and the handler to run."""
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description or summary[0].upper() + summary[1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if connect:
+        add_connection_options(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def add_page_options(parser: argparse.ArgumentParser, default_limit: int = 100) -> None:
+    group = parser.add_argument_group("paging")
+    group.add_argument(
+        "--limit", type=int, default=default_limit, help=f"at most this many (default: {default_limit})"
+    )
+    group.add_argument("--offset", type=int, default=0, help="skip this many first (default: 0)")
+
+
+def add_time_range(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--since", type=moment, metavar="WHEN", help=f"{what} at or after WHEN: ISO 8601 or 15m, 2h, 7d ago"
+    )
+    parser.add_argument("--until", type=moment, metavar="WHEN", help=f"{what} before WHEN")
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def run(main: Callable[[], Awaitable[int | None]]) -> int:
+    return int(asyncio.run(main()) or 0)  # type: ignore[arg-type]
+
+
+def config(args: argparse.Namespace) -> PostgresConfig:
+    return config_from_args(args, min_connections=1, max_connections=2)
+
+
+@contextlib.asynccontextmanager
+async def open_backend(args: argparse.Namespace) -> AsyncIterator[PostgreSQLBackend]:
+    """The backend, connected (creating or migrating the schema like every OmniQ process)."""
+    async with PostgreSQLBackend(config(args)) as backend:
+        yield backend
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(cfg: PostgresConfig) -> AsyncIterator[asyncpg.Connection]:
+    """One plain connection that changes nothing on connect (for migrate --dry-run, sql, doctor)."""
+    async with translate_errors(cfg):
+        conn = await asyncpg.connect(**connect_kwargs(cfg))
+    try:
+        async with translate_errors(cfg, connecting=False):
+            yield conn
+    finally:
+        await conn.close()
