@@ -119,6 +119,7 @@ class AsyncWorker:
         concurrency: int = 10,
         worker_id: str | None = None,
         *,
+        prefetch: int | None = None,
         default_timeout: float | None = None,
         heartbeat_interval: float = 5.0,
         worker_timeout: float = 30.0,
@@ -139,6 +140,9 @@ class AsyncWorker:
         self.backend = backend
         self.queues = list(queues)
         self.concurrency = concurrency
+        # Tasks held beyond those running: bigger dequeue batches, fewer round trips. They are
+        # returned to pending untouched if the worker stops before starting them.
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.default_timeout = default_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -154,13 +158,17 @@ class AsyncWorker:
         self._flush_lock: asyncio.Lock | None = None
         self._flush_due: asyncio.Event | None = None
         self._slot_free: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
         self._forced = False
+        self._reply_lost = False  # a dequeue failed: it may have taken tasks we never received
         self._next_rescue: float | None = (
             0.0  # loop time of the next rescue check; None: nobody holds tasks
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._threads_lock = threading.Lock()
+        self._threads_running = 0  # task functions running on pool threads right now
 
     def _sync_loop(self) -> asyncio.AbstractEventLoop:
         return self.backend._sync_loop()
@@ -198,18 +206,12 @@ class AsyncWorker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._flush_due = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="omniq-task")
-        queue = self.backend.task_queue
         await self.backend.connect()
-        await queue.heartbeat(
-            self.worker_id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            queues=self.queues,
-            concurrency=self.concurrency,
-        )
+        await self._beat()
         log.info(
             "worker %s on queues %s, concurrency %d",
             self.worker_id,
@@ -253,6 +255,7 @@ class AsyncWorker:
         queue = self.backend.task_queue
         loop = asyncio.get_running_loop()
         listener = None if burst else await self.backend.listener()
+        retry_delay = 0.1
         with contextlib.ExitStack() as stack:
             wakeup = (
                 stack.enter_context(listener.watch("tasks", frozenset(self.queues)))
@@ -260,26 +263,49 @@ class AsyncWorker:
                 else None
             )
             while not self._stopping.is_set():
-                free = self.concurrency - len(self._running)
+                free = self.concurrency + self.prefetch - len(self._running)
                 if free <= 0:
                     self._slot_free.clear()
                     await _first(self._slot_free.wait(), self._stopping.wait())
                     continue
                 if wakeup is not None:
                     wakeup.clear()  # before looking: a NOTIFY from now on is not missed
-                tasks = await queue.dequeue_many(self.queues, free, worker_id=self.worker_id)
+                try:
+                    if self._reply_lost:
+                        await self._release_unknown_tasks()
+                    tasks = await queue.dequeue_many(self.queues, free, worker_id=self.worker_id)
+                except (ConnectionError, OSError, TimeoutError) as exc:
+                    # Server restarting, statement timeout, pool exhausted: keep the worker,
+                    # try again with backoff. The dequeue may have committed without us
+                    # getting the reply: such tasks are released before the next one.
+                    self._reply_lost = True
+                    log.warning("taking tasks failed (%s); retrying in %.1fs", exc, retry_delay)
+                    await _first(asyncio.sleep(retry_delay), self._stopping.wait())
+                    retry_delay = min(retry_delay * 2, 5.0)
+                    continue
+                retry_delay = 0.1
                 for task in tasks:
                     self._start(task)
                 if tasks:
                     continue
                 if wakeup is None:  # burst: done once nothing is ready and nothing runs
                     if not self._running:
-                        return
+                        assert self._flush_lock is not None
+                        if not self._batch.outcomes and not self._flush_lock.locked():
+                            return
+                        await self._flush()  # outcomes not yet written can release dependents
+                        continue
                     self._slot_free.clear()
                     await _first(self._slot_free.wait(), self._stopping.wait())
                     continue
                 await self._rescue_if_due()
-                due = await queue.next_due_at(self.queues)
+                try:
+                    due = await queue.next_due_at(self.queues)
+                except (ConnectionError, OSError, TimeoutError) as exc:
+                    log.warning("looking for delayed tasks failed (%s); looking again", exc)
+                    await _first(asyncio.sleep(retry_delay), self._stopping.wait())
+                    retry_delay = min(retry_delay * 2, 5.0)
+                    continue
                 deadlines = [loop.time() + (due - utcnow()).total_seconds()] if due else []
                 if self._next_rescue is not None:
                     deadlines.append(self._next_rescue)
@@ -288,27 +314,66 @@ class AsyncWorker:
                 if self._next_rescue is None and wakeup.event.is_set():
                     self._next_rescue = loop.time()  # work appeared: someone may hold tasks now
 
+    async def _release_unknown_tasks(self) -> None:
+        """Release tasks the database says this worker holds but it never received.
+
+        A dequeue whose reply was lost (connection dropped or statement cancelled right after
+        the commit) leaves tasks marked running under this worker's id. While the worker
+        heartbeats nobody would rescue them, so they go back to pending here, untouched and
+        without counting a retry: they never started.
+        """
+        queue = self.backend.task_queue
+        await self._flush()  # outcomes recorded first: a finished task is not "unknown"
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            held: list[str] = []
+            page, offset = 10_000, 0
+            while True:
+                running = await queue.list_tasks(status="running", limit=page, offset=offset)
+                held += [t.id for t in running if t.worker_id == self.worker_id]
+                if len(running) < page:
+                    break
+                offset += page
+            known = set(self._running) | {o["id"] for o in self._batch.outcomes}
+            unknown = [task_id for task_id in held if task_id not in known]
+            if unknown:
+                released = await queue.release_tasks(
+                    unknown, self.worker_id, "the reply of the dequeue that took it was lost"
+                )
+                log.warning("released %d task(s) taken by a dequeue whose reply was lost", released)
+        self._reply_lost = False
+
     async def _rescue_if_due(self) -> None:
         """Rescue tasks of silent workers when the database said one could be stale by now."""
         loop = asyncio.get_running_loop()
         if self._next_rescue is None or loop.time() < self._next_rescue:
             return
         try:
-            self._next_rescue = await self._rescue(timedelta(seconds=self.worker_timeout))
+            self._next_rescue = await self._rescue()
         except (ConnectionError, OSError, TimeoutError) as exc:
             log.warning("rescue check failed: %s", exc)
             self._next_rescue = loop.time() + self.heartbeat_interval
 
-    async def _rescue(self, stale_after: timedelta) -> float | None:
-        rescued, check_at = await self.backend.task_queue.rescue_tasks(stale_after)
+    async def _rescue(self) -> float | None:
+        rescued, check_at = await self.backend.task_queue.rescue_tasks()
         if rescued:
-            log.warning(
-                "rescued %d task(s) from workers silent for %gs", rescued, self.worker_timeout
-            )
+            log.warning("rescued %d task(s) from workers that stopped heartbeating", rescued)
         if check_at is None:
             return None
         loop = asyncio.get_running_loop()
         return loop.time() + max(0.5, (check_at - utcnow()).total_seconds())
+
+    async def _beat(self) -> list[str]:
+        """Register or refresh this worker; returns held task ids it lost to a rescue."""
+        return await self.backend.task_queue.heartbeat(
+            self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            held=list(self._running),
+            stale_after=timedelta(seconds=self.worker_timeout),
+        )
 
     def _start(self, task: Task) -> None:
         self.stats.started += 1
@@ -324,6 +389,13 @@ class AsyncWorker:
     # -- running one task -----------------------------------------------------------------
 
     async def _execute(self, task: Task) -> None:
+        assert self._slots is not None and self._stopping is not None
+        async with self._slots:
+            if self._stopping.is_set():
+                return  # prefetched but not started: released untouched at shutdown
+            await self._execute_now(task)
+
+    async def _execute_now(self, task: Task) -> None:
         started_at = utcnow()
         t0 = time.perf_counter()
         outcome: dict[str, Any] = {
@@ -347,9 +419,9 @@ class AsyncWorker:
         except Exception as exc:
             outcome.update(
                 outcome="failure",
-                error=str(exc) or repr(exc),
+                error=_storable(str(exc) or repr(exc)),
                 error_type=type(exc).__name__,
-                traceback=traceback.format_exc(),
+                traceback=_storable(traceback.format_exc()),
             )
         self._record(task, outcome, t0)
 
@@ -362,7 +434,7 @@ class AsyncWorker:
             assert self._executor is not None
             self._running[task.id].in_thread = True
             call = asyncio.get_running_loop().run_in_executor(
-                self._executor, functools.partial(fn, *task.args, **task.kwargs)
+                self._executor, self._in_thread, functools.partial(fn, *task.args, **task.kwargs)
             )
         try:
             value = await asyncio.wait_for(call, timeout)
@@ -376,6 +448,16 @@ class AsyncWorker:
         if inspect.isawaitable(value):
             value = await asyncio.wait_for(value, timeout)
         return value
+
+    def _in_thread(self, call: Callable[[], Any]) -> Any:
+        """Run a plain task function on a pool thread, counted: see :attr:`threads_busy`."""
+        with self._threads_lock:
+            self._threads_running += 1
+        try:
+            return call()
+        finally:
+            with self._threads_lock:
+                self._threads_running -= 1
 
     def _record(self, task: Task, outcome: dict[str, Any], t0: float) -> None:
         outcome["finished_at"] = utcnow()
@@ -454,21 +536,13 @@ class AsyncWorker:
 
     async def _heartbeats(self) -> None:
         """Heartbeat while holding tasks (an idle worker sends nothing); drop tasks taken away."""
-        queue = self.backend.task_queue
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             if not self._running:
                 continue
             await self._rescue_if_due()
             try:
-                lost = await queue.heartbeat(
-                    self.worker_id,
-                    hostname=socket.gethostname(),
-                    pid=os.getpid(),
-                    queues=self.queues,
-                    concurrency=self.concurrency,
-                    held=list(self._running),
-                )
+                lost = await self._beat()
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -540,8 +614,13 @@ class AsyncWorker:
 
     @property
     def threads_busy(self) -> bool:
-        """True while a task function still runs in a thread (it cannot be interrupted)."""
-        return any(r.in_thread and not r.future.done() for r in self._running.values())
+        """True while a task function still runs in a thread (it cannot be interrupted).
+
+        Also after its task was given up (timeout, forced stop): the thread runs on until the
+        function returns, so a process that must exit now has to use ``os._exit``.
+        """
+        with self._threads_lock:
+            return self._threads_running > 0
 
 
 class Worker(AsyncWorker):
@@ -558,6 +637,19 @@ class Worker(AsyncWorker):
             return await AsyncWorker.run(self, burst)
         finally:
             await backend.close()
+
+
+def _storable(text: str) -> str:
+    """Error text PostgreSQL can store: NUL (which TEXT and JSONB refuse) and lone surrogates
+    (not UTF-8) are written as escapes, so an odd exception message cannot keep an outcome
+    from being recorded."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _checked_result(value: Any, task: Task) -> Any:

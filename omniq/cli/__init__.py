@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import asyncpg
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(commands)
     for sub in _all_subparsers(parser):  # --debug also after the command name
         if not any("--debug" in a.option_strings for a in sub._actions):
-            sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            sub.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
     return parser
 
 
@@ -73,25 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `omniq tasks | head`: the reader left; stop quietly, like ls would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CommandError as exc:
-        if args.debug:
-            raise
-        return _fail(str(exc), exc.exit_code)
+        return _fail(args, str(exc), exc.exit_code)
     except (OmniQError, ConnectionError, ValueError, TypeError, RuntimeError, OSError) as exc:
-        if args.debug:
-            raise
-        return _fail(str(exc) or type(exc).__name__)
+        return _fail(args, str(exc) or type(exc).__name__)
     except asyncpg.PostgresError as exc:
-        if args.debug:
-            raise
-        return _fail(f"PostgreSQL said: {exc}")
+        return _fail(args, f"PostgreSQL said: {exc}")
     except Exception as exc:  # a bug: still one line, with the way to see more
-        if args.debug:
-            raise
-        return _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return _fail(args, f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)")
 
 
-def _fail(message: str, code: int = 1) -> int:
+def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
+    """One line on stderr (the traceback first with --debug); the exit code."""
+    if args.debug:
+        traceback.print_exc()
     print(f"omniq: error: {' '.join(message.split())}", file=sys.stderr)
     return code
 

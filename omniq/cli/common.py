@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import asyncpg
 from croniter import croniter
@@ -19,6 +20,8 @@ from ..backend.postgres.connection import connect_kwargs, translate_errors
 from ..models._common import utcnow
 from ..models.config import PostgresConfig
 from .options import add_connection_options, config_from_args
+
+T = TypeVar("T")
 
 EXIT_ERROR = 1
 EXIT_NOT_FOUND = 3
@@ -44,7 +47,9 @@ def seconds(text: str) -> float:
     """``90``, ``90s``, ``15m``, ``2h``, ``7d`` as seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise argparse.ArgumentTypeError(f"expected seconds or a duration like 90s, 15m, 2h, 7d, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or a duration like 90s, 15m, 2h, 7d, got {text!r}"
+        )
     return float(match.group(1)) * _UNIT[(match.group(2) or "s").lower()]
 
 
@@ -62,15 +67,16 @@ def moment(text: str) -> datetime:
     """An ISO 8601 time (naive means UTC) or a duration ago (``15m``: fifteen minutes ago)."""
     if _DURATION.match(text) and not text.strip().replace(".", "").isdigit():
         return utcnow() - timedelta(seconds=seconds(text))
-    return iso_time(text)
+    return iso_time(text, relative=True)
 
 
-def iso_time(text: str) -> datetime:
+def iso_time(text: str, relative: bool = False) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected an ISO 8601 time like 2025-01-31T09:30:00Z, got {text!r}"
+            + (" (or a duration ago like 15m, 2h, 7d)" if relative else "")
         ) from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -89,7 +95,9 @@ def json_object(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"key\": 1}}', got {text!r}"
+        )
     return value
 
 
@@ -113,8 +121,39 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return value
+
+
 def csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def one_of(kind: type[StrEnum]) -> Callable[[str], list[str]]:
+    """A comma-separated list of an enum's values (``--status failed,cancelled``)."""
+
+    def parse(text: str) -> list[str]:
+        values = csv_list(text)
+        wrong = [v for v in values if v not in kind._value2member_map_]
+        if wrong or not values:
+            raise argparse.ArgumentTypeError(
+                f"expected one or more of {', '.join(kind)} (comma-separated), got {text!r}"
+            )
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
+def either(words: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 # -- parsers -------------------------------------------------------------------------------
@@ -126,8 +165,6 @@ def add_command(
     handler: Callable[[argparse.Namespace], int | None],
     summary: str,
     description: str | None = None,
-    *,
-    connect: bool = True,
 ) -> argparse.ArgumentParser:
     """A sub-command with its help, the connection options and the handler to run."""
     parser = commands.add_parser(
@@ -136,8 +173,7 @@ def add_command(
         description=description or summary[0].upper() + summary[1:] + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    if connect:
-        add_connection_options(parser)
+    add_connection_options(parser)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -149,14 +185,22 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 def add_page_options(parser: argparse.ArgumentParser, default_limit: int = 100) -> None:
     group = parser.add_argument_group("paging")
     group.add_argument(
-        "--limit", type=int, default=default_limit, help=f"at most this many (default: {default_limit})"
+        "--limit",
+        type=whole_number,
+        default=default_limit,
+        help=f"at most this many (default: {default_limit})",
     )
-    group.add_argument("--offset", type=int, default=0, help="skip this many first (default: 0)")
+    group.add_argument(
+        "--offset", type=whole_number, default=0, help="skip this many first (default: 0)"
+    )
 
 
 def add_time_range(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
-        "--since", type=moment, metavar="WHEN", help=f"{what} at or after WHEN: ISO 8601 or 15m, 2h, 7d ago"
+        "--since",
+        type=moment,
+        metavar="WHEN",
+        help=f"{what} at or after WHEN: ISO 8601 or 15m, 2h, 7d ago",
     )
     parser.add_argument("--until", type=moment, metavar="WHEN", help=f"{what} before WHEN")
 
@@ -164,8 +208,9 @@ def add_time_range(parser: argparse.ArgumentParser, what: str) -> None:
 # -- running -------------------------------------------------------------------------------
 
 
-def run(main: Callable[[], Awaitable[int | None]]) -> int:
-    return int(asyncio.run(main()) or 0)  # type: ignore[arg-type]
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a command's async body on a fresh event loop; returns what it returns."""
+    return asyncio.run(main())
 
 
 def config(args: argparse.Namespace) -> PostgresConfig:

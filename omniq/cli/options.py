@@ -18,6 +18,12 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="postgresql:// URL or libpq string (default: $OMNIQ_DSN, then PG* variables, then embedded)",
     )
     group.add_argument(
+        "--listen-dsn",
+        default=os.environ.get("OMNIQ_LISTEN_DSN") or None,
+        help="a direct server connection for LISTEN when --dsn goes through PgBouncer in "
+        "transaction mode; also turns off prepared-statement caching (default: $OMNIQ_LISTEN_DSN)",
+    )
+    group.add_argument(
         "--schema",
         default=os.environ.get("OMNIQ_SCHEMA", "public"),
         help="schema of the OmniQ tables (default: $OMNIQ_SCHEMA or public)",
@@ -38,4 +44,7 @@ def config_from_args(args: argparse.Namespace, **settings: object) -> PostgresCo
             "stop it with `omniq embedded stop`)",
             file=sys.stderr,
         )
-    return PostgresConfig(dsn=dsn, schema=args.schema, **settings)  # type: ignore[arg-type]
+    listen_dsn = getattr(args, "listen_dsn", None)
+    if listen_dsn:  # the pool goes through a transaction pooler: no named prepared statements
+        settings = {"statement_cache_size": 0, **settings}
+    return PostgresConfig(dsn=dsn, schema=args.schema, listen_dsn=listen_dsn, **settings)  # type: ignore[arg-type]

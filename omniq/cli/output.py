@@ -13,6 +13,7 @@ import orjson
 from ..models._common import utcnow
 
 MAX_CELL = 60
+MAX_LAST = 120  # the last column may run longer: nothing follows it
 
 
 def to_data(value: Any) -> Any:
@@ -36,7 +37,9 @@ def print_json(value: Any, *, compact: bool = False) -> None:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
     """Columns padded to their widest cell; columns in ``right`` (numbers) right-aligned."""
-    cells = [[str(h) for h in headers]] + [[cell(v) for v in row] for row in rows]
+    last = len(headers) - 1
+    cells = [[str(h) for h in headers]]
+    cells += [[cell(v, MAX_LAST if i == last else MAX_CELL) for i, v in enumerate(r)] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     flush_right = set(right)
     lines = []
@@ -75,11 +78,13 @@ def call_text(args: Sequence[Any], kwargs: dict[str, Any]) -> str:
 
 
 def span(seconds: float | None) -> str:
-    """A length of time for people: 0.25s, 12s, 4m 05s, 3h 02m, 2d 04h."""
+    """A length of time for people: 3 ms, 0.25s, 12s, 4m 05s, 3h 02m, 2d 04h."""
     if seconds is None:
         return "-"
-    if seconds < 10:
-        return f"{seconds:.2f}s".replace(".00s", "s")
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms" if seconds < 0.1 else f"{seconds:.2f}s"
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:.1f}s"
     s = int(round(seconds))
     if s < 60:
         return f"{s}s"
@@ -94,8 +99,8 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
     """``12s ago`` or ``in 4m 05s``; '-' for nothing."""
     if moment is None:
         return "-"
-    delta = ((now or utcnow()) - moment).total_seconds()
-    if abs(delta) < 0.5:
+    delta = round(((now or utcnow()) - moment).total_seconds())  # whole seconds are enough
+    if delta == 0:
         return "now"
     return f"{span(delta)} ago" if delta > 0 else f"in {span(-delta)}"
 

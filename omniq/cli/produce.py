@@ -11,6 +11,7 @@ from ..models.schedule import Schedule
 from ..models.task import Task
 from . import output
 from .common import (
+    CommandError,
     NotFound,
     add_command,
     add_json_option,
@@ -44,11 +45,23 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
     when = enqueue.add_mutually_exclusive_group()
     when.add_argument(
-        "--delay", type=seconds, metavar="SECONDS", help="run no sooner than this from now (30, 10m, 2h)"
+        "--delay",
+        type=seconds,
+        metavar="SECONDS",
+        help="run no sooner than this from now (30, 10m, 2h)",
     )
-    when.add_argument("--at", type=iso_time, metavar="TIME", help="run no sooner than TIME (ISO 8601; naive is UTC)")
-    enqueue.add_argument("--max-retries", type=int, default=3, help="retries after a failure (default: 3)")
-    enqueue.add_argument("--timeout", type=positive(seconds), metavar="SECONDS", help="time limit of one run")
+    when.add_argument(
+        "--at",
+        type=iso_time,
+        metavar="TIME",
+        help="run no sooner than TIME (ISO 8601; naive is UTC)",
+    )
+    enqueue.add_argument(
+        "--max-retries", type=int, default=3, help="retries after a failure (default: 3)"
+    )
+    enqueue.add_argument(
+        "--timeout", type=positive(seconds), metavar="SECONDS", help="time limit of one run"
+    )
     enqueue.add_argument("--id", help="task id (default: a new UUID); a duplicate id is refused")
 
     schedule = commands.add_parser(
@@ -69,9 +82,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     add_call_arguments(add)
     trigger = add.add_mutually_exclusive_group(required=True)
-    trigger.add_argument("--cron", type=cron, metavar="EXPR", help="five-field cron expression (UTC)")
-    trigger.add_argument("--every", type=positive(seconds), metavar="SECONDS", help="fixed interval (30, 15m, 1h)")
-    trigger.add_argument("--at", type=iso_time, metavar="TIME", help="once, at TIME (ISO 8601; naive is UTC)")
+    trigger.add_argument(
+        "--cron", type=cron, metavar="EXPR", help="five-field cron expression (UTC)"
+    )
+    trigger.add_argument(
+        "--every", type=positive(seconds), metavar="SECONDS", help="fixed interval (30, 15m, 1h)"
+    )
+    trigger.add_argument(
+        "--at", type=iso_time, metavar="TIME", help="once, at TIME (ISO 8601; naive is UTC)"
+    )
     add.add_argument("--max-runs", type=positive(int), metavar="N", help="complete after N runs")
     add.add_argument("--priority", type=int, default=0, help="priority of the tasks it enqueues")
     add.add_argument("--id", help="schedule id (default: a new UUID); an existing id is replaced")
@@ -79,7 +98,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     for name, handler, summary in (
         ("show", run_schedule_show, "show one schedule"),
         ("pause", run_schedule_pause, "pause a schedule (it keeps its place)"),
-        ("resume", run_schedule_resume, "resume a paused schedule; a run missed meanwhile fires once"),
+        (
+            "resume",
+            run_schedule_resume,
+            "resume a paused schedule; a run missed meanwhile fires once",
+        ),
         ("remove", run_schedule_remove, "delete a schedule (tasks it already enqueued stay)"),
     ):
         action = add_command(actions, name, handler, summary)
@@ -92,7 +115,11 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("func", metavar="FUNC", help="import path: package.module.function")
     parser.add_argument("args", metavar="ARGS", nargs="*", type=json_value, help=ARGS_HELP)
     parser.add_argument(
-        "--kwargs", type=json_object, default={}, metavar="JSON", help="keyword arguments as a JSON object"
+        "--kwargs",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="keyword arguments as a JSON object",
     )
     parser.add_argument("--queue", default="default", help="queue name (default: default)")
 
@@ -147,7 +174,10 @@ def run_schedule_add(args: argparse.Namespace) -> int:
         output.print_json(schedule)
     else:
         print(schedule.id)
-        print(f"omniq: {trigger_text(schedule)}, next run {output.stamp(schedule.next_run)}", file=sys.stderr)
+        print(
+            f"omniq: {trigger_text(schedule)}, next run {output.stamp(schedule.next_run)}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -156,7 +186,7 @@ def trigger_text(schedule: Schedule) -> str:
         return f"cron {schedule.cron_expression!r}"
     if schedule.interval_seconds:
         return f"every {output.span(schedule.interval_seconds)}"
-    return "once"
+    return f"once at {schedule.timestamp:%Y-%m-%d %H:%M:%S} UTC" if schedule.timestamp else "once"
 
 
 def run_schedule_show(args: argparse.Namespace) -> int:
@@ -164,13 +194,12 @@ def run_schedule_show(args: argparse.Namespace) -> int:
         async with open_backend(args) as backend:
             return await backend.schedule_storage.get_schedule(args.id)
 
-    found = run(lambda: main())  # type: ignore[arg-type,return-value]
-    if found is None:
+    s = run(main)
+    if s is None:
         raise NotFound(f"no schedule with id {args.id!r}")
     if args.json:
-        output.print_json(found)
+        output.print_json(s)
         return 0
-    s: Schedule = found  # type: ignore[assignment]
     runs = f"{s.run_count} of {s.max_runs}" if s.max_runs else str(s.run_count)
     print(f"schedule {s.id}")
     print(
@@ -198,18 +227,35 @@ def _change(args: argparse.Namespace, verb: str) -> int:
             storage = backend.schedule_storage
             if verb == "removed":
                 return await storage.delete_schedule(args.id), None
-            changed = await (storage.pause_schedule if verb == "paused" else storage.resume_schedule)(args.id)
+            changed = await (
+                storage.pause_schedule if verb == "paused" else storage.resume_schedule
+            )(args.id)
             return changed, await storage.get_schedule(args.id)
 
-    changed, schedule = run(lambda: main())  # type: ignore[arg-type,misc]
+    changed, schedule = run(main)
     if changed:
-        when = f", next run {output.stamp(schedule.next_run)}" if verb == "resumed" and schedule else ""
+        when = (
+            f", next run {output.stamp(schedule.next_run)}"
+            if verb == "resumed" and schedule
+            else ""
+        )
         print(f"schedule {args.id} {verb}{when}")
         return 0
     if schedule is None:
         raise NotFound(f"no schedule with id {args.id!r}")
-    raise CommandErrorFor(args.id, schedule.status, verb)
+    raise CommandError(
+        f"schedule {args.id} is {schedule.status}; only active or paused schedules can be "
+        f"{verb} (delete it with `omniq schedule remove {args.id}`)"
+    )
 
 
-class CommandErrorFor(Exception):
-    pass
+def run_schedule_pause(args: argparse.Namespace) -> int:
+    return _change(args, "paused")
+
+
+def run_schedule_resume(args: argparse.Namespace) -> int:
+    return _change(args, "resumed")
+
+
+def run_schedule_remove(args: argparse.Namespace) -> int:
+    return _change(args, "removed")

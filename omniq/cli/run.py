@@ -99,7 +99,9 @@ def run_worker(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     if worker.threads_busy:  # a task function still runs in a thread; it cannot be interrupted
-        os._exit(130)
+        sys.stdout.flush()  # (the interpreter would wait for that thread at exit)
+        sys.stderr.flush()
+        os._exit(130 if worker._forced else 0)
     return 130 if worker._forced else 0
 
 

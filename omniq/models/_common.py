@@ -31,6 +31,8 @@ def as_utc(value: datetime | None) -> datetime | None:
     """Naive datetimes (``datetime.utcnow()``) are read as UTC; aware ones are converted."""
     if value is None:
         return None
+    if value.__class__ is datetime and value.tzinfo is UTC:
+        return value  # the common case, already normalised
     if not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}: {value!r}")
     if value.tzinfo is None:

@@ -46,9 +46,9 @@ class PostgresConfig:
     def __post_init__(self) -> None:
         check_identifier(self.schema, "schema")
         names = [check_identifier(getattr(self, f), f) for f in TABLE_FIELDS]
-        for field_name, name in zip(TABLE_FIELDS, names, strict=True):
-            # Table names are substituted inside $$-quoted PL/pgSQL bodies, where a '$' could
-            # end the quote early; schema names are not, so only table names are limited.
+        for field_name, name in [("schema", self.schema), *zip(TABLE_FIELDS, names, strict=True)]:
+            # The names are substituted inside $$-quoted PL/pgSQL bodies, where a '$' could
+            # end the quote early.
             if "$" in name:
                 raise ValueError(f"{field_name} {name!r} must not contain '$'")
         if len(set(names)) != len(names):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,11 @@ TASK_ID = re.compile(r"^[^\s,\x00-\x1f\x7f]{1,255}$")
 CALLBACK_KINDS = frozenset({"on_success", "on_failure", "on_complete"})
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_path(path: str) -> bool:
+    return FUNC_PATH.match(path) is not None
+
+
 def func_path(func: Any) -> str:
     """Return the import path of ``func`` (a path string or a module-level callable)."""
     if callable(func) and not isinstance(func, str):
@@ -27,7 +33,7 @@ def func_path(func: Any) -> str:
                 "define it at module level or pass 'package.module.function'."
             )
         return f"{module}.{qualname}" if "." not in qualname else f"{module}:{qualname}"
-    if not isinstance(func, str) or not FUNC_PATH.match(func):
+    if not isinstance(func, str) or not _valid_path(func):
         raise ValueError(
             f"func must be an import path like 'package.module.function' or "
             f"'package.module:Class.method', got {func!r}"
@@ -52,7 +58,7 @@ class Task:
     kwargs: dict[str, Any] = field(default_factory=dict)
     queue_name: str = "default"
     priority: int = 0
-    id: str = field(default_factory=new_id)
+    id: str = ""  # "" means: generate a time-ordered UUID
     status: TaskStatus = TaskStatus.PENDING
     created_at: datetime = field(default_factory=utcnow)
     run_at: datetime | None = None
@@ -76,8 +82,9 @@ class Task:
         self.func = func_path(self.func)
         self.queue_name = check_queue_name(self.queue_name)
         self.args = tuple(self.args)
-        self.kwargs = dict(self.kwargs)
-        if any(not isinstance(k, str) for k in self.kwargs):
+        if self.kwargs.__class__ is not dict:
+            self.kwargs = dict(self.kwargs)
+        if self.kwargs and any(not isinstance(k, str) for k in self.kwargs):
             raise TypeError(f"kwargs keys must be strings, got {list(self.kwargs)!r}")
         self.status = TaskStatus(self.status)
         self.created_at = as_utc(self.created_at) or utcnow()
@@ -85,7 +92,7 @@ class Task:
         self.expires_at = as_utc(self.expires_at)
         self.started_at = as_utc(self.started_at)
         self.finished_at = as_utc(self.finished_at)
-        self.id = check_task_id(self.id)
+        self.id = check_task_id(self.id) if self.id else new_id()
         _check_int("priority", self.priority, low=-(2**31), high=2**31 - 1)
         _check_int("max_retries", self.max_retries, low=0, high=10_000)
         _check_int("retry_count", self.retry_count, low=0, high=2**31 - 1)

@@ -1,7 +1,9 @@
 -- Maintenance a DBA or operator runs from psql, and that the Python API and CLI call too:
--- cleanup of expired rows, purge of finished tasks, requeue and retry, a queue overview.
--- Deleting functions work in bounded batches (p_batch rows per call, one short transaction
--- each): call them until they return less than p_batch. See sql/README.md for recipes.
+-- cleanup of expired rows, purge of finished tasks and old results, requeue and retry, the
+-- queue and worker overviews. Deleting functions work in bounded batches (p_batch rows per
+-- call, one short transaction each): call them until they return less than p_batch, or CALL
+-- the procedures omniq_purge and omniq_cleanup, which do that and commit after every batch.
+-- See sql/README.md for recipes.
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_maintenance#
@@ -72,8 +74,11 @@ CREATE OR REPLACE FUNCTION omniq_purge_finished_tasks(p_older_than INTERVAL, p_b
 RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Delete up to p_batch finished tasks (completed, failed, cancelled, expired) created more
--- than p_older_than ago; their results and events stay until their own cleanup. A task
--- that a waiting task still depends on is kept. Index: tasks_finished_idx.
+-- than p_older_than ago, oldest first within each status; their results and events stay
+-- until their own cleanup. A task that a waiting task still depends on is kept.
+-- Index: tasks_finished_idx, read in its own order (status, created_at), so each batch is
+-- a plain index scan that stops after p_batch rows, also in a cached generic plan;
+-- tasks_waiting_idx for the dependency check.
 DECLARE
     v_n INTEGER;
 BEGIN
@@ -83,6 +88,7 @@ BEGIN
           AND t.created_at < now() - p_older_than
           AND NOT EXISTS (SELECT 1 FROM "tasks" AS w
                           WHERE w.status = 'waiting' AND w.dependencies ? t.id)
+        ORDER BY t.status, t.created_at
         LIMIT p_batch));
     GET DIAGNOSTICS v_n = ROW_COUNT;
     RETURN v_n;
@@ -94,6 +100,7 @@ RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Put tasks running for longer than p_older_than back to pending, whoever holds them
 -- (including tasks dequeued through the API without a worker id). No retry is counted.
+-- Index: tasks_running_idx (partial on status = 'running').
 DECLARE
     v_ids TEXT[];
 BEGIN
@@ -107,8 +114,8 @@ BEGIN
         WHERE t.id = ANY (v_ids) AND t.status = 'running'
         RETURNING t.id, t.queue_name, t.worker_id
     )
-    INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, message)
-    SELECT gen_random_uuid()::text, r.id, 'requeued', now(), r.queue_name,
+    INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
+    SELECT r.id, 'requeued', now(), r.queue_name,
            'running longer than ' || p_older_than || '; requeued by omniq_requeue_stalled'
     FROM requeued AS r;
     RETURN cardinality(v_ids);
@@ -137,8 +144,8 @@ BEGIN
     ), forgotten AS (
         DELETE FROM "results" AS r USING retried WHERE r.task_id = retried.id
     )
-    INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, message)
-    SELECT gen_random_uuid()::text, r.id, 'requeued', now(), r.queue_name, 'retried by operator'
+    INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
+    SELECT r.id, 'requeued', now(), r.queue_name, 'retried by operator'
     FROM retried AS r;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     RETURN v_n;
@@ -160,3 +167,131 @@ SELECT t.queue_name,
            FILTER (WHERE t.status = 'pending' AND (t.run_at IS NULL OR t.run_at <= now())) AS oldest_ready_age
 FROM "tasks" AS t
 GROUP BY t.queue_name;
+
+CREATE OR REPLACE FUNCTION omniq_purge_old_results(p_older_than INTERVAL, p_batch INTEGER DEFAULT 10000)
+RETURNS INTEGER
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Delete up to p_batch results without an expiry (tasks enqueued without result_ttl keep
+-- theirs forever otherwise) stored more than p_older_than ago. Results with an expires_at
+-- are left to omniq_cleanup_expired_results. Index: results_status_created_idx, read in its
+-- own order (status, created_at) and stopping after p_batch rows.
+DECLARE
+    v_n INTEGER;
+BEGIN
+    DELETE FROM "results" WHERE ctid = ANY (ARRAY(
+        SELECT r.ctid FROM "results" AS r
+        WHERE r.created_at < now() - p_older_than AND r.expires_at IS NULL
+        ORDER BY r.status, r.created_at
+        LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE omniq_purge(p_older_than INTERVAL, p_batch INTEGER DEFAULT 5000)
+LANGUAGE plpgsql AS $$
+-- The retention pass, for psql: CALL omniq_purge('30 days'). Deletes finished tasks, results
+-- without an expiry and events, all older than p_older_than, in batches of p_batch rows, each
+-- batch committed at once: no lock is held for long and autovacuum can reuse the space while
+-- it runs. Progress is reported as NOTICEs. CALL it outside a transaction block (psql's
+-- default). A procedure with a SET clause cannot COMMIT, so this one has none and names
+-- every function with its schema. Index: those of the three functions it calls.
+DECLARE
+    v_before TIMESTAMPTZ := now() - p_older_than;
+    v_n INTEGER;
+    v_tasks BIGINT := 0;
+    v_results BIGINT := 0;
+    v_events BIGINT := 0;
+BEGIN
+    IF p_older_than IS NULL OR p_batch IS NULL OR p_batch < 1 THEN
+        RAISE EXCEPTION 'omniq_purge needs an interval and a positive batch size'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        v_n := "public".omniq_purge_finished_tasks(p_older_than, p_batch);
+        COMMIT;
+        v_tasks := v_tasks + v_n;
+        EXIT WHEN v_n < p_batch;
+        RAISE NOTICE 'omniq_purge: % finished tasks deleted so far', v_tasks;
+    END LOOP;
+    LOOP
+        v_n := "public".omniq_purge_old_results(p_older_than, p_batch);
+        COMMIT;
+        v_results := v_results + v_n;
+        EXIT WHEN v_n < p_batch;
+        RAISE NOTICE 'omniq_purge: % results deleted so far', v_results;
+    END LOOP;
+    LOOP
+        v_n := "public".omniq_cleanup_old_events(v_before, p_batch);
+        COMMIT;
+        v_events := v_events + v_n;
+        EXIT WHEN v_n < p_batch;
+        RAISE NOTICE 'omniq_purge: % events deleted so far', v_events;
+    END LOOP;
+    RAISE NOTICE 'omniq_purge: deleted % finished tasks, % results, % events older than %',
+        v_tasks, v_results, v_events, p_older_than;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE omniq_cleanup(p_events_older_than INTERVAL DEFAULT NULL,
+    p_batch INTEGER DEFAULT 5000)
+LANGUAGE plpgsql AS $$
+-- The four cleanup operations of `omniq cleanup`, for psql: expired tasks, expired results,
+-- events older than p_events_older_than (skipped when NULL) and expired schedules, in batches
+-- of p_batch rows, each committed at once, with NOTICEs. CALL it outside a transaction block.
+-- No SET clause (it would forbid COMMIT): every function is named with its schema.
+-- Index: those of the four functions it calls.
+DECLARE
+    v_before TIMESTAMPTZ := now() - p_events_older_than;
+    v_n INTEGER;
+    v_tasks BIGINT := 0;
+    v_results BIGINT := 0;
+    v_events BIGINT := 0;
+    v_schedules BIGINT := 0;
+BEGIN
+    IF p_batch IS NULL OR p_batch < 1 THEN
+        RAISE EXCEPTION 'omniq_cleanup needs a positive batch size'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        v_n := "public".omniq_cleanup_expired_tasks(p_batch);
+        COMMIT;
+        v_tasks := v_tasks + v_n;
+        EXIT WHEN v_n < p_batch;
+        RAISE NOTICE 'omniq_cleanup: % expired tasks deleted so far', v_tasks;
+    END LOOP;
+    LOOP
+        v_n := "public".omniq_cleanup_expired_results(p_batch);
+        COMMIT;
+        v_results := v_results + v_n;
+        EXIT WHEN v_n < p_batch;
+        RAISE NOTICE 'omniq_cleanup: % expired results deleted so far', v_results;
+    END LOOP;
+    WHILE v_before IS NOT NULL LOOP
+        v_n := "public".omniq_cleanup_old_events(v_before, p_batch);
+        COMMIT;
+        v_events := v_events + v_n;
+        EXIT WHEN v_n < p_batch;
+        RAISE NOTICE 'omniq_cleanup: % old events deleted so far', v_events;
+    END LOOP;
+    LOOP
+        v_n := "public".omniq_cleanup_expired_schedules(p_batch);
+        COMMIT;
+        v_schedules := v_schedules + v_n;
+        EXIT WHEN v_n < p_batch;
+    END LOOP;
+    RAISE NOTICE 'omniq_cleanup: deleted % expired tasks, % expired results, % old events, % expired schedules',
+        v_tasks, v_results, v_events, v_schedules;
+END
+$$;
+
+CREATE OR REPLACE VIEW omniq_worker_overview AS
+-- Registered workers: how long since each one's last heartbeat, whether that is longer than
+-- it may stay silent (its tasks are then rescued), and how many tasks it holds now.
+-- Index: tasks_running_idx, once per worker.
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.last_heartbeat,
+       now() - w.last_heartbeat AS heartbeat_age, w.stale_after,
+       now() - w.last_heartbeat > w.stale_after AS stale,
+       (SELECT count(*) FROM "tasks" AS t
+        WHERE t.status = 'running' AND t.worker_id = w.id) AS running
+FROM omniq_workers AS w;

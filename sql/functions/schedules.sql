@@ -51,8 +51,8 @@ BEGIN
             'retry_delay', s.schedule_data -> 'retry_delay',
             'metadata', jsonb_build_object('schedule_id', s.id, 'due', s.next_run),
             'task_data', jsonb_strip_nulls(jsonb_build_object('timeout', s.schedule_data -> 'timeout')))));
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, schedule_id, message)
-        VALUES (gen_random_uuid()::text, v_task_id, 'scheduled', now(), s.queue_name, s.id,
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, schedule_id, message)
+        VALUES (v_task_id, 'scheduled', now(), s.queue_name, s.id,
                 'fired for ' || s.next_run);
         UPDATE "schedules"
         SET last_run = now(), run_count = run_count + 1, next_run = s.following,

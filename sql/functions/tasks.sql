@@ -6,10 +6,13 @@
 -- name: functions_tasks#
 CREATE OR REPLACE FUNCTION omniq_enqueue(p_tasks JSONB)
 RETURNS TABLE (id TEXT, status TEXT)
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Insert a JSON array of tasks (keys = tasks columns; omitted keys take the defaults).
 -- Tasks with dependencies start 'waiting'; returned are the tasks whose status is not
 -- 'pending' after enqueue (waiting, or cancelled because a dependency already failed).
+-- SECURITY DEFINER: runs with its owner's rights, so a producer role needs EXECUTE on this
+-- function and no write privilege on any table (sql/roles.sql). EXECUTE is revoked from
+-- PUBLIC below; the search_path is pinned, pg_temp last.
 DECLARE
     v_waiting TEXT[];
 BEGIN
@@ -29,8 +32,8 @@ BEGIN
         FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
         RETURNING t.id, t.status, t.queue_name
     ), logged AS (
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name)
-        SELECT gen_random_uuid()::text, n.id, 'enqueued', clock_timestamp(), n.queue_name
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
+        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
         FROM new_rows AS n
     )
     SELECT array_agg(n.id) FILTER (WHERE n.status = 'waiting') INTO v_waiting FROM new_rows AS n;
@@ -41,6 +44,7 @@ BEGIN
     END IF;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION omniq_enqueue(JSONB) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_dequeue(p_queues TEXT[], p_limit INTEGER, p_worker_id TEXT)
 RETURNS SETOF "tasks"
@@ -48,6 +52,8 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Hand out up to p_limit ready tasks, marked running, from the queues in the given order
 -- (the first queue is drained first); within a queue by priority DESC, created_at ASC.
 -- SKIP LOCKED: concurrent callers never receive the same task. Index: tasks_dequeue_idx.
+-- started_at is clock_timestamp(), not now(): a row committed while this call waited on a
+-- lock would otherwise look as if it started before it was enqueued.
 DECLARE
     v_queue TEXT;
     v_got INTEGER := 0;
@@ -66,13 +72,13 @@ BEGIN
             FOR UPDATE SKIP LOCKED
         ), taken AS (
             UPDATE "tasks" AS t
-            SET status = 'running', started_at = now(), finished_at = NULL,
+            SET status = 'running', started_at = clock_timestamp(), finished_at = NULL,
                 worker_id = p_worker_id, attempts = t.attempts + 1
             FROM picked WHERE t.id = picked.id
             RETURNING t.*
         ), logged AS (
-            INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, worker_id)
-            SELECT gen_random_uuid()::text, k.id, 'dequeued', now(), k.queue_name, p_worker_id
+            INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id)
+            SELECT k.id, 'dequeued', k.started_at, k.queue_name, p_worker_id
             FROM taken AS k
         )
         SELECT * FROM taken;
@@ -151,9 +157,9 @@ BEGIN
             completed_at = excluded.completed_at, expires_at = excluded.expires_at,
             worker_id = excluded.worker_id, execution_time = excluded.execution_time
     ), logged AS (
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, worker_id,
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
             message, error_type, error_message, traceback, execution_time)
-        SELECT gen_random_uuid()::text, u.id, e.event_type, e.at, u.queue_name, p_worker_id,
+        SELECT u.id, e.event_type, e.at, u.queue_name, p_worker_id,
                e.message, u.error_type, u.error, u.traceback, e.execution_time
         FROM upd AS u
         CROSS JOIN LATERAL (VALUES
@@ -205,8 +211,8 @@ BEGIN
           AND t.worker_id IS NOT DISTINCT FROM p_worker_id
         RETURNING t.id, t.queue_name
     ), logged AS (
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, worker_id, message)
-        SELECT gen_random_uuid()::text, r.id, 'requeued', now(), r.queue_name, p_worker_id, p_reason
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id, message)
+        SELECT r.id, 'requeued', now(), r.queue_name, p_worker_id, p_reason
         FROM released AS r
     )
     SELECT count(*) INTO v_n FROM released;
@@ -232,8 +238,8 @@ BEGIN
         ON CONFLICT (task_id) DO UPDATE SET status = 'cancelled', error = excluded.error,
             error_type = excluded.error_type, completed_at = excluded.completed_at
     ), logged AS (
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, message)
-        SELECT gen_random_uuid()::text, c.id, 'cancelled', now(), c.queue_name, p_reason
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
+        SELECT c.id, 'cancelled', now(), c.queue_name, p_reason
         FROM cancelled AS c
     )
     SELECT array_agg(c.id) INTO v_ids FROM cancelled AS c;
@@ -270,8 +276,8 @@ BEGIN
         ON CONFLICT (task_id) DO UPDATE SET status = 'expired', error = excluded.error,
             error_type = excluded.error_type, completed_at = excluded.completed_at
     ), logged AS (
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, message)
-        SELECT gen_random_uuid()::text, x.id, 'expired', now(), x.queue_name, 'expired before it ran'
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
+        SELECT x.id, 'expired', now(), x.queue_name, 'expired before it ran'
         FROM expired AS x
     )
     SELECT array_agg(x.id) INTO v_ids FROM expired AS x;

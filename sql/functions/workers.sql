@@ -4,18 +4,20 @@
 
 -- name: functions_workers#
 CREATE OR REPLACE FUNCTION omniq_heartbeat(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
-    p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[])
+    p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[], p_stale_after INTERVAL)
 RETURNS TEXT[]
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Register or refresh a worker. Returns the ids among p_held that this worker no longer
--- holds (rescued or cancelled meanwhile): the worker stops caring about them.
+-- Register or refresh a worker; p_stale_after is how long it may stay silent before its
+-- tasks are rescued. Returns the ids among p_held that this worker no longer holds
+-- (rescued or cancelled meanwhile): the worker stops caring about them.
 -- Index: tasks_running_idx.
 BEGIN
-    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency)
-    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency)
+    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after)
+    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after)
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
-        queues = excluded.queues, concurrency = excluded.concurrency;
+        queues = excluded.queues, concurrency = excluded.concurrency,
+        stale_after = excluded.stale_after;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
@@ -41,10 +43,11 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_rescue_tasks(p_stale_after INTERVAL)
+CREATE OR REPLACE FUNCTION omniq_rescue_tasks()
 RETURNS TABLE (rescued INTEGER, next_check_at TIMESTAMPTZ)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Tasks held by workers silent for longer than p_stale_after go back to pending; each rescue
+-- Tasks held by workers silent for longer than their own stale_after (registered with their
+-- heartbeat; 30 s for workers that never sent one) go back to pending; each rescue
 -- counts as a retry, so a task that keeps killing its worker ends failed ('WorkerLost').
 -- Dead workers leave the registry. Tasks dequeued without a worker id are not touched
 -- (see omniq_requeue_stalled). next_check_at is when the next held task could go stale
@@ -54,7 +57,7 @@ DECLARE
     v_n INTEGER;
 BEGIN
     WITH dead AS (
-        SELECT w.id FROM omniq_workers AS w WHERE w.last_heartbeat < now() - p_stale_after
+        SELECT w.id FROM omniq_workers AS w WHERE w.last_heartbeat < now() - w.stale_after
     ), stalled AS (
         SELECT t.id FROM "tasks" AS t
         WHERE t.status = 'running' AND t.worker_id IN (SELECT dead.id FROM dead)
@@ -76,9 +79,9 @@ BEGIN
         ON CONFLICT (task_id) DO UPDATE SET status = 'failure', error = excluded.error,
             error_type = excluded.error_type, completed_at = excluded.completed_at
     ), logged AS (
-        INSERT INTO "events" (id, task_id, event_type, timestamp, queue_name, worker_id, message,
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id, message,
             error_type)
-        SELECT gen_random_uuid()::text, r.id,
+        SELECT r.id,
                CASE r.status WHEN 'pending' THEN 'rescued' ELSE 'failed' END, now(), r.queue_name,
                r.worker_id, 'worker ' || r.worker_id || ' stopped heartbeating', 'WorkerLost'
         FROM rescued AS r
@@ -90,7 +93,7 @@ BEGIN
     )
     SELECT count(*) INTO v_n FROM rescued;
     RETURN QUERY
-    SELECT v_n, min(w.last_heartbeat) + p_stale_after
+    SELECT v_n, min(w.last_heartbeat + w.stale_after)
     FROM omniq_workers AS w
     WHERE EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
 END

@@ -80,8 +80,12 @@ CREATE INDEX results_status_created_idx ON "results" (status, created_at);
 -- Serves cleanup_expired_results.
 CREATE INDEX results_expires_idx ON "results" (expires_at) WHERE expires_at IS NOT NULL;
 
+-- Event ids written by OmniQ's functions come from this sequence, zero-padded hex, so that
+-- primary-key inserts land at the right edge of the index instead of at random places.
+CREATE SEQUENCE omniq_event_id_seq CACHE 1000;
+
 CREATE TABLE "events" (
-    id TEXT PRIMARY KEY,
+    id TEXT PRIMARY KEY DEFAULT lpad(to_hex(nextval('omniq_event_id_seq')), 16, '0'),
     task_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     timestamp TIMESTAMPTZ NOT NULL,
@@ -140,7 +144,9 @@ CREATE TABLE omniq_workers (
     queues TEXT[] NOT NULL DEFAULT '{}',
     concurrency INTEGER,
     started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    last_heartbeat TIMESTAMPTZ NOT NULL DEFAULT now()
+    last_heartbeat TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- Each worker is judged by its own timeout, never by the rescuer's.
+    stale_after INTERVAL NOT NULL DEFAULT '30 seconds'
 );
 
 -- The NOTIFY channel of this installation: one per schema, so two installations in one

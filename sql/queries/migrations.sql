@@ -13,6 +13,11 @@ SELECT name, checksum, applied_at FROM "public".omniq_migrations ORDER BY name;
 -- Serialise migrators of one schema until the transaction ends.
 SELECT pg_advisory_xact_lock(hashtextextended('omniq migrate ' || :schema_name::text, 0));
 
+-- name: schema_exists(schema_name)$
+-- Whether the configured schema exists. Checked before create_schema because CREATE SCHEMA
+-- IF NOT EXISTS demands CREATE on the database even when the schema is already there.
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema_name::text);
+
 -- name: create_schema()!
 -- Create the configured schema when missing.
 CREATE SCHEMA IF NOT EXISTS "public";

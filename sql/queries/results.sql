@@ -24,9 +24,11 @@ SELECT * FROM "public"."results" WHERE task_id = :task_id::text;
 
 -- name: list_results(statuses, worker_id, created_after, created_before, limit, offset)
 -- Results, newest first, by any of status list, worker and creation time.
+-- A single status is also spelled out so the planner reads that status's index in order.
 -- Index: results_status_created_idx when statuses is given.
 SELECT * FROM "public"."results"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
+  AND (cardinality(:statuses::text[]) IS DISTINCT FROM 1 OR status = (:statuses::text[])[1])
   AND (:worker_id::text IS NULL OR worker_id = :worker_id::text)
   AND (:created_after::timestamptz IS NULL OR created_at >= :created_after::timestamptz)
   AND (:created_before::timestamptz IS NULL OR created_at < :created_before::timestamptz)

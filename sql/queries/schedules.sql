@@ -25,6 +25,7 @@ SELECT * FROM "public"."schedules" WHERE id = :id::text;
 
 -- name: list_schedules(statuses, schedule_type, queue_name, func, limit, offset)
 -- Schedules by any of status list, type, queue and func, soonest next_run first.
+-- Index: schedules_due_idx when listing active schedules; else a scan (a small table).
 SELECT * FROM "public"."schedules"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
   AND (:schedule_type::text IS NULL OR schedule_type = :schedule_type::text)
@@ -45,7 +46,7 @@ LIMIT :limit::int;
 DELETE FROM "public"."schedules" WHERE id = :id::text RETURNING id;
 
 -- name: set_schedule_status(id, status)$
--- Pause, resume or cancel a schedule; false when it could not change.
+-- Pause, resume or cancel a schedule; false when it could not change. Index: schedules_pkey.
 SELECT "public".omniq_set_schedule_status(:id::text, :status::text);
 
 -- name: claim_schedules(limit)
@@ -54,6 +55,7 @@ SELECT * FROM "public".omniq_claim_schedules(:limit::int);
 
 -- name: fire_schedules(ids, next_runs)$
 -- Enqueue the claimed schedules' tasks and advance them; returns tasks enqueued.
+-- Index: schedules_pkey, tasks_pkey.
 SELECT "public".omniq_fire_schedules(:ids::text[], :next_runs::timestamptz[]);
 
 -- name: next_schedule_at()$
@@ -61,5 +63,5 @@ SELECT "public".omniq_fire_schedules(:ids::text[], :next_runs::timestamptz[]);
 SELECT min(next_run) FROM "public"."schedules" WHERE status = 'active';
 
 -- name: cleanup_expired_schedules(batch)$
--- Delete up to :batch expired schedules.
+-- Delete up to :batch expired schedules. Index: none (a scan of the small schedules table).
 SELECT "public".omniq_cleanup_expired_schedules(:batch::int);

@@ -4,6 +4,7 @@
 
 -- name: enqueue_tasks(tasks)
 -- Insert a JSON array of tasks; returns those not left 'pending' (see omniq_enqueue).
+-- Index: tasks_pkey (the inserts), tasks_waiting_idx when tasks have dependencies.
 SELECT id, status FROM "public".omniq_enqueue(:tasks::jsonb);
 
 -- name: dequeue_tasks(queues, limit, worker_id)
@@ -12,14 +13,18 @@ SELECT * FROM "public".omniq_dequeue(:queues::text[], :limit::int, :worker_id::t
 
 -- name: finish_tasks(outcomes, worker_id)
 -- Record a batch of outcomes (success, failure with retry, expiry) in one transaction.
+-- Index: tasks_pkey or tasks_running_idx (whichever reads fewer running tasks), results_pkey
+-- for the upsert, tasks_waiting_idx for the dependents.
 SELECT id, status FROM "public".omniq_finish_tasks(:outcomes::jsonb, :worker_id::text);
 
 -- name: release_tasks(ids, worker_id, reason)$
 -- Return running tasks to pending without counting a retry (graceful shutdown).
+-- Index: tasks_pkey.
 SELECT "public".omniq_release_tasks(:ids::text[], :worker_id::text, :reason::text);
 
 -- name: cancel_tasks(ids, reason)$
 -- Cancel tasks that have not started; returns how many were cancelled.
+-- Index: tasks_pkey, then tasks_waiting_idx for the tasks depending on them.
 SELECT "public".omniq_cancel_tasks(:ids::text[], :reason::text);
 
 -- name: retry_tasks(ids, queue_name, func)$
@@ -32,9 +37,12 @@ SELECT * FROM "public"."tasks" WHERE id = :id::text;
 
 -- name: list_tasks(statuses, queue_name, func, created_after, created_before, limit, offset)
 -- Tasks, newest first, filtered by any of status list, queue, func and creation time.
--- Index: tasks_finished_idx when statuses is given.
+-- A single status is also spelled out so the planner reads that status's index in order.
+-- Index: tasks_finished_idx for finished statuses, tasks_dequeue_idx for pending,
+-- tasks_running_idx for running; no status (or waiting): a scan of the table.
 SELECT * FROM "public"."tasks"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
+  AND (cardinality(:statuses::text[]) IS DISTINCT FROM 1 OR status = (:statuses::text[])[1])
   AND (:queue_name::text IS NULL OR queue_name = :queue_name::text)
   AND (:func::text IS NULL OR func = :func::text)
   AND (:created_after::timestamptz IS NULL OR created_at >= :created_after::timestamptz)
@@ -44,6 +52,7 @@ LIMIT :limit::int OFFSET :offset::int;
 
 -- name: update_task(id, queue_name, priority, status, func, args, kwargs, run_at, expires_at, retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data)$
 -- Overwrite a task's fields from the model; returns the id, or NULL when no such task.
+-- Index: tasks_pkey.
 UPDATE "public"."tasks"
 SET queue_name = :queue_name::text, priority = :priority::int, status = :status::text,
     func = :func::text, args = :args::jsonb, kwargs = :kwargs::jsonb,
@@ -58,10 +67,12 @@ RETURNING id;
 
 -- name: delete_task(id)$
 -- Delete one task (its result and events stay); returns the id, or NULL when absent.
+-- Index: tasks_pkey.
 DELETE FROM "public"."tasks" WHERE id = :id::text RETURNING id;
 
 -- name: count_pending(queue_name)$
--- Pending tasks in a queue, due now or later. Index: tasks_dequeue_idx (index-only scan).
+-- Pending tasks in a queue, due now or later. Index: tasks_dequeue_idx (an index-only
+-- scan once autovacuum has marked the pages all-visible).
 SELECT count(*) FROM "public"."tasks" WHERE status = 'pending' AND queue_name = :queue_name::text;
 
 -- name: next_due_at(queues)$
@@ -71,12 +82,14 @@ WHERE status = 'pending' AND queue_name = ANY (:queues::text[]) AND run_at > now
 
 -- name: cleanup_expired_tasks(batch)$
 -- Expire overdue tasks and delete up to :batch expired ones.
+-- Index: tasks_expiry_idx, then tasks_finished_idx.
 SELECT "public".omniq_cleanup_expired_tasks(:batch::int);
 
 -- name: purge_finished_tasks(older_than, batch)$
--- Delete up to :batch finished tasks older than :older_than.
+-- Delete up to :batch finished tasks older than :older_than, oldest first per status.
+-- Index: tasks_finished_idx, and tasks_waiting_idx to keep tasks others depend on.
 SELECT "public".omniq_purge_finished_tasks(:older_than::interval, :batch::int);
 
 -- name: requeue_stalled(older_than)$
--- Put tasks running longer than :older_than back to pending.
+-- Put tasks running longer than :older_than back to pending. Index: tasks_running_idx.
 SELECT "public".omniq_requeue_stalled(:older_than::interval);

@@ -1,18 +1,20 @@
 -- Named queries on worker liveness, loaded by aiosql: heartbeats, deregistration, rescue.
 
--- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held)$
--- Refresh a worker's heartbeat; returns the held task ids it lost. Index: tasks_running_idx.
+-- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held, stale_after)$
+-- Refresh a worker's heartbeat; returns the held task ids it lost.
+-- Index: tasks_pkey (one probe per held id) or tasks_running_idx (the worker's running tasks).
 SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
-    :concurrency::int, :held::text[]);
+    :concurrency::int, :held::text[], :stale_after::interval);
 
 -- name: worker_stopped(worker_id)$
 -- Remove a stopped worker from the registry, releasing any task it still holds.
+-- Index: omniq_workers_pkey, tasks_running_idx.
 SELECT "public".omniq_worker_stopped(:worker_id::text);
 
--- name: rescue_tasks(stale_after)^
--- Requeue tasks of workers silent for longer than :stale_after; when to check next.
+-- name: rescue_tasks()^
+-- Requeue tasks of workers silent for longer than their stale_after; when to check next.
 -- Index: tasks_running_idx.
-SELECT * FROM "public".omniq_rescue_tasks(:stale_after::interval);
+SELECT * FROM "public".omniq_rescue_tasks();
 
 -- name: list_workers()
 -- Registered workers and how many tasks each holds. Index: tasks_running_idx.

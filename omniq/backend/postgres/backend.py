@@ -110,6 +110,13 @@ class PostgreSQLBackend:
         finally:
             self._stop_thread()
 
+    def close_sync(self) -> None:
+        """Blocking form of :meth:`close`; also stops the loop thread kept for sync calls."""
+        try:
+            run_on(self._sync_loop(), self.close())
+        finally:
+            self._stop_thread()
+
     def _stop_thread(self) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:

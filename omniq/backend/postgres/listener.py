@@ -5,6 +5,12 @@ One connection per backend, opened on first need, never taken from the pool. Wai
 them. When the connection dies (server restart, pg_terminate_backend, half-open TCP caught by
 keepalives) it is re-opened in the background with backoff, and every waiter is woken to look
 again, since notifications sent while deaf are lost.
+
+A link that stays open but carries nothing (a hung proxy or server, a stalled socket that TCP
+keepalives cannot see because something still acknowledges them) is caught by a ping: while
+anyone waits, an empty query is sent every ``ping_interval`` seconds, and a ping unanswered
+within ``ping_timeout`` drops the connection, which then reconnects as above. The empty query
+is a protocol round trip: no statement runs, and nothing shows in pg_stat_statements.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import asyncpg
 log = logging.getLogger("omniq.listener")
 
 CHANNEL_KINDS = ("tasks", "results", "schedules")
+PING_INTERVAL = 15.0  # seconds between pings of the LISTEN connection while someone waits
+PING_TIMEOUT = 5.0  # an unanswered ping after this long drops the connection
 
 
 class Wakeup:
@@ -46,6 +54,9 @@ class Wakeup:
 
 
 class Listener:
+    ping_interval = PING_INTERVAL
+    ping_timeout = PING_TIMEOUT
+
     def __init__(
         self,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
@@ -59,6 +70,7 @@ class Listener:
         self._conn: asyncpg.Connection | None = None
         self._started = asyncio.Lock()
         self._reconnecting: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
         self._closed = False
         self._max_delay = reconnect_max_delay
         self.connected = asyncio.Event()
@@ -69,6 +81,8 @@ class Listener:
         async with self._started:
             if self._conn is None and self._reconnecting is None:
                 await self._open()
+            if self._pinger is None and not self._closed:
+                self._pinger = asyncio.get_running_loop().create_task(self._ping())
 
     async def _open(self) -> None:
         conn = await self._connect()
@@ -91,7 +105,9 @@ class Listener:
             if waiter.keys is None or not waiter.keys.isdisjoint(keys):
                 waiter.event.set()
 
-    def _on_terminated(self, _conn: Any) -> None:
+    def _on_terminated(self, conn: Any) -> None:
+        if self._conn is not None and conn is not self._conn:
+            return  # an older connection, already replaced
         self._conn = None
         self.connected.clear()
         if not self._closed and self._reconnecting is None:
@@ -118,6 +134,24 @@ class Listener:
         finally:
             self._reconnecting = None
 
+    async def _ping(self) -> None:
+        """While someone waits, check now and then that the connection still answers."""
+        while not self._closed:
+            await asyncio.sleep(self.ping_interval)
+            conn = self._conn
+            if conn is None or not any(self._waiters.values()):
+                continue  # reconnecting already, or nobody to wake: stay silent
+            try:
+                await asyncio.wait_for(conn.execute(""), self.ping_timeout)
+            except Exception as exc:
+                if conn is self._conn and not self._closed:
+                    log.warning(
+                        "LISTEN connection did not answer a ping within %gs (%s); reconnecting",
+                        self.ping_timeout,
+                        exc or type(exc).__name__,
+                    )
+                    conn.terminate()  # calls _on_terminated: reconnect, then wake every waiter
+
     def wake_all(self) -> None:
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -134,12 +168,22 @@ class Listener:
             self._waiters[kind].discard(waiter)
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: waiters stop waiting instead of looking again."""
+        return self._closed
+
+    @property
     def backend_pid(self) -> int | None:
         """The server process id of the LISTEN connection (for monitoring and tests)."""
         return self._conn.get_server_pid() if self._conn is not None else None
 
     async def close(self) -> None:
         self._closed = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pinger
+            self._pinger = None
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -111,6 +111,8 @@ class AsyncPostgresQueue(Component):
                 if due is not None:
                     remaining = min(remaining, max(0.0, (due - utcnow()).total_seconds()) + 0.002)
                 await wakeup.wait(remaining)
+                if listener.closed:  # the backend is closing: looking again would reopen it
+                    return []
 
     async def _take(self, queues: list[str], limit: int, worker_id: str | None) -> list[Task]:
         async with self._conn() as conn:
@@ -240,8 +242,12 @@ class AsyncPostgresQueue(Component):
         queues: Sequence[str],
         concurrency: int,
         held: Sequence[str] = (),
+        stale_after: timedelta = timedelta(seconds=30),
     ) -> list[str]:
-        """Register or refresh a worker; returns the ids among ``held`` it no longer holds."""
+        """Register or refresh a worker; returns the ids among ``held`` it no longer holds.
+
+        ``stale_after``: how long this worker may stay silent before its tasks are rescued.
+        """
         async with self._conn() as conn:
             lost = await self._sql.workers.heartbeat(
                 conn,
@@ -251,16 +257,17 @@ class AsyncPostgresQueue(Component):
                 queues=list(queues),
                 concurrency=concurrency,
                 held=list(held),
+                stale_after=stale_after,
             )
         return list(lost or [])
 
-    async def rescue_tasks(self, stale_after: timedelta) -> tuple[int, datetime | None]:
-        """Requeue tasks of workers silent for longer than ``stale_after``.
+    async def rescue_tasks(self) -> tuple[int, datetime | None]:
+        """Requeue tasks of workers silent for longer than their own ``stale_after``.
 
         Returns (tasks rescued, when the next held task could go stale or None).
         """
         async with self._conn() as conn:
-            row = await self._sql.workers.rescue_tasks(conn, stale_after=stale_after)
+            row = await self._sql.workers.rescue_tasks(conn)
         return row["rescued"], row["next_check_at"]
 
     async def worker_stopped(self, worker_id: str) -> int:

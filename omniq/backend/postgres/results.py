@@ -50,6 +50,8 @@ class AsyncPostgresResultStorage(Component):
                 if remaining is not None and remaining <= 0:
                     return None
                 await wakeup.wait(remaining)
+                if listener.closed:  # the backend is closing: looking again would reopen it
+                    return None
 
     async def list_results(
         self,

@@ -61,7 +61,8 @@ async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Pla
         return current
     async with conn.transaction():
         await files.migrations.lock_installation(conn, schema_name=schema)
-        await files.migrations.create_schema(conn)
+        if not await files.migrations.schema_exists(conn, schema_name=schema):
+            await files.migrations.create_schema(conn)  # a user owning the schema needs no more
         await files.migrations.use_schema(conn)
         await files.migrations.create_bookkeeping(conn)
         await _check_tables(conn, files)

@@ -1,0 +1,205 @@
+"""``omniq retry``, ``omniq cancel`` and ``omniq cleanup``: the operator's corrections."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+from ..backend.postgres import PostgreSQLBackend
+from ..backend.postgres.base import CLEANUP_BATCH
+from ..models._common import utcnow
+from ..models.task import Task
+from . import output
+from .common import (
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    add_command,
+    add_json_option,
+    days,
+    either,
+    open_backend,
+    run,
+)
+
+RETRYABLE = ("failed", "cancelled", "expired")
+CANCELLABLE = ("pending", "waiting")
+PROGRESS_EVERY = 2.0  # seconds between progress lines of a long cleanup
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    retry = add_command(
+        commands,
+        "retry",
+        run_retry,
+        "send failed tasks back to the queue",
+        "Give tasks a fresh start: pending now, retry count 0, old result removed.\n"
+        "With IDS: those tasks, if failed, cancelled or expired. Without: every failed task\n"
+        "of --queue and/or --func, or of all queues with --all.",
+    )
+    retry.add_argument("ids", metavar="IDS", nargs="*", help="task ids")
+    retry.add_argument("--queue", help="only tasks of this queue")
+    retry.add_argument("--func", help="only tasks of this function (import path)")
+    retry.add_argument(
+        "--all", action="store_true", help="every failed task (no IDS, --queue or --func needed)"
+    )
+    retry.set_defaults(parser=retry)
+
+    cancel = add_command(
+        commands,
+        "cancel",
+        run_cancel,
+        "cancel tasks that have not started",
+        "Cancel pending or waiting tasks (a 'cancelled' result is stored, and tasks that\n"
+        "depend on them are cancelled too). Running and finished tasks are left alone.",
+    )
+    cancel.add_argument("ids", metavar="IDS", nargs="+", help="task ids")
+    cancel.add_argument("--reason", default="cancelled by request", help="stored with the result")
+
+    cleanup = add_command(
+        commands,
+        "cleanup",
+        run_cleanup,
+        "delete expired tasks, results, schedules and old events",
+        "Run the four cleanup operations (expired tasks, expired results, events older than\n"
+        "--events-older-than, expired schedules) and, with --purge-finished-older-than, delete\n"
+        "finished tasks too. Rows go in batches of 10,000, each its own short transaction.",
+    )
+    cleanup.add_argument(
+        "--events-older-than",
+        type=days,
+        default=30.0,
+        metavar="DAYS",
+        help="event retention (default: 30)",
+    )
+    cleanup.add_argument(
+        "--purge-finished-older-than",
+        type=days,
+        metavar="DAYS",
+        help="also delete completed, failed, cancelled and expired tasks created this long ago",
+    )
+    add_json_option(cleanup)
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    if not (args.ids or args.queue or args.func or args.all):
+        args.parser.error("give task IDS, --queue, --func, or --all to retry every failed task")
+    if args.ids and args.all:
+        args.parser.error("--all retries every failed task: give it without IDS")
+
+    async def main() -> tuple[int, dict[str, Task | None]]:
+        async with open_backend(args) as backend:
+            queue = backend.task_queue
+            before = {i: await queue.get_task(i) for i in args.ids}
+            n = await queue.retry_tasks(args.ids or None, queue_name=args.queue, func=args.func)
+            return n, before
+
+    retried, before = run(main)
+    if not args.ids:
+        where = "".join(
+            f" {word} {value}"
+            for word, value in (("in queue", args.queue), ("of", args.func))
+            if value
+        )
+        print(f"retried {output.count(retried, 'failed task')}{where}")
+        return 0
+    return _report("retried", retried, before, RETRYABLE)
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    async def main() -> tuple[int, dict[str, Task | None]]:
+        async with open_backend(args) as backend:
+            queue = backend.task_queue
+            before = {i: await queue.get_task(i) for i in args.ids}
+            return await queue.cancel_tasks(args.ids, args.reason), before
+
+    cancelled, before = run(main)
+    return _report("cancelled", cancelled, before, CANCELLABLE)
+
+
+def _report(
+    verb: str, changed: int, before: dict[str, Task | None], allowed: tuple[str, ...]
+) -> int:
+    """One summary line; a line on stderr for each id left alone; exit 3 if one was unknown."""
+    print(f"{verb} {changed} of {output.count(len(before), 'task')}")
+    code = 0
+    for task_id, task in before.items():
+        if task is None:
+            print(f"omniq: no task with id {task_id!r}", file=sys.stderr)
+            code = EXIT_NOT_FOUND
+        elif task.status not in allowed:
+            print(
+                f"omniq: task {task_id} is {task.status}; only {either(allowed)} tasks can be {verb}",
+                file=sys.stderr,
+            )
+            code = code or EXIT_ERROR
+    if code == 0 and changed < len(before):
+        left = output.count(len(before) - changed, "task")
+        print(f"omniq: {left} did not match --queue/--func; left alone", file=sys.stderr)
+        code = EXIT_ERROR
+    return code
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    async def main() -> list[tuple[str, str, int]]:
+        async with open_backend(args) as backend:
+            return [
+                (key, label, await drain(backend, label, call, params))
+                for key, label, call, params in operations(backend, args)
+            ]
+
+    done = run(main)
+    if args.json:
+        output.print_json({key: n for key, _, n in done})
+    else:
+        print(
+            output.table(
+                ["CLEANUP", "DELETED"], [(label, f"{n:,}") for _, label, n in done], right=[1]
+            )
+        )
+    return 0
+
+
+def operations(
+    backend: PostgreSQLBackend, args: argparse.Namespace
+) -> list[tuple[str, str, Any, dict[str, Any]]]:
+    sql = backend.sql
+    age = args.events_older_than
+    ops = [
+        ("expired_tasks", "expired tasks", sql.tasks.cleanup_expired_tasks, {}),  # type: ignore[attr-defined]
+        ("expired_results", "expired results", sql.results.cleanup_expired_results, {}),  # type: ignore[attr-defined]
+        (
+            "old_events",
+            f"events older than {age:g} days",
+            sql.events.cleanup_old_events,  # type: ignore[attr-defined]
+            {"before": utcnow() - timedelta(days=age)},
+        ),
+        ("expired_schedules", "expired schedules", sql.schedules.cleanup_expired_schedules, {}),  # type: ignore[attr-defined]
+    ]
+    if args.purge_finished_older_than is not None:
+        purge = args.purge_finished_older_than
+        ops.append(
+            (
+                "finished_tasks",
+                f"finished tasks older than {purge:g} days",
+                sql.tasks.purge_finished_tasks,  # type: ignore[attr-defined]
+                {"older_than": timedelta(days=purge)},
+            )
+        )
+    return ops
+
+
+async def drain(backend: PostgreSQLBackend, label: str, call: Any, params: dict[str, Any]) -> int:
+    """Call a batched cleanup function until a batch comes back short, saying how it goes."""
+    total, last = 0, time.monotonic()
+    while True:
+        async with backend.acquire() as conn:
+            removed = await call(conn, batch=CLEANUP_BATCH, **params)
+        total += removed
+        if removed < CLEANUP_BATCH:
+            return total
+        if time.monotonic() - last >= PROGRESS_EVERY:
+            print(f"omniq: {label}: {total:,} deleted so far...", file=sys.stderr, flush=True)
+            last = time.monotonic()

@@ -1,0 +1,35 @@
+# Sourced by scripts/test, scripts/demo and scripts/bench from the repository root:
+# creates .venv, installs OmniQ (editable, with the test extra) whenever pyproject.toml
+# changed, and makes sure PostgreSQL server binaries exist for the embedded server.
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+
+# Reinstall only when pyproject.toml changed: the install is editable, code needs none.
+stamp=.venv/.omniq-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    echo "$want" > "$stamp"
+fi
+
+# The embedded server needs initdb/pg_ctl/postgres/createdb; install them on a bare Debian box.
+if [ -z "${OMNIQ_TEST_DSN:-}" ] \
+    && ! .venv/bin/python -c 'from omniq.embedded import find_bindir; find_bindir()' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing PostgreSQL with apt-get" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+    fi
+fi
+
+# PgBouncer for tests/test_pgbouncer.py (scripts/test only; those tests skip, saying why, when
+# it cannot be had). Debian's package; its service is not started here, the tests start their own.
+if [ "$(basename "$0")" = test ] && ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing PgBouncer with apt-get" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+            || echo "PgBouncer could not be installed; tests/test_pgbouncer.py will skip" >&2
+    fi
+fi
