@@ -438,16 +438,17 @@ BEGIN
     ), logged AS (
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
             message, error_type, error_message, traceback, execution_time)
-        SELECT u.id, e.event_type, e.at, u.queue_name, p_worker_id,
-               e.message, u.error_type, u.error, u.traceback, e.execution_time
+        SELECT u.id, e.event_type, e.at, u.queue_name, p_worker_id, e.message,
+               e.error_type, e.error, e.traceback, e.execution_time
         FROM upd AS u
         CROSS JOIN LATERAL (VALUES
-            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real),
+            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real,
+             NULL::text, NULL::text, NULL::text),
             (CASE u.status WHEN 'pending' THEN 'retry' ELSE u.status END,
              coalesce(u.finished_at, now()),
              CASE WHEN u.status = 'pending' THEN 'retry ' || u.retry_count || ' at ' || u.run_at END,
-             u.execution_time)
-        ) AS e(event_type, at, message, execution_time)
+             u.execution_time, u.error_type, u.error, u.traceback)
+        ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
         WHERE u.outcome <> 'expired' OR e.event_type <> 'executing'
     )
     SELECT array_agg(u.id), array_agg(u.status),

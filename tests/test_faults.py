@@ -648,9 +648,8 @@ async def test_load_through_four_workers(
         assert await w.exited(60) == 0, w.output()[-2000:]
 
     assert await status_counts(db) == {"completed": n}
-    by_status = dict(
-        await db.conn.fetch(f"SELECT status, count(*) FROM {db.table('results')} GROUP BY 1")
-    )  # noqa: S608
+    results_sql = f"SELECT status, count(*) FROM {db.table('results')} GROUP BY 1"  # noqa: S608
+    by_status = dict(await db.conn.fetch(results_sql))
     assert by_status == {"success": n}
     events = dict(
         await db.conn.fetch(

@@ -209,15 +209,19 @@ def test_the_sql_scan_catches_what_it_should() -> None:
         'q = f"SELECT {column}"',
         'q = "INSERT INTO " + table',
     ]
-    fine = ['conn.execute(query.sql)', 'raise ValueError(f"no CREATE on schema {name}")']
+    fine = ["conn.execute(query.sql)", 'raise ValueError(f"no CREATE on schema {name}")']
     for source in caught + fine:
         flagged = False
         for node in ast.walk(ast.parse(source)):
             if _built(node):
                 target = node.func.value if isinstance(node, ast.Call) else node  # type: ignore[attr-defined]
-                flagged |= bool((_text_of(target) or "") and SQL_STATEMENT.search(_text_of(target) or ""))
+                flagged |= bool(
+                    (_text_of(target) or "") and SQL_STATEMENT.search(_text_of(target) or "")
+                )
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                flagged |= node.func.attr in DRIVER_CALLS and bool(node.args) and _built(node.args[0])
+                flagged |= (
+                    node.func.attr in DRIVER_CALLS and bool(node.args) and _built(node.args[0])
+                )
         assert flagged == (source in caught), source
 
 

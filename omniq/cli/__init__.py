@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import asyncpg
 
 from ..errors import OmniQError
-from . import admin, doctor, manage, produce, run, show, status
+from . import admin, demo, doctor, manage, produce, run, show, status
 from .common import CommandError
 
-COMMAND_MODULES = [run, produce, status, show, manage, admin, doctor]
+COMMAND_MODULES = [run, demo, produce, status, show, manage, admin, doctor]
 
 EXAMPLES = """\
 examples:

@@ -82,8 +82,7 @@ class Task:
         self.func = func_path(self.func)
         self.queue_name = check_queue_name(self.queue_name)
         self.args = tuple(self.args)
-        if self.kwargs.__class__ is not dict:
-            self.kwargs = dict(self.kwargs)
+        self.kwargs = dict(self.kwargs)  # a copy: later changes to the caller's dict don't leak in
         if self.kwargs and any(not isinstance(k, str) for k in self.kwargs):
             raise TypeError(f"kwargs keys must be strings, got {list(self.kwargs)!r}")
         self.status = TaskStatus(self.status)

@@ -26,7 +26,7 @@ import asyncpg
 log = logging.getLogger("omniq.listener")
 
 CHANNEL_KINDS = ("tasks", "results", "schedules")
-PING_INTERVAL = 15.0  # seconds between pings of the LISTEN connection while someone waits
+PING_INTERVAL = 30.0  # seconds between pings of the LISTEN connection while someone waits
 PING_TIMEOUT = 5.0  # an unanswered ping after this long drops the connection
 
 
