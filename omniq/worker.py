@@ -13,6 +13,7 @@ run again after the rescue (see README, "Crashes and at-least-once").
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import importlib
@@ -421,7 +422,7 @@ class AsyncWorker:
                 outcome="failure",
                 error=_storable(str(exc) or repr(exc)),
                 error_type=type(exc).__name__,
-                traceback=_storable(traceback.format_exc()),
+                traceback=_storable(_user_traceback(exc)),
             )
         self._record(task, outcome, t0)
 
@@ -655,6 +656,17 @@ def _storable(text: str) -> str:
 def _checked_result(value: Any, task: Task) -> Any:
     dump_json(value, f"the return value of {task.func}")  # a TypeError fails the task clearly
     return value
+
+
+_PLUMBING = (__file__, asyncio.__file__.rsplit("/", 1)[0], concurrent.futures.__file__.rsplit("/", 1)[0])
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the task function down: the worker's own frames are left out."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -36,14 +36,16 @@ def config_from_args(args: argparse.Namespace, **settings: object) -> PostgresCo
     if not dsn and any(os.environ.get(name) for name in PG_ENV):
         dsn = "postgresql://"  # asyncpg fills host, port, user, password and database from PG*
     if not dsn:
-        from ..embedded import default_data_dir, ensure_running
+        from ..embedded import EmbeddedPostgres, default_data_dir, ensure_running
 
+        was_running = EmbeddedPostgres(default_data_dir()).is_running()
         dsn = ensure_running()
-        print(
-            f"omniq: using the embedded PostgreSQL at {redact_dsn(dsn)} (data in {default_data_dir()}; "
-            "stop it with `omniq embedded stop`)",
-            file=sys.stderr,
-        )
+        if not was_running:  # say so once, when it starts; `omniq embedded status` tells later
+            print(
+                f"omniq: started the embedded PostgreSQL at {redact_dsn(dsn)} (data in "
+                f"{default_data_dir()}; stop it with `omniq embedded stop`)",
+                file=sys.stderr,
+            )
     listen_dsn = getattr(args, "listen_dsn", None)
     if listen_dsn:  # the pool goes through a transaction pooler: no named prepared statements
         settings = {"statement_cache_size": 0, **settings}
