@@ -785,6 +785,9 @@ CREATE FUNCTION public.omniq_resolve_dependents(p_finished text[]) RETURNS void
 DECLARE
     v_ids TEXT[];
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'waiting') THEN
+        RETURN;  -- the usual case: nothing waits for anything
+    END IF;
     SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
     WHERE t.status = 'waiting' AND t.dependencies ?| p_finished;
     IF v_ids IS NOT NULL THEN
@@ -1048,6 +1051,8 @@ CREATE INDEX tasks_expiry_idx ON public.tasks USING btree (expires_at) WHERE ((s
 CREATE INDEX tasks_finished_idx ON public.tasks USING btree (status, created_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text]));
 
 CREATE INDEX tasks_running_idx ON public.tasks USING btree (worker_id) WHERE (status = 'running'::text);
+
+CREATE INDEX tasks_waiting_ids_idx ON public.tasks USING btree (id) WHERE (status = 'waiting'::text);
 
 CREATE INDEX tasks_waiting_idx ON public.tasks USING gin (dependencies) WITH (fastupdate=off) WHERE (status = 'waiting'::text);
 

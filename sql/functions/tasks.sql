@@ -292,10 +292,14 @@ $$;
 CREATE OR REPLACE FUNCTION omniq_resolve_dependents(p_finished TEXT[])
 RETURNS VOID
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Re-examine the waiting tasks that name any of p_finished. Index: tasks_waiting_idx.
+-- Re-examine the waiting tasks that name any of p_finished. Index: tasks_waiting_ids_idx
+-- (is any task waiting at all?), then tasks_waiting_idx (which ones name these).
 DECLARE
     v_ids TEXT[];
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'waiting') THEN
+        RETURN;  -- the usual case: nothing waits for anything
+    END IF;
     SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
     WHERE t.status = 'waiting' AND t.dependencies ?| p_finished;
     IF v_ids IS NOT NULL THEN
