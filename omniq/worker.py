@@ -356,7 +356,7 @@ class AsyncWorker:
             self._next_rescue = loop.time() + self.heartbeat_interval
 
     async def _rescue(self) -> float | None:
-        rescued, check_at = await self.backend.task_queue.rescue_tasks()
+        rescued, check_at = await self.backend.task_queue.rescue_tasks(self.worker_id)
         if rescued:
             log.warning("rescued %d task(s) from workers that stopped heartbeating", rescued)
         if check_at is None:

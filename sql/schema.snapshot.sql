@@ -728,7 +728,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_rescue_tasks() RETURNS TABLE(rescued integer, next_check_at timestamp with time zone)
+CREATE FUNCTION public.omniq_rescue_tasks(p_caller text DEFAULT NULL::text) RETURNS TABLE(rescued integer, next_check_at timestamp with time zone)
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
@@ -736,7 +736,8 @@ DECLARE
     v_n INTEGER;
 BEGIN
     WITH dead AS (
-        SELECT w.id FROM omniq_workers AS w WHERE w.last_heartbeat < now() - w.stale_after
+        SELECT w.id FROM omniq_workers AS w
+        WHERE w.last_heartbeat < now() - w.stale_after AND w.id IS DISTINCT FROM p_caller
     ), stalled AS (
         SELECT t.id FROM "tasks" AS t
         WHERE t.status = 'running' AND t.worker_id IN (SELECT dead.id FROM dead)
@@ -774,7 +775,8 @@ BEGIN
     RETURN QUERY
     SELECT v_n, min(w.last_heartbeat + w.stale_after)
     FROM omniq_workers AS w
-    WHERE EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
+    WHERE w.id IS DISTINCT FROM p_caller
+      AND EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
 END
 $$;
 

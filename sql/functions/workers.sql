@@ -43,7 +43,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_rescue_tasks()
+CREATE OR REPLACE FUNCTION omniq_rescue_tasks(p_caller TEXT DEFAULT NULL)
 RETURNS TABLE (rescued INTEGER, next_check_at TIMESTAMPTZ)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Tasks held by workers silent for longer than their own stale_after (registered with their
@@ -51,13 +51,15 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- counts as a retry, so a task that keeps killing its worker ends failed ('WorkerLost').
 -- Dead workers leave the registry. Tasks dequeued without a worker id are not touched
 -- (see omniq_requeue_stalled). next_check_at is when the next held task could go stale
--- (NULL: no worker holds a task), so idle workers check then and not on a timer.
+-- (NULL: no other worker holds a task), so idle workers check then and not on a timer.
+-- p_caller is the calling worker: it is alive, and never needs to rescue itself.
 -- Index: tasks_running_idx.
 DECLARE
     v_n INTEGER;
 BEGIN
     WITH dead AS (
-        SELECT w.id FROM omniq_workers AS w WHERE w.last_heartbeat < now() - w.stale_after
+        SELECT w.id FROM omniq_workers AS w
+        WHERE w.last_heartbeat < now() - w.stale_after AND w.id IS DISTINCT FROM p_caller
     ), stalled AS (
         SELECT t.id FROM "tasks" AS t
         WHERE t.status = 'running' AND t.worker_id IN (SELECT dead.id FROM dead)
@@ -95,6 +97,7 @@ BEGIN
     RETURN QUERY
     SELECT v_n, min(w.last_heartbeat + w.stale_after)
     FROM omniq_workers AS w
-    WHERE EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
+    WHERE w.id IS DISTINCT FROM p_caller
+      AND EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
 END
 $$;

@@ -11,10 +11,11 @@ SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :q
 -- Index: omniq_workers_pkey, tasks_running_idx.
 SELECT "public".omniq_worker_stopped(:worker_id::text);
 
--- name: rescue_tasks()^
--- Requeue tasks of workers silent for longer than their stale_after; when to check next.
+-- name: rescue_tasks(caller)^
+-- Requeue tasks of workers (other than :caller) silent for longer than their stale_after;
+-- when to check next.
 -- Index: tasks_running_idx.
-SELECT * FROM "public".omniq_rescue_tasks();
+SELECT * FROM "public".omniq_rescue_tasks(:caller::text);
 
 -- name: list_workers()
 -- Registered workers and how many tasks each holds. Index: tasks_running_idx.

@@ -142,7 +142,7 @@ class Listener:
             if conn is None or not any(self._waiters.values()):
                 continue  # reconnecting already, or nobody to wake: stay silent
             try:
-                await asyncio.wait_for(conn.execute(""), self.ping_timeout)
+                await asyncio.wait_for(_empty_query(conn), self.ping_timeout)
             except Exception as exc:
                 if conn is self._conn and not self._closed:
                     log.warning(
@@ -193,3 +193,13 @@ class Listener:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
         self.wake_all()
+
+
+async def _empty_query(conn: asyncpg.Connection) -> None:
+    """One protocol round trip that runs no statement (pg_stat_statements never sees it)."""
+    try:
+        await conn.execute("")
+    except AttributeError:
+        # asyncpg (0.29-0.32) cannot decode the command tag an empty query lacks and raises
+        # here, after the server has answered: the round trip succeeded, the link is alive.
+        pass

@@ -261,13 +261,14 @@ class AsyncPostgresQueue(Component):
             )
         return list(lost or [])
 
-    async def rescue_tasks(self) -> tuple[int, datetime | None]:
+    async def rescue_tasks(self, caller: str | None = None) -> tuple[int, datetime | None]:
         """Requeue tasks of workers silent for longer than their own ``stale_after``.
 
-        Returns (tasks rescued, when the next held task could go stale or None).
+        ``caller`` is the calling worker's id (alive by definition; its own tasks don't count).
+        Returns (tasks rescued, when another worker's held task could go stale, or None).
         """
         async with self._conn() as conn:
-            row = await self._sql.workers.rescue_tasks(conn)
+            row = await self._sql.workers.rescue_tasks(conn, caller=caller)
         return row["rescued"], row["next_check_at"]
 
     async def worker_stopped(self, worker_id: str) -> int:
