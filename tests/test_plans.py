@@ -186,7 +186,7 @@ CASES = [
             stale_after=timedelta(seconds=30),
         ),  # fmt: skip
     ),
-    Case("rescue", "workers", "rescue_tasks"),
+    Case("rescue", "workers", "rescue_tasks", dict(caller="w-1")),
     Case("list workers", "workers", "list_workers"),
     Case(
         "enqueue with a dependency",
