@@ -500,14 +500,24 @@ class AsyncWorker:
             try:
                 return await queue.finish_tasks(outcomes, self.worker_id)
             except (ConnectionError, OSError, TimeoutError) as exc:  # transient: keep and retry
-                log.warning("recording %d outcome(s) failed (%s); retrying in %.1fs", len(outcomes), exc, delay)
+                log.warning(
+                    "recording %d outcome(s) failed (%s); retrying in %.1fs",
+                    len(outcomes),
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except Exception:
                 if len(outcomes) == 1:
-                    log.exception("could not record the outcome of %s; it stays held and is requeued at shutdown", outcomes[0]["id"])
+                    log.exception(
+                        "could not record the outcome of %s; it stays held and is requeued at shutdown",
+                        outcomes[0]["id"],
+                    )
                     return {}
-                log.exception("recording a batch failed; recording its %d outcomes one by one", len(outcomes))
+                log.exception(
+                    "recording a batch failed; recording its %d outcomes one by one", len(outcomes)
+                )
                 statuses: dict[str, str] = {}
                 for outcome in outcomes:
                     statuses.update(await self._write_outcomes([outcome]))
@@ -658,7 +668,11 @@ def _checked_result(value: Any, task: Task) -> Any:
     return value
 
 
-_PLUMBING = (__file__, asyncio.__file__.rsplit("/", 1)[0], concurrent.futures.__file__.rsplit("/", 1)[0])
+_PLUMBING = (
+    __file__,
+    asyncio.__file__.rsplit("/", 1)[0],
+    concurrent.futures.__file__.rsplit("/", 1)[0],
+)
 
 
 def _user_traceback(exc: BaseException) -> str:
