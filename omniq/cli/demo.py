@@ -11,7 +11,7 @@ import uuid
 from ..backend.postgres import PostgreSQLBackend
 from ..models import Schedule, Task
 from ..worker import AsyncWorker
-from .options import add_connection_options, config_from_args
+from .options import add_connection_options, command_name, config_from_args
 
 TEXT = "the quick brown fox jumps over the lazy dog and the dog sleeps"
 
@@ -106,7 +106,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 )
             print(
                 f"\n{stats.succeeded} succeeded, {stats.failed} failed, {stats.retried} retries. "
-                f"Look around: omniq status --schema {args.schema}; omniq tasks --schema {args.schema}"
+                f"Look around: {command_name()} status --schema {args.schema}; "
+                f"{command_name()} tasks --schema {args.schema}"
             )
 
     asyncio.run(main())

@@ -43,10 +43,21 @@ def config_from_args(args: argparse.Namespace, **settings: object) -> PostgresCo
         if not was_running:  # say so once, when it starts; `omniq embedded status` tells later
             print(
                 f"omniq: started the embedded PostgreSQL at {redact_dsn(dsn)} (data in "
-                f"{default_data_dir()}; stop it with `omniq embedded stop`)",
+                f"{default_data_dir()}; stop it with `{command_name()} embedded stop`)",
                 file=sys.stderr,
             )
     listen_dsn = getattr(args, "listen_dsn", None)
     if listen_dsn:  # the pool goes through a transaction pooler: no named prepared statements
         settings = {"statement_cache_size": 0, **settings}
     return PostgresConfig(dsn=dsn, schema=args.schema, listen_dsn=listen_dsn, **settings)  # type: ignore[arg-type]
+
+
+def command_name() -> str:
+    """How the user can run omniq again: ``omniq`` when it is on PATH, else its full path."""
+    import shutil
+    from pathlib import Path
+
+    script = Path(sys.argv[0])
+    if script.name == "omniq" and shutil.which("omniq") != str(script.resolve()):
+        return str(script)  # e.g. .venv/bin/omniq, not on PATH
+    return "omniq" if script.name == "omniq" or shutil.which("omniq") else "python -m omniq"
