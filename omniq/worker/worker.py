@@ -1,10 +1,8 @@
-"""Workers: take tasks from PostgreSQL, run them, record outcomes in batches.
+"""The worker loop: take tasks while slots are free, run them, sleep on LISTEN when idle.
 
-One fetch loop per worker takes up to ``concurrency - running`` tasks per dequeue and waits on
-LISTEN when there is nothing to do. ``async def`` tasks run on the loop, plain functions in a
-thread pool. Outcomes are written by ``omniq_finish_tasks`` in batches (one round trip per
-batch, flushed after ``flush_interval`` seconds at the latest), which also retries, fires
-callbacks and releases dependents, all inside PostgreSQL.
+One fetch loop per worker takes up to ``concurrency + prefetch - held`` tasks per dequeue.
+``async def`` tasks run on the loop, plain functions in a thread pool. Outcomes go to the
+:class:`~omniq.worker.outcomes.OutcomeRecorder`, which writes them in batches.
 
 Delivery is at least once: a task whose outcome was not yet recorded when its worker died is
 run again after the rescue (see README, "Crashes and at-least-once").
@@ -13,10 +11,8 @@ run again after the rescue (see README, "Crashes and at-least-once").
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
-import importlib
 import inspect
 import logging
 import os
@@ -24,72 +20,21 @@ import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .backend.postgres import PostgreSQLBackend
-from .models._common import dump_json, utcnow
-from .models.task import Task
-from .scheduler import AsyncScheduler
+from ..backend.postgres import PostgreSQLBackend
+from ..models._common import utcnow
+from ..models.task import Task
+from ..scheduler import AsyncScheduler
+from .imports import resolve
+from .outcomes import OutcomeRecorder, WorkerStats, checked_result, storable, user_traceback
 
 log = logging.getLogger("omniq.worker")
-
-
-class TaskImportError(Exception):
-    """A task's ``func`` could not be imported or is not callable."""
-
-
-@functools.lru_cache(maxsize=1024)
-def resolve(path: str) -> Callable[..., Any]:
-    """Import ``package.module.function`` or ``package.module:Class.method``."""
-    if ":" in path:
-        module_name, _, attrs = path.partition(":")
-        candidates = [(module_name, attrs.split("."))]
-    else:
-        parts = path.split(".")
-        candidates = [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
-    error: Exception | None = None
-    for module_name, attrs in candidates:
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name != exc.name and not module_name.startswith(exc.name + "."):
-                raise TaskImportError(
-                    f"importing {module_name!r} for {path!r} failed: {exc}"
-                ) from exc
-            error = exc
-            continue
-        except Exception as exc:
-            raise TaskImportError(
-                f"importing {module_name!r} for {path!r} failed: {exc!r}"
-            ) from exc
-        for attr in attrs:
-            try:
-                obj = getattr(obj, attr)
-            except AttributeError:
-                raise TaskImportError(f"{path!r}: {obj!r} has no attribute {attr!r}") from None
-        if not callable(obj):
-            raise TaskImportError(f"{path!r} is not callable (it is {type(obj).__name__})")
-        return obj
-    raise TaskImportError(f"cannot import {path!r}: {error}")
-
-
-@dataclass
-class WorkerStats:
-    """Counts since the worker started."""
-
-    started: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    expired: int = 0
-    lost: int = 0  # outcomes discarded because the task had been rescued meanwhile
-    released: int = 0
 
 
 @dataclass
@@ -98,12 +43,6 @@ class _Running:
     future: asyncio.Task[None]
     in_thread: bool = False
     lost: bool = False
-
-
-@dataclass
-class _Batch:
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-    first_at: float = 0.0
 
 
 class AsyncWorker:
@@ -155,9 +94,7 @@ class AsyncWorker:
         self.install_signal_handlers = install_signal_handlers
         self.stats = WorkerStats()
         self._running: dict[str, _Running] = {}
-        self._batch = _Batch()
-        self._flush_lock: asyncio.Lock | None = None
-        self._flush_due: asyncio.Event | None = None
+        self._outcomes: OutcomeRecorder | None = None
         self._slot_free: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
@@ -208,8 +145,13 @@ class AsyncWorker:
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._flush_due = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
+        self._outcomes = outcomes = OutcomeRecorder(
+            self.backend.task_queue,
+            self.worker_id,
+            self.stats,
+            self.flush_interval,
+            self.flush_size,
+        )
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="omniq-task")
         await self.backend.connect()
         await self._beat()
@@ -220,7 +162,7 @@ class AsyncWorker:
             self.concurrency,
         )
         helpers = [
-            asyncio.create_task(self._flusher(), name="omniq-flusher"),
+            asyncio.create_task(outcomes.run(), name="omniq-flusher"),
             asyncio.create_task(self._heartbeats(), name="omniq-heartbeat"),
         ]
         if self.run_scheduler and not burst:
@@ -236,9 +178,7 @@ class AsyncWorker:
                 await self._fetch_loop(burst)
                 await self._drain()
             finally:
-                assert self._flush_lock is not None
-                async with self._flush_lock:
-                    pass  # a flush under way finishes before the flusher is cancelled
+                await outcomes.settle()  # a write under way finishes before the flusher stops
                 for helper in helpers:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
@@ -291,10 +231,10 @@ class AsyncWorker:
                     continue
                 if wakeup is None:  # burst: done once nothing is ready and nothing runs
                     if not self._running:
-                        assert self._flush_lock is not None
-                        if not self._batch.outcomes and not self._flush_lock.locked():
+                        assert self._outcomes is not None
+                        if self._outcomes.idle:
                             return
-                        await self._flush()  # outcomes not yet written can release dependents
+                        await self._outcomes.flush()  # unwritten outcomes may release dependents
                         continue
                     self._slot_free.clear()
                     await _first(self._slot_free.wait(), self._stopping.wait())
@@ -324,9 +264,9 @@ class AsyncWorker:
         without counting a retry: they never started.
         """
         queue = self.backend.task_queue
-        await self._flush()  # outcomes recorded first: a finished task is not "unknown"
-        assert self._flush_lock is not None
-        async with self._flush_lock:
+        assert self._outcomes is not None
+        await self._outcomes.flush()  # outcomes recorded first: a finished task is not "unknown"
+        async with self._outcomes.paused() as unwritten:
             held: list[str] = []
             page, offset = 10_000, 0
             while True:
@@ -335,7 +275,7 @@ class AsyncWorker:
                 if len(running) < page:
                     break
                 offset += page
-            known = set(self._running) | {o["id"] for o in self._batch.outcomes}
+            known = set(self._running) | unwritten
             unknown = [task_id for task_id in held if task_id not in known]
             if unknown:
                 released = await queue.release_tasks(
@@ -397,6 +337,7 @@ class AsyncWorker:
             await self._execute_now(task)
 
     async def _execute_now(self, task: Task) -> None:
+        assert self._outcomes is not None
         started_at = utcnow()
         t0 = time.perf_counter()
         outcome: dict[str, Any] = {
@@ -408,11 +349,11 @@ class AsyncWorker:
             outcome.update(
                 outcome="expired", error="task expired before it started", error_type="TaskExpired"
             )
-            self._record(task, outcome, t0)
+            self._outcomes.add(task, outcome, t0)
             return
         try:
             value = await self._call(task)
-            outcome.update(outcome="success", result=_checked_result(value, task))
+            outcome.update(outcome="success", result=checked_result(value, task))
         except asyncio.CancelledError:
             if self._forced or (task.id in self._running and self._running[task.id].lost):
                 return  # released at shutdown, or already taken away by a rescue
@@ -420,11 +361,11 @@ class AsyncWorker:
         except Exception as exc:
             outcome.update(
                 outcome="failure",
-                error=_storable(str(exc) or repr(exc)),
+                error=storable(str(exc) or repr(exc)),
                 error_type=type(exc).__name__,
-                traceback=_storable(_user_traceback(exc)),
+                traceback=storable(user_traceback(exc)),
             )
-        self._record(task, outcome, t0)
+        self._outcomes.add(task, outcome, t0)
 
     async def _call(self, task: Task) -> Any:
         fn = resolve(task.func)
@@ -459,89 +400,6 @@ class AsyncWorker:
         finally:
             with self._threads_lock:
                 self._threads_running -= 1
-
-    def _record(self, task: Task, outcome: dict[str, Any], t0: float) -> None:
-        outcome["finished_at"] = utcnow()
-        outcome["execution_time"] = time.perf_counter() - t0
-        outcome["func"] = task.func  # for the progress log; ignored by the database
-        batch = self._batch
-        if not batch.outcomes:
-            batch.first_at = time.monotonic()
-        batch.outcomes.append(outcome)
-        assert self._flush_due is not None
-        if len(batch.outcomes) >= self.flush_size:
-            self._flush_due.set()
-        elif len(batch.outcomes) == 1:
-            asyncio.get_running_loop().call_later(self.flush_interval, self._flush_due.set)
-
-    # -- recording outcomes ---------------------------------------------------------------
-
-    async def _flusher(self) -> None:
-        assert self._flush_due is not None
-        while True:
-            await self._flush_due.wait()
-            self._flush_due.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Write the pending outcomes; on a database error keep them and try again later."""
-        assert self._flush_lock is not None
-        async with self._flush_lock:
-            outcomes, self._batch = self._batch.outcomes, _Batch()
-            if outcomes:
-                statuses = await self._write_outcomes(outcomes)
-                for outcome in outcomes:
-                    self._count(outcome, statuses.get(outcome["id"]))
-
-    async def _write_outcomes(self, outcomes: list[dict[str, Any]]) -> dict[str, str]:
-        queue = self.backend.task_queue
-        delay = 0.1
-        while True:
-            try:
-                return await queue.finish_tasks(outcomes, self.worker_id)
-            except (ConnectionError, OSError, TimeoutError) as exc:  # transient: keep and retry
-                log.warning(
-                    "recording %d outcome(s) failed (%s); retrying in %.1fs",
-                    len(outcomes),
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception:
-                if len(outcomes) == 1:
-                    log.exception(
-                        "could not record the outcome of %s; it stays held and is requeued at shutdown",
-                        outcomes[0]["id"],
-                    )
-                    return {}
-                log.exception(
-                    "recording a batch failed; recording its %d outcomes one by one", len(outcomes)
-                )
-                statuses: dict[str, str] = {}
-                for outcome in outcomes:
-                    statuses.update(await self._write_outcomes([outcome]))
-                return statuses
-
-    def _count(self, outcome: dict[str, Any], status: str | None) -> None:
-        """Tally an outcome by the status the database gave the task, and log it for people."""
-        task_id, func = outcome["id"], outcome["func"]
-        if status is None:
-            self.stats.lost += 1
-            log.warning("outcome of %s discarded: the task was taken from this worker", task_id)
-            return
-        if status == "completed":
-            self.stats.succeeded += 1
-            log.info("done     %s %s in %.1f ms", task_id, func, outcome["execution_time"] * 1000)
-            return
-        if status == "pending":
-            self.stats.retried += 1
-        elif status == "expired":
-            self.stats.expired += 1
-        else:
-            self.stats.failed += 1
-        word = {"pending": "retry", "failed": "failed", "expired": "expired"}.get(status, status)
-        log.info("%-8s %s %s: %s", word, task_id, func, outcome.get("error"))
 
     # -- liveness -------------------------------------------------------------------------
 
@@ -584,8 +442,9 @@ class AsyncWorker:
             await asyncio.wait([r.future for r in self._running.values()], timeout=1.0)
 
     async def _shutdown(self) -> None:
+        assert self._outcomes is not None
         with contextlib.suppress(Exception):
-            await self._flush()
+            await self._outcomes.flush()
         try:
             released = await self.backend.task_queue.worker_stopped(self.worker_id)
             self.stats.released += released
@@ -648,39 +507,6 @@ class Worker(AsyncWorker):
             return await AsyncWorker.run(self, burst)
         finally:
             await backend.close()
-
-
-def _storable(text: str) -> str:
-    """Error text PostgreSQL can store: NUL (which TEXT and JSONB refuse) and lone surrogates
-    (not UTF-8) are written as escapes, so an odd exception message cannot keep an outcome
-    from being recorded."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode()
-    return text
-
-
-def _checked_result(value: Any, task: Task) -> Any:
-    dump_json(value, f"the return value of {task.func}")  # a TypeError fails the task clearly
-    return value
-
-
-_PLUMBING = (
-    __file__,
-    asyncio.__file__.rsplit("/", 1)[0],
-    concurrent.futures.__file__.rsplit("/", 1)[0],
-)
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback from the task function down: the worker's own frames are left out."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
