@@ -22,6 +22,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--concurrency", type=int, default=10, help="tasks run at once (default: 10)"
     )
     worker.add_argument(
+        "--prefetch",
+        type=int,
+        help="tasks held beyond those running, for bigger dequeue batches (default: concurrency)",
+    )
+    worker.add_argument(
         "--burst", action="store_true", help="exit once no task is ready and none is running"
     )
     worker.add_argument(
@@ -86,6 +91,7 @@ def run_worker(args: argparse.Namespace) -> int:
         [q.strip() for q in args.queues.split(",") if q.strip()],
         args.concurrency,
         args.worker_id,
+        prefetch=args.prefetch,
         default_timeout=args.task_timeout,
         heartbeat_interval=args.heartbeat,
         worker_timeout=args.worker_timeout,

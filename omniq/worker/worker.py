@@ -75,6 +75,8 @@ class AsyncWorker:
             raise ValueError("a worker needs at least one queue")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError(f"prefetch must be 0 or more, got {prefetch}")
         if worker_timeout <= heartbeat_interval:
             raise ValueError("worker_timeout must be longer than heartbeat_interval")
         self.backend = backend
