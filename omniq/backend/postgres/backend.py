@@ -33,6 +33,8 @@ class PostgreSQLBackend:
     schema is created or migrated on connect. Connecting is also done on first use.
     """
 
+    _async_only = frozenset({"listener"})  # a Listener lives on the backend's loop
+
     def __init__(self, config: PostgresConfig | None = None, **overrides: Any) -> None:
         self.config = config if config is not None else PostgresConfig(**overrides)
         self.sql: SQLFiles = sql_files(self.config.schema, tuple(self.config.tables.items()))

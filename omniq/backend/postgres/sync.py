@@ -56,11 +56,13 @@ def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
 def with_sync_methods(cls: C) -> C:
     """Add ``name_sync`` for every public coroutine method ``name`` of ``cls`` and its bases.
 
-    The wrapper sends the coroutine to the loop returned by ``self._sync_loop()``.
+    The wrapper sends the coroutine to the loop returned by ``self._sync_loop()``. Names in
+    the class attribute ``_async_only`` get no twin (their result belongs to the loop).
     """
+    async_only = getattr(cls, "_async_only", frozenset())
     for klass in reversed(cls.__mro__):
         for name, fn in list(vars(klass).items()):
-            if name.startswith("_") or not inspect.iscoroutinefunction(fn):
+            if name.startswith("_") or name in async_only or not inspect.iscoroutinefunction(fn):
                 continue
             if f"{name}_sync" not in vars(cls):
                 setattr(cls, f"{name}_sync", _make_sync(fn))
