@@ -13,7 +13,7 @@ import asyncpg
 
 from ...models.config import PostgresConfig
 from . import schema
-from .connection import acquire, connect_listener, create_pool, translate_errors
+from .connection import Pooled, connect_listener, create_pool, translate_errors
 from .events import PostgresEventStorage
 from .listener import CHANNEL_KINDS, Listener
 from .queue import PostgresQueue
@@ -68,7 +68,7 @@ class PostgreSQLBackend:
                 return
             pool = await create_pool(self.config)
             try:
-                async with acquire(pool, self.config, self.config.acquire_timeout) as conn:
+                async with Pooled(self.config, self.config.acquire_timeout, pool) as conn:
                     await schema.migrate(conn, self.sql, self.config.schema)
             except BaseException:
                 await pool.close()
@@ -135,14 +135,16 @@ class PostgreSQLBackend:
 
     # -- shared plumbing ----------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection (connecting first if needed), with errors translated."""
+    def acquire(self) -> Pooled:
+        """``async with backend.acquire() as conn``: a pooled connection (connecting first if
+        needed), with errors translated."""
+        return Pooled(self.config, self.config.acquire_timeout, ready=self._ready_pool)
+
+    async def _ready_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             await self.connect()
         assert self._pool is not None
-        async with acquire(self._pool, self.config, self.config.acquire_timeout) as conn:
-            yield conn
+        return self._pool
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -175,9 +177,7 @@ class PostgreSQLBackend:
         """
         pool = await create_pool(self.config) if self._pool is None else None
         try:
-            async with acquire(
-                pool or self._pool, self.config, self.config.acquire_timeout
-            ) as conn:  # type: ignore[arg-type]
+            async with Pooled(self.config, self.config.acquire_timeout, pool or self._pool) as conn:
                 if dry_run:
                     plan = await schema.plan(conn, self.sql, self.config.schema)
                 else:

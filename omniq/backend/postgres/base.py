@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from .connection import translate_errors
+from .connection import Given, Pooled
 
 if TYPE_CHECKING:
     from .backend import PostgreSQLBackend
@@ -32,17 +31,11 @@ class Component:
     def _sync_loop(self) -> asyncio.AbstractEventLoop:
         return self._backend._sync_loop()
 
-    @contextlib.asynccontextmanager
-    async def _conn(
-        self, connection: asyncpg.Connection | None = None
-    ) -> AsyncIterator[asyncpg.Connection]:
+    def _conn(self, connection: asyncpg.Connection | None = None) -> Pooled | Given:
         """The caller's connection when given (their transaction), else one from the pool."""
         if connection is not None:
-            async with translate_errors(self._backend.config, connecting=False):
-                yield connection
-            return
-        async with self._backend.acquire() as conn:
-            yield conn
+            return Given(connection, self._backend.config)
+        return self._backend.acquire()
 
     async def _drain(self, call: Any, **params: Any) -> int:
         """Call a batched cleanup function until a batch comes back short; total rows removed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -187,26 +187,74 @@ def translate(
     return None
 
 
-@contextlib.asynccontextmanager
-async def acquire(
-    pool: asyncpg.Pool, config: PostgresConfig, timeout: float
-) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection; waiting longer than ``timeout`` raises PoolExhaustedError."""
-    try:
-        conn = await pool.acquire(timeout=timeout)
-    except TimeoutError:
-        raise PoolExhaustedError(
-            f"no pooled connection to {target(config)} became free within {timeout:g}s: all "
-            f"{config.max_connections} are in use. Increase max_connections or hold connections "
-            "for less time."
-        ) from None
-    except Exception as exc:
-        translated = translate(exc, config)
-        if translated is None:
-            raise
-        raise translated from exc
-    try:
-        async with translate_errors(config, connecting=False):
-            yield conn
-    finally:
-        await pool.release(conn)
+class Pooled:
+    """``async with Pooled(...) as conn``: a pooled connection with errors translated.
+
+    Every operation goes through here, so it is a plain class rather than a stack of
+    generator-based context managers, and it skips asyncpg's timeout machinery when a
+    connection is idle (taking it cannot block then).
+    """
+
+    __slots__ = ("_config", "_timeout", "_pool", "_ready", "_conn")
+
+    def __init__(
+        self,
+        config: PostgresConfig,
+        timeout: float,
+        pool: asyncpg.Pool | None = None,
+        ready: Callable[[], Awaitable[asyncpg.Pool]] | None = None,
+    ) -> None:
+        self._config, self._timeout, self._pool, self._ready = config, timeout, pool, ready
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if self._pool is None:
+            assert self._ready is not None
+            self._pool = await self._ready()
+        pool = self._pool
+        try:
+            if pool.get_idle_size():
+                self._conn = await pool.acquire()
+            else:
+                self._conn = await pool.acquire(timeout=self._timeout)
+        except TimeoutError:
+            raise PoolExhaustedError(
+                f"no pooled connection to {target(self._config)} became free within "
+                f"{self._timeout:g}s: all {self._config.max_connections} are in use. Increase "
+                "max_connections or hold connections for less time."
+            ) from None
+        except Exception as exc:
+            translated = translate(exc, self._config)
+            if translated is None:
+                raise
+            raise translated from exc
+        return self._conn
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        assert self._pool is not None and self._conn is not None
+        await self._pool.release(self._conn)
+        _reraise_translated(exc, self._config)
+        return False
+
+
+class Given:
+    """``async with Given(conn, config) as conn``: the caller's own connection, errors translated."""
+
+    __slots__ = ("_conn", "_config")
+
+    def __init__(self, conn: asyncpg.Connection, config: PostgresConfig) -> None:
+        self._conn, self._config = conn, config
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        return self._conn
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        _reraise_translated(exc, self._config)
+        return False
+
+
+def _reraise_translated(exc: BaseException | None, config: PostgresConfig) -> None:
+    if isinstance(exc, Exception) and not isinstance(exc, OmniQError):
+        translated = translate(exc, config, connecting=False)
+        if translated is not None:
+            raise translated from exc
