@@ -105,7 +105,7 @@ class AsyncPostgresQueue(Component):
                 if tasks:
                     return tasks
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or listener.closed:  # closing: another query would reopen it
                     return []
                 due = await self.next_due_at(names)
                 if due is not None:
