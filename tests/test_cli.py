@@ -496,25 +496,23 @@ def test_cleanup_runs_all_four_and_purges_on_request(cli: CLI) -> None:
 
 
 async def test_cleanup_reports_progress_on_long_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    backend: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from omniq.backend.postgres import base
     from omniq.cli import manage
+    from omniq.models.event import TaskEvent
 
-    class Backend:
-        @contextlib.asynccontextmanager
-        async def acquire(self) -> Any:
-            yield None
-
-    batches = iter([manage.CLEANUP_BATCH] * 3 + [7])
-
-    async def call(conn: Any, batch: int) -> int:
-        return next(batches)
-
+    old = datetime.now(UTC) - timedelta(days=40)
+    await backend.event_storage.log_events(
+        [TaskEvent(task_id=f"t{i}", event_type="enqueued", timestamp=old) for i in range(7)]
+    )
+    monkeypatch.setattr(base, "CLEANUP_BATCH", 2)  # 7 rows: three full batches, then one short
     monkeypatch.setattr(manage, "PROGRESS_EVERY", 0.0)
-    total = await manage.drain(Backend(), "old events", call, {})  # type: ignore[arg-type]
-    assert total == 3 * manage.CLEANUP_BATCH + 7
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    total = await backend.event_storage.cleanup_old_events(cutoff, manage.reporter("old events"))
+    assert total == 7
     assert capsys.readouterr().err.splitlines() == [
-        f"omniq: old events: {n * manage.CLEANUP_BATCH:,} deleted so far..." for n in (1, 2, 3)
+        f"omniq: old events: {n:,} deleted so far..." for n in (2, 4, 6)
     ]
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
 
 from ..backend.postgres import PostgreSQLBackend
-from ..backend.postgres.base import CLEANUP_BATCH
+from ..backend.postgres.base import Progress
 from ..models._common import utcnow
 from ..models.task import Task
 from . import output
@@ -146,8 +146,8 @@ def run_cleanup(args: argparse.Namespace) -> int:
     async def main() -> list[tuple[str, str, int]]:
         async with open_backend(args) as backend:
             return [
-                (key, label, await drain(backend, label, call, params))
-                for key, label, call, params in operations(backend, args)
+                (key, label, await clean(reporter(label)))
+                for key, label, clean in operations(backend, args)
             ]
 
     done = run(main)
@@ -162,21 +162,28 @@ def run_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+Cleanup = Callable[[Progress], Awaitable[int]]
+
+
 def operations(
     backend: PostgreSQLBackend, args: argparse.Namespace
-) -> list[tuple[str, str, Any, dict[str, Any]]]:
-    sql = backend.sql
+) -> list[tuple[str, str, Cleanup]]:
+    """The cleanups to run, each one of the backend's batched cleanup methods."""
     age = args.events_older_than
-    ops = [
-        ("expired_tasks", "expired tasks", sql.tasks.cleanup_expired_tasks, {}),  # type: ignore[attr-defined]
-        ("expired_results", "expired results", sql.results.cleanup_expired_results, {}),  # type: ignore[attr-defined]
+    cutoff = utcnow() - timedelta(days=age)
+    ops: list[tuple[str, str, Cleanup]] = [
+        ("expired_tasks", "expired tasks", backend.task_queue.cleanup_expired_tasks),
+        ("expired_results", "expired results", backend.result_storage.cleanup_expired_results),
         (
             "old_events",
             f"events older than {age:g} days",
-            sql.events.cleanup_old_events,  # type: ignore[attr-defined]
-            {"before": utcnow() - timedelta(days=age)},
+            lambda progress: backend.event_storage.cleanup_old_events(cutoff, progress),
         ),
-        ("expired_schedules", "expired schedules", sql.schedules.cleanup_expired_schedules, {}),  # type: ignore[attr-defined]
+        (
+            "expired_schedules",
+            "expired schedules",
+            backend.schedule_storage.cleanup_expired_schedules,
+        ),
     ]
     if args.purge_finished_older_than is not None:
         purge = args.purge_finished_older_than
@@ -184,22 +191,22 @@ def operations(
             (
                 "finished_tasks",
                 f"finished tasks older than {purge:g} days",
-                sql.tasks.purge_finished_tasks,  # type: ignore[attr-defined]
-                {"older_than": timedelta(days=purge)},
+                lambda progress: backend.task_queue.purge_finished_tasks(
+                    timedelta(days=purge), progress
+                ),
             )
         )
     return ops
 
 
-async def drain(backend: PostgreSQLBackend, label: str, call: Any, params: dict[str, Any]) -> int:
-    """Call a batched cleanup function until a batch comes back short, saying how it goes."""
-    total, last = 0, time.monotonic()
-    while True:
-        async with backend.acquire() as conn:
-            removed = await call(conn, batch=CLEANUP_BATCH, **params)
-        total += removed
-        if removed < CLEANUP_BATCH:
-            return total
+def reporter(label: str) -> Progress:
+    """A progress callback printing a line on stderr at most every PROGRESS_EVERY seconds."""
+    last = time.monotonic()
+
+    def report(total: int) -> None:
+        nonlocal last
         if time.monotonic() - last >= PROGRESS_EVERY:
             print(f"omniq: {label}: {total:,} deleted so far...", file=sys.stderr, flush=True)
             last = time.monotonic()
+
+    return report

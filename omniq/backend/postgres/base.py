@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 100
 CLEANUP_BATCH = 10_000
+Progress = Callable[[int], None]  # called with the rows removed so far by a long cleanup
 
 
 class Component:
@@ -37,8 +38,11 @@ class Component:
             return Given(connection, self._backend.config)
         return self._backend.acquire()
 
-    async def _drain(self, call: Any, **params: Any) -> int:
-        """Call a batched cleanup function until a batch comes back short; total rows removed."""
+    async def _drain(self, call: Any, progress: Progress | None = None, **params: Any) -> int:
+        """Call a batched cleanup function until a batch comes back short; total rows removed.
+
+        ``progress`` is called with the running total after every full batch.
+        """
         total = 0
         while True:
             async with self._conn() as conn:
@@ -46,6 +50,8 @@ class Component:
             total += removed
             if removed < CLEANUP_BATCH:
                 return total
+            if progress is not None:
+                progress(total)
 
 
 def as_list(value: str | Sequence[str] | None) -> list[str] | None:

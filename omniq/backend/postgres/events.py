@@ -7,7 +7,7 @@ from datetime import datetime
 
 from ...models._common import as_utc
 from ...models.event import TaskEvent
-from .base import DEFAULT_LIMIT, Component, as_list, check_page
+from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import event_from_row, events_json
 from .sync import with_sync_methods
 
@@ -53,9 +53,11 @@ class AsyncPostgresEventStorage(Component):
             )
         return [event_from_row(row) for row in rows]
 
-    async def cleanup_old_events(self, cutoff: datetime) -> int:
+    async def cleanup_old_events(self, cutoff: datetime, progress: Progress | None = None) -> int:
         """Delete events older than ``cutoff`` (naive means UTC); returns rows deleted."""
-        return await self._drain(self._sql.events.cleanup_old_events, before=as_utc(cutoff))
+        return await self._drain(
+            self._sql.events.cleanup_old_events, progress, before=as_utc(cutoff)
+        )
 
 
 @with_sync_methods

@@ -15,7 +15,7 @@ from ...errors import DuplicateTaskError, UnknownDependencyError
 from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
 from ...models.task import Task, check_queue_name
-from .base import DEFAULT_LIMIT, Component, as_list, check_page
+from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import task_from_row, task_params, tasks_json
 from .sync import with_sync_methods
 
@@ -195,13 +195,17 @@ class AsyncPostgresQueue(Component):
         async with self._conn() as conn:
             return await self._sql.tasks.count_pending(conn, queue_name=queue_name)
 
-    async def cleanup_expired_tasks(self) -> int:
+    async def cleanup_expired_tasks(self, progress: Progress | None = None) -> int:
         """Mark overdue unstarted tasks expired, then delete expired tasks; returns rows deleted."""
-        return await self._drain(self._sql.tasks.cleanup_expired_tasks)
+        return await self._drain(self._sql.tasks.cleanup_expired_tasks, progress)
 
-    async def purge_finished_tasks(self, older_than: timedelta) -> int:
+    async def purge_finished_tasks(
+        self, older_than: timedelta, progress: Progress | None = None
+    ) -> int:
         """Delete finished tasks created more than ``older_than`` ago; returns rows deleted."""
-        return await self._drain(self._sql.tasks.purge_finished_tasks, older_than=older_than)
+        return await self._drain(
+            self._sql.tasks.purge_finished_tasks, progress, older_than=older_than
+        )
 
     async def requeue_stalled(self, older_than: timedelta) -> int:
         """Put tasks running for longer than ``older_than`` back to pending."""

@@ -9,7 +9,7 @@ from datetime import datetime
 from ...models._common import as_utc
 from ...models.enums import ResultStatus
 from ...models.result import TaskResult
-from .base import DEFAULT_LIMIT, Component, as_list, check_page
+from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import result_from_row, result_params
 from .sync import with_sync_methods
 
@@ -80,9 +80,9 @@ class AsyncPostgresResultStorage(Component):
         async with self._conn() as conn:
             return await self._sql.results.delete_result(conn, task_id=task_id) is not None
 
-    async def cleanup_expired_results(self) -> int:
+    async def cleanup_expired_results(self, progress: Progress | None = None) -> int:
         """Delete results past their expires_at; returns rows deleted."""
-        return await self._drain(self._sql.results.cleanup_expired_results)
+        return await self._drain(self._sql.results.cleanup_expired_results, progress)
 
 
 @with_sync_methods

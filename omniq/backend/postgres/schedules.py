@@ -7,7 +7,7 @@ from datetime import datetime
 
 from ...models._common import utcnow
 from ...models.schedule import Schedule
-from .base import DEFAULT_LIMIT, Component, as_list, check_page
+from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import schedule_from_row, schedule_params
 from .sync import with_sync_methods
 
@@ -99,9 +99,9 @@ class AsyncPostgresScheduleStorage(Component):
         async with self._conn() as conn:
             return await self._sql.schedules.next_schedule_at(conn)
 
-    async def cleanup_expired_schedules(self) -> int:
+    async def cleanup_expired_schedules(self, progress: Progress | None = None) -> int:
         """Delete expired schedules; returns rows deleted."""
-        return await self._drain(self._sql.schedules.cleanup_expired_schedules)
+        return await self._drain(self._sql.schedules.cleanup_expired_schedules, progress)
 
 
 @with_sync_methods
