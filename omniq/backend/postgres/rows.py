@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ...models._common import as_utc, dump_json
+from ...models._common import dump_json
 from ...models.event import TaskEvent
 from ...models.result import TaskResult
 from ...models.schedule import Schedule
@@ -178,7 +178,3 @@ def schedule_from_row(row: Mapping[str, Any]) -> Schedule:
     data = dict(values.pop("schedule_data"))
     extra = {k: data.pop(k) for k in SCHEDULE_DATA_FIELDS if k in data}
     return Schedule(**values, **extra, schedule_data=data)
-
-
-def utc_or_none(value: datetime | None) -> datetime | None:
-    return as_utc(value)

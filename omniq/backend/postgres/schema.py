@@ -30,13 +30,6 @@ class Plan:
     scripts: list[Script]
     version: int  # number of the latest numbered migration already applied (0: none)
 
-    @property
-    def latest(self) -> int:
-        return max(
-            (_number(s) for s in self.scripts if s.name.startswith("migrations/")),
-            default=self.version,
-        )
-
 
 async def plan(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
     """The scripts not yet applied (or changed since), without taking any lock."""
@@ -94,10 +87,6 @@ async def _check_tables(conn: asyncpg.Connection, files: SQLFiles) -> None:
             f"{recorded} (tasks, results, events, schedules), not {wanted}. Use another schema "
             "for a second installation, or the same table names."
         )
-
-
-def _number(script: Script) -> int:
-    return _number_of(script.name)
 
 
 def _number_of(name: str) -> int:
