@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..backend.postgres.queue import AsyncPostgresQueue
 from ..models._common import dump_json, utcnow
 from ..models.task import Task
@@ -170,9 +172,10 @@ def storable(text: str) -> str:
     return text
 
 
-def checked_result(value: Any, task: Task) -> Any:
-    dump_json(value, f"the return value of {task.func}")  # a TypeError fails the task clearly
-    return value
+def checked_result(value: Any, task: Task) -> orjson.Fragment:
+    """The return value as JSON, checked once: a TypeError fails the task with a clear error,
+    and the batch write embeds the text as it is instead of serialising the value again."""
+    return orjson.Fragment(dump_json(value, f"the return value of {task.func}"))
 
 
 _PLUMBING = (
