@@ -1044,15 +1044,23 @@ CREATE INDEX results_status_created_idx ON public.results USING btree (status, c
 
 CREATE INDEX schedules_due_idx ON public.schedules USING btree (next_run) WHERE (status = 'active'::text);
 
+CREATE INDEX tasks_callback_of_idx ON public.tasks USING btree (((metadata ->> 'callback_of'::text))) WHERE (metadata ? 'callback_of'::text);
+
 CREATE INDEX tasks_delayed_idx ON public.tasks USING btree (queue_name, run_at) WHERE ((status = 'pending'::text) AND (run_at IS NOT NULL));
+
+CREATE INDEX tasks_dependents_idx ON public.tasks USING gin (dependencies) WITH (fastupdate=off) WHERE (dependencies <> '[]'::jsonb);
 
 CREATE INDEX tasks_dequeue_idx ON public.tasks USING btree (queue_name, priority DESC, created_at) WHERE (status = 'pending'::text);
 
 CREATE INDEX tasks_expiry_idx ON public.tasks USING btree (expires_at) WHERE ((status = ANY (ARRAY['pending'::text, 'waiting'::text])) AND (expires_at IS NOT NULL));
 
+CREATE INDEX tasks_failed_idx ON public.tasks USING btree (queue_name, created_at) WHERE (status = 'failed'::text);
+
 CREATE INDEX tasks_finished_idx ON public.tasks USING btree (status, created_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text]));
 
 CREATE INDEX tasks_running_idx ON public.tasks USING btree (worker_id) WHERE (status = 'running'::text);
+
+CREATE INDEX tasks_schedule_runs_idx ON public.tasks USING btree (((metadata ->> 'schedule_id'::text)), created_at) WHERE (metadata ? 'schedule_id'::text);
 
 CREATE INDEX tasks_waiting_ids_idx ON public.tasks USING btree (id) WHERE (status = 'waiting'::text);
 

@@ -28,7 +28,8 @@ SELECT "public".omniq_release_tasks(:ids::text[], :worker_id::text, :reason::tex
 SELECT "public".omniq_cancel_tasks(:ids::text[], :reason::text);
 
 -- name: retry_tasks(ids, queue_name, func)$
--- Reset failed tasks to pending (by ids, queue or func). Index: tasks_finished_idx.
+-- Reset failed tasks to pending (by ids, queue or func).
+-- Index: tasks_finished_idx, or tasks_failed_idx for the failed tasks of one queue.
 SELECT "public".omniq_retry_tasks(:ids::text[], :queue_name::text, :func::text);
 
 -- name: get_task(id)^

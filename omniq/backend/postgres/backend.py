@@ -16,6 +16,7 @@ from . import schema
 from .connection import Pooled, connect_listener, create_pool, translate_errors
 from .events import PostgresEventStorage
 from .listener import CHANNEL_KINDS, Listener
+from .monitor import PostgresMonitor
 from .queue import PostgresQueue
 from .results import PostgresResultStorage
 from .schedules import PostgresScheduleStorage
@@ -42,6 +43,7 @@ class PostgreSQLBackend:
         self.result_storage = PostgresResultStorage(self)
         self.event_storage = PostgresEventStorage(self)
         self.schedule_storage = PostgresScheduleStorage(self)
+        self.monitor = PostgresMonitor(self)  # read-only views for the dashboard
         self._pool: asyncpg.Pool | None = None
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,351 @@
+"""The read model for people (``backend.monitor``): what the dashboard and /metrics show.
+
+Every read is a named query of sql/queries/monitor.sql, and none of them scans task history:
+live tasks come from their partial indexes, finished ones a page at a time in index order, and
+recent throughput from one hour of results. The answers are plain data (dataclasses holding
+dicts), ready for templates or JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ...models._common import as_utc, utcnow
+from ...models.enums import TaskStatus
+from .base import Component
+from .sync import with_sync_methods
+
+ALL_STATUSES = tuple(TaskStatus)
+LIVE_STATES = ("ready", "later", "waiting", "running", "failed")
+ATTEMPT_START = frozenset({"dequeued", "executing"})
+ATTEMPT_END = {  # event type -> how the attempt ended
+    "completed": "completed",
+    "failed": "failed",
+    "retry": "failed, retried",
+    "rescued": "worker lost",
+    "requeued": "released",
+    "expired": "expired",
+    "cancelled": "cancelled",
+}
+SEARCH_SCAN = 10_000  # a search reads at most this many tasks per status, past the cursor
+
+
+@dataclass
+class QueueStats:
+    """One queue: live counts, the oldest ready task's due time, recent outcomes."""
+
+    queue: str
+    ready: int = 0
+    later: int = 0
+    waiting: int = 0
+    running: int = 0
+    failed: int = 0
+    oldest_ready_at: datetime | None = None  # when the longest-waiting ready task became due
+    next_later_at: datetime | None = None
+    done_recently: int = 0
+    failed_recently: int = 0
+
+    def oldest_ready_seconds(self, now: datetime) -> float | None:
+        if self.oldest_ready_at is None:
+            return None
+        return max(0.0, (now - self.oldest_ready_at).total_seconds())
+
+
+@dataclass
+class Gauges:
+    """The queue-wide gauges (one query): per queue counts, workers alive and stale."""
+
+    at: datetime
+    queues: dict[str, QueueStats]
+    workers_alive: int = 0
+    workers_stale: int = 0
+
+
+@dataclass
+class Overview:
+    """Everything the overview screen shows, read at ``at``."""
+
+    at: datetime
+    window: timedelta
+    queues: list[QueueStats]
+    minutes: list[dict[str, Any]]  # {minute, completed, failed}, oldest first, one per minute
+    workers: list[dict[str, Any]]
+    schedules: list[dict[str, Any]]
+    workers_alive: int = 0
+    workers_stale: int = 0
+
+
+@dataclass
+class TaskPage:
+    """One page of the task list and the cursor of the next (None: this is the last)."""
+
+    rows: list[dict[str, Any]]
+    next_before: tuple[datetime, str] | None
+    searched: int | None = None  # the scan bound of a search, per status
+
+
+@dataclass
+class TaskDetail:
+    """One task (or only its result, when the task row was purged) and what it is linked to."""
+
+    id: str
+    stored: bool
+    task: dict[str, Any]
+    result: dict[str, Any] | None
+    events: list[dict[str, Any]]  # oldest first
+    attempts: list[dict[str, Any]]
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    children: list[dict[str, Any]] = field(default_factory=list)
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class AsyncPostgresMonitor(Component):
+    """Read-only views of the queue for people. Every method has a blocking ``_sync`` twin."""
+
+    async def gauges(self) -> Gauges:
+        """Per-queue live counts and workers alive: the overview's numbers and /metrics."""
+        async with self._conn() as conn:
+            rows = await self._sql.monitor.queue_gauges(conn)
+        gauges = Gauges(at=utcnow(), queues={})
+        for row in rows:
+            if row["kind"] == "workers":
+                setattr(gauges, f"workers_{row['state']}", row["tasks"])
+                continue
+            stats = gauges.queues.setdefault(row["queue_name"], QueueStats(row["queue_name"]))
+            setattr(stats, row["state"], row["tasks"])
+            if row["state"] == "ready":
+                stats.oldest_ready_at = row["oldest_due"]
+            elif row["state"] == "later":
+                stats.next_later_at = row["oldest_due"]
+        return gauges
+
+    async def throughput(self, since: datetime) -> list[dict[str, Any]]:
+        """Tasks finished since ``since``: rows of minute, queue_name, status, tasks."""
+        async with self._conn() as conn:
+            rows = await self._sql.monitor.finished_per_minute(conn, since=as_utc(since))
+        return [dict(row) for row in rows]
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Registered workers with heartbeat, staleness and the tasks they hold."""
+        async with self._conn() as conn:
+            return [dict(row) for row in await self._sql.monitor.workers(conn)]
+
+    async def schedules(self, limit: int = 100, runs: int = 5) -> list[dict[str, Any]]:
+        """Schedules, soonest first, each with its last ``runs`` fired tasks."""
+        async with self._conn() as conn:
+            rows = await self._sql.monitor.schedules(conn, limit=limit, runs=runs)
+        return [_schedule(dict(row)) for row in rows]
+
+    async def overview(
+        self, window: timedelta = timedelta(hours=1), schedules: int = 5
+    ) -> Overview:
+        """Queues, a per-minute chart of the last ``window``, workers and schedules due next."""
+        since = utcnow() - window
+        gauges = await self.gauges()
+        finished = await self.throughput(since)
+        workers = await self.workers()
+        due = await self.schedules(limit=schedules, runs=1)
+        queues = dict(gauges.queues)
+        for name in {q for w in workers for q in w["queues"] or ()} - queues.keys():
+            queues[name] = QueueStats(name)  # a queue a worker serves, with nothing in it now
+        per_minute: dict[datetime, dict[str, Any]] = {}
+        for row in finished:
+            stats = queues.setdefault(row["queue_name"], QueueStats(row["queue_name"]))
+            bucket = per_minute.setdefault(row["minute"], {"completed": 0, "failed": 0})
+            if row["status"] == "success":
+                stats.done_recently += row["tasks"]
+                bucket["completed"] += row["tasks"]
+            else:
+                stats.failed_recently += row["tasks"]
+                bucket["failed"] += row["tasks"]
+        return Overview(
+            at=gauges.at,
+            window=window,
+            queues=[queues[name] for name in sorted(queues)],
+            minutes=_minutes(per_minute, since, gauges.at),
+            workers=workers,
+            schedules=[s for s in due if s["status"] == "active"],
+            workers_alive=gauges.workers_alive,
+            workers_stale=gauges.workers_stale,
+        )
+
+    async def task_page(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        queue_name: str | None = None,
+        func: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
+        """Tasks newest first, after the cursor ``before`` (created_at, id) of the last page.
+
+        ``search`` matches a piece of the func or of the final error, in any case; it reads at
+        most ``SEARCH_SCAN`` tasks per status past the cursor, so it never scans all history.
+        """
+        statuses = _statuses(status)
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be a whole number from 1 to 1000, got {limit!r}")
+        search = search.strip() if search else None
+        scan = max(SEARCH_SCAN, limit + 1) if search else limit + 1
+        before_at, before_id = before if before is not None else (None, None)
+        async with self._conn() as conn:
+            rows = await self._sql.monitor.task_page(
+                conn,
+                statuses=statuses,
+                queue_name=queue_name or None,
+                func=func or None,
+                created_after=as_utc(created_after),
+                created_before=as_utc(created_before),
+                search=search,
+                scan=scan,
+                before_created_at=as_utc(before_at),
+                before_id=before_id,
+                limit=limit + 1,
+            )
+        page = [dict(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        last = page[-1] if more else None
+        return TaskPage(
+            page, (last["created_at"], last["id"]) if last else None, scan if search else None
+        )
+
+    async def task_detail(
+        self, task_id: str, events: int = 500, related: int = 100
+    ) -> TaskDetail | None:
+        """A task, its result, its latest ``events`` events, attempts, parents, children and
+        callback tasks; None when neither the task nor its result is stored."""
+        sql = self._sql.monitor
+        async with self._conn() as conn:
+            row = await sql.task_detail(conn, id=task_id)
+            if row is None:
+                return None
+            history = await sql.task_events(conn, task_id=task_id, limit=events)
+            links = await sql.related_tasks(conn, id=task_id, limit=related)
+        row = dict(row)
+        result_keys = ("result", "error", "error_type", "traceback", "completed_at")
+        result = None
+        if row["result_status"] is not None:
+            result = {k: row[k] for k in result_keys}
+            result.update(
+                status=row["result_status"],
+                created_at=row["result_created_at"],
+                started_at=row["result_started_at"],
+                expires_at=row["result_expires_at"],
+                worker_id=row["result_worker_id"],
+                execution_time=row["execution_time"],
+            )
+        task = {k: v for k, v in row.items() if not k.startswith("result") and k not in result_keys}
+        timeline = [dict(e) for e in reversed(history)]
+        related_rows = [dict(r) for r in links]
+        return TaskDetail(
+            id=task_id,
+            stored=row["stored"],
+            task=task,
+            result=result,
+            events=timeline,
+            attempts=attempts(timeline, result),
+            parents=[r for r in related_rows if r["relation"] == "parent"],
+            children=[r for r in related_rows if r["relation"] == "child"],
+            callbacks=[r for r in related_rows if r["relation"] == "callback"],
+        )
+
+    async def task_states(self, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """id -> {status, attempts, worker_id, started_at, finished_at} of the stored ones."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        async with self._conn() as conn:
+            rows = await self._sql.monitor.task_states(conn, ids=ids)
+        return {row["id"]: dict(row) for row in rows}
+
+
+@with_sync_methods
+class PostgresMonitor(AsyncPostgresMonitor):
+    """The read model with its blocking methods: ``overview_sync``, ``task_page_sync``, ..."""
+
+
+def _statuses(status: str | Sequence[str] | None) -> list[str]:
+    if status is None or status == [] or status == ():
+        return list(ALL_STATUSES)
+    wanted = [str(status)] if isinstance(status, str) else [str(s) for s in status]
+    unknown = [s for s in wanted if s not in ALL_STATUSES]
+    if unknown:
+        raise ValueError(
+            f"unknown task status {', '.join(map(repr, unknown))}: use {', '.join(ALL_STATUSES)}"
+        )
+    return wanted
+
+
+def _minutes(
+    per_minute: dict[datetime, dict[str, Any]], since: datetime, now: datetime
+) -> list[dict[str, Any]]:
+    """One entry per minute from ``since`` to ``now``, zeros where nothing finished."""
+    minute = since.replace(second=0, microsecond=0)
+    out = []
+    while minute <= now:
+        counts = per_minute.get(minute, {"completed": 0, "failed": 0})
+        out.append({"minute": minute, **counts})
+        minute += timedelta(minutes=1)
+    return out
+
+
+def _schedule(row: dict[str, Any]) -> dict[str, Any]:
+    row["runs"] = [
+        {"id": i, "status": s, "created_at": t}
+        for i, s, t in zip(
+            row.pop("run_ids"), row.pop("run_statuses"), row.pop("run_times"), strict=True
+        )
+    ]
+    return row
+
+
+def attempts(events: list[dict[str, Any]], result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The runs of a task read from its events (oldest first): who ran it, when, how it ended.
+
+    An attempt opens at ``dequeued`` (or ``executing``) and closes at the event that ended it.
+    The last one takes the result's traceback when its event carries none.
+    """
+    runs: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for event in events:
+        kind = event["event_type"]
+        if kind in ATTEMPT_START:
+            if current is None:
+                current = {
+                    "number": len(runs) + 1,
+                    "worker_id": event["worker_id"],
+                    "started_at": event["timestamp"],
+                    "ended_at": None,
+                    "outcome": "running",
+                    "error_type": None,
+                    "error": None,
+                    "traceback": None,
+                    "execution_time": None,
+                }
+                runs.append(current)
+            elif kind == "executing":
+                current["started_at"] = event["timestamp"]  # dequeued earlier, ran from here
+            current["worker_id"] = event["worker_id"] or current["worker_id"]
+        elif kind in ATTEMPT_END and current is not None:
+            current.update(
+                ended_at=event["timestamp"],
+                outcome=ATTEMPT_END[kind],
+                error_type=event["error_type"],
+                error=event["error_message"],
+                traceback=event["traceback"],
+                execution_time=event["execution_time"],
+            )
+            current = None
+    if runs and result is not None and runs[-1]["outcome"] == "failed":
+        last = runs[-1]
+        last["traceback"] = last["traceback"] or result.get("traceback")
+        last["error"] = last["error"] or result.get("error")
+        last["error_type"] = last["error_type"] or result.get("error_type")
+    return runs

@@ -1,0 +1,196 @@
+-- The read model for people: what the dashboard and its /metrics show, loaded by aiosql as
+-- files.monitor and served by backend.monitor (omniq/backend/postgres/monitor.py). Read-only.
+-- None of these scans task history: each reads a partial index of live tasks, a bounded time
+-- range, a few rows by key, or one page of an index in its order. Changes go through the
+-- stored functions, as everywhere else.
+
+-- name: queue_gauges()
+-- Per queue: tasks ready, due later, waiting, running and failed, with the oldest due time of
+-- each (for ready tasks: how long the oldest has waited); then workers alive and stale.
+-- Index: tasks_pending_idx (tasks_dequeue_idx before migration 0004), tasks_waiting_ids_idx,
+-- tasks_running_idx, tasks_failed_idx (an index-only count); omniq_workers is read whole.
+SELECT 'queue' AS kind, live.queue_name, live.state, count(*) AS tasks, min(live.due_at) AS oldest_due
+FROM (
+    SELECT t.queue_name, CASE WHEN t.run_at > now() THEN 'later' ELSE 'ready' END AS state,
+           coalesce(t.run_at, t.created_at) AS due_at
+    FROM "public"."tasks" AS t WHERE t.status = 'pending'
+    UNION ALL
+    SELECT t.queue_name, 'waiting', NULL FROM "public"."tasks" AS t WHERE t.status = 'waiting'
+    UNION ALL
+    SELECT t.queue_name, 'running', NULL FROM "public"."tasks" AS t WHERE t.status = 'running'
+    UNION ALL
+    SELECT t.queue_name, 'failed', NULL FROM "public"."tasks" AS t WHERE t.status = 'failed'
+) AS live
+GROUP BY live.queue_name, live.state
+UNION ALL
+SELECT 'workers', NULL,
+       CASE WHEN now() - w.last_heartbeat > w.stale_after THEN 'stale' ELSE 'alive' END,
+       count(*), NULL
+FROM "public".omniq_workers AS w
+GROUP BY 3;
+
+-- name: finished_per_minute(since)
+-- Tasks that finished (success or failure) since :since, per minute, queue and outcome: the
+-- throughput chart and the "done in the last hour" counts. A result's created_at is when its
+-- task finished, so only that time range is read.
+-- Index: results_status_created_idx, then tasks_pkey for each task's queue.
+SELECT date_trunc('minute', r.created_at) AS minute, t.queue_name, r.status, count(*) AS tasks
+FROM "public"."results" AS r
+JOIN "public"."tasks" AS t ON t.id = r.task_id
+WHERE r.status IN ('success', 'failure') AND r.created_at >= :since::timestamptz
+GROUP BY 1, 2, 3;
+
+-- name: workers()
+-- Registered workers: heartbeat, whether silent for longer than their own stale_after, and
+-- the tasks each holds (how many, and the 20 held longest).
+-- Index: tasks_running_idx, twice per worker; omniq_workers is small and read whole.
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.last_heartbeat,
+       w.stale_after, now() - w.last_heartbeat > w.stale_after AS stale,
+       (SELECT count(*) FROM "public"."tasks" AS t
+        WHERE t.status = 'running' AND t.worker_id = w.id) AS held,
+       ARRAY(SELECT t.id FROM "public"."tasks" AS t
+             WHERE t.status = 'running' AND t.worker_id = w.id
+             ORDER BY t.started_at, t.id LIMIT 20) AS held_ids
+FROM "public".omniq_workers AS w
+ORDER BY w.started_at, w.id;
+
+-- name: schedules(limit, runs)
+-- Schedules, active ones first by next run, then paused, then finished ones, each with the
+-- ids, states and creation times of the last :runs tasks it fired (newest first).
+-- Index: tasks_schedule_runs_idx for the runs; the schedules table is small and read whole.
+SELECT s.id, s.schedule_type, s.func, s.queue_name, s.cron_expression, s.interval_seconds,
+       s.timestamp, s.status, s.created_at, s.last_run, s.next_run, s.max_runs, s.run_count,
+       s.expires_at, coalesce(r.ids, '{}') AS run_ids, coalesce(r.statuses, '{}') AS run_statuses,
+       coalesce(r.times, '{}') AS run_times
+FROM "public"."schedules" AS s
+LEFT JOIN LATERAL (
+    SELECT array_agg(t.id ORDER BY t.created_at DESC) AS ids,
+           array_agg(t.status ORDER BY t.created_at DESC) AS statuses,
+           array_agg(t.created_at ORDER BY t.created_at DESC) AS times
+    FROM (SELECT t.id, t.status, t.created_at FROM "public"."tasks" AS t
+          WHERE t.metadata ? 'schedule_id' AND t.metadata ->> 'schedule_id' = s.id
+          ORDER BY t.created_at DESC
+          LIMIT :runs::int) AS t
+) AS r ON true
+ORDER BY CASE s.status WHEN 'active' THEN 0 WHEN 'paused' THEN 1 ELSE 2 END,
+         s.next_run NULLS LAST, s.id
+LIMIT :limit::int;
+
+-- name: task_page(statuses, queue_name, func, created_after, created_before, search, scan, before_created_at, before_id, limit)
+-- One page of tasks, newest first (created_at DESC, id DESC), strictly after the keyset cursor
+-- (:before_created_at, :before_id), filtered by the statuses in :statuses, queue, func and
+-- creation time, and by :search: a piece of the func or of the final error, any case. Each
+-- status reads at most :scan tasks past the cursor (with those tied on created_at): the page
+-- size, or a search's bound. Live tasks come from their partial indexes (a bitmap OR);
+-- finished ones from tasks_finished_idx, read backwards one status at a time and stopping
+-- there, so a page costs the same at any depth of history.
+-- Index: tasks_pending_idx (tasks_dequeue_idx before migration 0004), tasks_running_idx,
+-- tasks_waiting_ids_idx, tasks_finished_idx; tasks_pkey and results_pkey for the page's rows.
+WITH page AS (
+    SELECT c.id, c.created_at
+    FROM (
+        SELECT t.id, t.created_at, t.func FROM "public"."tasks" AS t
+        WHERE ((t.status = 'pending' AND 'pending' = ANY (:statuses::text[]))
+            OR (t.status = 'running' AND 'running' = ANY (:statuses::text[]))
+            OR (t.status = 'waiting' AND 'waiting' = ANY (:statuses::text[])))
+          AND (:queue_name::text IS NULL OR t.queue_name = :queue_name::text)
+          AND (:func::text IS NULL OR t.func = :func::text)
+          AND t.created_at >= coalesce(:created_after::timestamptz, '-infinity')
+          AND t.created_at < coalesce(:created_before::timestamptz, 'infinity')
+          AND t.created_at <= coalesce(:before_created_at::timestamptz, 'infinity')
+          AND (:before_created_at::timestamptz IS NULL
+               OR t.created_at < :before_created_at::timestamptz OR t.id < :before_id::text)
+        ORDER BY t.created_at DESC
+        FETCH FIRST (:scan::int) ROWS WITH TIES
+    ) AS c
+    WHERE :search::text IS NULL
+       OR strpos(lower(c.func), lower(:search::text)) > 0
+       OR strpos(lower((SELECT concat_ws(': ', r.error_type, r.error) FROM "public"."results" AS r
+                        WHERE r.task_id = c.id)), lower(:search::text)) > 0
+    UNION ALL
+    SELECT f.id, f.created_at
+    FROM unnest('{completed,failed,cancelled,expired}'::text[]) AS s(status)
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.created_at
+        FROM (
+            SELECT t.id, t.created_at, t.func FROM "public"."tasks" AS t
+            WHERE t.status = s.status AND t.status IN ('completed', 'failed', 'cancelled', 'expired')
+              AND (:queue_name::text IS NULL OR t.queue_name = :queue_name::text)
+              AND (:func::text IS NULL OR t.func = :func::text)
+              AND t.created_at >= coalesce(:created_after::timestamptz, '-infinity')
+              AND t.created_at < coalesce(:created_before::timestamptz, 'infinity')
+              AND t.created_at <= coalesce(:before_created_at::timestamptz, 'infinity')
+              AND (:before_created_at::timestamptz IS NULL
+                   OR t.created_at < :before_created_at::timestamptz OR t.id < :before_id::text)
+            ORDER BY t.created_at DESC
+            FETCH FIRST (:scan::int) ROWS WITH TIES
+        ) AS c
+        WHERE :search::text IS NULL
+           OR strpos(lower(c.func), lower(:search::text)) > 0
+           OR strpos(lower((SELECT concat_ws(': ', r.error_type, r.error) FROM "public"."results" AS r
+                            WHERE r.task_id = c.id)), lower(:search::text)) > 0
+        ORDER BY c.created_at DESC, c.id DESC
+        LIMIT :limit::int
+    ) AS f
+    WHERE s.status = ANY (:statuses::text[])
+)
+SELECT t.id, t.queue_name, t.func, t.status, t.priority, t.created_at, t.run_at, t.started_at,
+       t.finished_at, t.attempts, t.retry_count, t.max_retries, t.worker_id,
+       r.error_type, left(r.error, 300) AS error
+FROM (SELECT p.id FROM page AS p ORDER BY p.created_at DESC, p.id DESC LIMIT :limit::int) AS p
+JOIN "public"."tasks" AS t ON t.id = p.id
+LEFT JOIN "public"."results" AS r ON r.task_id = t.id
+ORDER BY t.created_at DESC, t.id DESC;
+
+-- name: task_detail(id)^
+-- One task with its result; the result alone when the task row was purged (no row: neither).
+-- Index: tasks_pkey, results_pkey.
+SELECT k.id, t.id IS NOT NULL AS stored, t.queue_name, t.priority, t.status, t.func, t.args,
+       t.kwargs, t.created_at, t.run_at, t.expires_at, t.retry_count, t.max_retries,
+       t.retry_delay, t.dependencies, t.callbacks, t.metadata, t.task_data, t.started_at,
+       t.finished_at, t.worker_id, t.attempts,
+       r.status AS result_status, r.result, r.error, r.error_type, r.traceback,
+       r.created_at AS result_created_at, r.started_at AS result_started_at, r.completed_at,
+       r.expires_at AS result_expires_at, r.worker_id AS result_worker_id, r.execution_time
+FROM (SELECT :id::text AS id) AS k
+LEFT JOIN "public"."tasks" AS t ON t.id = k.id
+LEFT JOIN "public"."results" AS r ON r.task_id = k.id
+WHERE t.id IS NOT NULL OR r.task_id IS NOT NULL;
+
+-- name: task_events(task_id, limit)
+-- The latest :limit events of one task, newest first (the timeline reverses them).
+-- Index: events_task_idx.
+SELECT e.id, e.event_type, e.timestamp, e.message, e.worker_id, e.queue_name, e.schedule_id,
+       e.error_type, e.error_message, e.traceback, e.execution_time, e.details
+FROM "public"."events" AS e
+WHERE e.task_id = :task_id::text
+ORDER BY e.timestamp DESC, e.id DESC
+LIMIT :limit::int;
+
+-- name: related_tasks(id, limit)
+-- The tasks one task is linked to, with their states: the tasks it depends on ('parent'), the
+-- tasks depending on it ('child') and the callback tasks it enqueued ('callback'), at most
+-- :limit of each. Index: tasks_pkey (parents), tasks_dependents_idx (children),
+-- tasks_callback_of_idx (callbacks).
+(SELECT 'parent' AS relation, t.id, t.func, t.queue_name, t.status, t.created_at, NULL AS callback
+ FROM "public"."tasks" AS t
+ WHERE t.id IN (SELECT jsonb_array_elements_text(d.dependencies)
+                FROM "public"."tasks" AS d WHERE d.id = :id::text)
+ ORDER BY t.created_at, t.id LIMIT :limit::int)
+UNION ALL
+(SELECT 'child', t.id, t.func, t.queue_name, t.status, t.created_at, NULL
+ FROM "public"."tasks" AS t
+ WHERE t.dependencies <> '[]'::jsonb AND t.dependencies ? :id::text
+ ORDER BY t.created_at, t.id LIMIT :limit::int)
+UNION ALL
+(SELECT 'callback', t.id, t.func, t.queue_name, t.status, t.created_at, t.metadata ->> 'callback'
+ FROM "public"."tasks" AS t
+ WHERE t.metadata ? 'callback_of' AND t.metadata ->> 'callback_of' = :id::text
+ ORDER BY t.created_at, t.id LIMIT :limit::int);
+
+-- name: task_states(ids)
+-- The state of each of these tasks (the live view of the rows a browser shows).
+-- Index: tasks_pkey.
+SELECT t.id, t.status, t.attempts, t.worker_id, t.started_at, t.finished_at
+FROM "public"."tasks" AS t
+WHERE t.id = ANY (:ids::text[]);
