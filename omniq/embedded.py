@@ -180,6 +180,23 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def _processes_in(directory: Path) -> set[int] | None:
+    """Pids of the processes whose working directory is ``directory`` (Linux /proc; None
+    elsewhere). Processes of other users are not readable unless we are root: they cannot be
+    a server we started, which runs as us, or as the server user when we are root."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cwd").exists():
+        return None
+    wanted = str(directory.resolve())
+    found = set()
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "cwd") == wanted:
+                    found.add(int(entry.name))
+    return found
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -274,6 +291,7 @@ class EmbeddedPostgres:
             if self.is_running():
                 self._port = self._running_port()
             else:
+                self._clear_stale_pid()
                 self._init_cluster()
                 self._start_server()
             self._create_database()
@@ -298,9 +316,66 @@ class EmbeddedPostgres:
         return self.start()
 
     def is_running(self) -> bool:
-        if not self._initialized():
+        if not self._initialized() or self.stale_pid() is not None:
             return False
         return self._pg_ctl("status", check=False).returncode == 0
+
+    def stale_pid(self) -> int | None:
+        """The pid in ``postmaster.pid`` if it is not this cluster's server: the file was left
+        by a crash, and after a reboot its pid may belong to any process (pg_ctl would then
+        call the cluster running, and ``stop`` would signal that stranger).
+
+        A server, and each of its backends, runs in its data directory, which is how it is
+        told apart (``/proc/<pid>/cwd``). Without /proc this cannot be told: ``None``.
+        """
+        pid = self._pid_in_file()
+        if pid is None:
+            return None
+        inside = _processes_in(self._data_dir)
+        return None if inside is None or pid in inside else pid
+
+    def _pid_in_file(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self._data_dir / "postmaster.pid").read_text().splitlines()[0])
+        return None
+
+    def _clear_stale_pid(self) -> None:
+        """Remove a ``postmaster.pid`` naming a process that is not this cluster's server."""
+        pid = self.stale_pid()
+        if pid is None:
+            return
+        inside = sorted(_processes_in(self._data_dir) or [])
+        if inside:  # the server is gone, but processes of it are not: starting would be unsafe
+            raise RuntimeError(
+                f"{self._data_dir}/postmaster.pid names pid {pid}, which is not this cluster's "
+                f"server, but processes {inside} still run in the data directory (backends of a "
+                "crashed server?). Stop them, then start again."
+            )
+        (self._data_dir / "postmaster.pid").unlink(missing_ok=True)
+
+    def standby(self, data_dir: str | Path, port: int | None = None) -> EmbeddedPostgres:
+        """A streaming standby of this running server, in ``data_dir`` (``pg_basebackup -R``,
+        WAL streamed); ``start()`` it. For failover tests and trials, not for production."""
+        if self._port is None:
+            raise RuntimeError("start the server before making a standby of it")
+        target = Path(data_dir).absolute()
+        target.mkdir(parents=True, exist_ok=True)
+        user = server_user()
+        if user is not None:
+            _check_reachable(target.parent, user)
+        _give_to_server_user(target)
+        target.chmod(0o700)
+        _run([
+            self.bindir / "pg_basebackup", "-D", target, "-h", "127.0.0.1", "-p", str(self._port),
+            "-U", SUPERUSER, "-R", "-X", "stream", "-c", "fast",
+        ])  # fmt: skip
+        return EmbeddedPostgres(
+            target, port, durable=self.durable, extra_settings=self.extra_settings
+        )
+
+    def promote(self) -> None:
+        """Make this standby a primary (``pg_ctl promote``), waiting until it accepts writes."""
+        self._pg_ctl("promote", "-w", "-t", "60")
 
     def __enter__(self) -> Self:
         self.start()
@@ -414,6 +489,8 @@ class EmbeddedPostgres:
         return ""
 
     def _create_database(self) -> None:
+        if (self._data_dir / "standby.signal").exists():
+            return  # a standby is read-only; it has its primary's databases
         # createdb rather than SQL text: OmniQ keeps its SQL in sql/, and this is idempotent.
         conn = ["-h", "127.0.0.1", "-p", str(self._port), "-U", SUPERUSER]
         try:

@@ -41,3 +41,13 @@ class DuplicateTaskError(OmniQError, ValueError):
 
 class UnknownDependencyError(OmniQError, ValueError):
     """A task names a dependency that is not a known task id."""
+
+
+class ConfigurationError(OmniQError, ValueError):
+    """A setting is malformed (a DSN that is neither a URL nor a libpq string, ...): fix the
+    setting; retrying cannot help, so it is deliberately not a ``ConnectionError``."""
+
+
+class TaskNotFoundError(OmniQError, LookupError):
+    """No task and no result has this id: it was never enqueued (or its transaction has not
+    committed yet), or it was purged together with its result."""

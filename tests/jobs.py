@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,122 @@ class Calculator:
     @classmethod
     def describe(cls, value: int) -> str:
         return f"{cls.__name__} got {value}"
+
+
+# -- hostile tasks (tests/test_hostile_tasks.py): each does something ordinary-but-wrong ---------
+
+
+def window(path: str, key: str, what: str) -> None:
+    """One line ``<what> <key> <time> <pid>`` with a single append: run windows across workers."""
+    line = f"{what} {key} {time.time():.6f} {os.getpid()}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_windows(path: str | Path) -> dict[str, list[tuple[float, float | None, int]]]:
+    """key -> [(start, end or None, pid)] of each run, from ``window`` lines."""
+    runs: dict[str, list[tuple[float, float | None, int]]] = {}
+    p = Path(path)
+    for line in p.read_text().splitlines() if p.exists() else []:
+        what, key, at, pid = line.split(" ")
+        if what == "start":
+            runs.setdefault(key, []).append((float(at), None, int(pid)))
+        else:
+            for i, (start, end, run_pid) in enumerate(runs[key]):
+                if end is None and run_pid == int(pid):
+                    runs[key][i] = (start, float(at), run_pid)
+                    break
+    return runs
+
+
+async def async_block(seconds: float, path: str | None = None, key: str = "block") -> float:
+    """The trap: a blocking call inside ``async def`` freezes the worker's event loop."""
+    if path:
+        window(path, key, "start")
+    time.sleep(seconds)
+    if path:
+        window(path, key, "end")
+    return seconds
+
+
+def exit_now(code: int = 3) -> None:
+    sys.exit(code)
+
+
+async def async_exit(code: int = 3) -> None:
+    sys.exit(code)
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+async def async_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def generator_exit() -> None:
+    raise GeneratorExit
+
+
+async def async_cancelled() -> None:
+    """Raises CancelledError without being cancelled (the worker did not ask it to stop)."""
+    raise asyncio.CancelledError()
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of UnprintableError raises")
+
+
+class Doom(BaseException):
+    """Not an Exception: ``except Exception`` does not catch it."""
+
+
+def raise_unprintable() -> None:
+    raise UnprintableError("you will never read this")
+
+
+async def async_raise_unprintable() -> None:
+    raise UnprintableError("you will never read this")
+
+
+def raise_doom(text: str = "doom") -> None:
+    raise Doom(text)
+
+
+async def async_raise_doom(text: str = "doom") -> None:
+    raise Doom(text)
+
+
+def crash_once(path: str, key: str) -> str:
+    """Kill the worker process outright (no cleanup, no outcome) the first time only."""
+    first = not Path(f"{path}.{key}.crashed").exists()
+    window(path, key, "start")
+    if first:
+        Path(f"{path}.{key}.crashed").touch()
+        window(path, key, "end")
+        os._exit(13)
+    window(path, key, "end")
+    return "survived"
+
+
+def huge(n: int) -> str:
+    return "x" * n
+
+
+def windowed(path: str, key: str, seconds: float = 0.0) -> str:
+    """An ordinary task that records its run window."""
+    window(path, key, "start")
+    time.sleep(seconds)
+    window(path, key, "end")
+    return key
+
+
+def leave_thread(seconds: float) -> str:
+    """Start a non-daemon thread and return: the interpreter would wait for it at exit."""
+    threading.Thread(target=time.sleep, args=(seconds,), name="left-by-a-task").start()
+    return "left a thread"

@@ -92,6 +92,11 @@ class CLI:
     def backend(self) -> Any:
         return create_postgres_backend(dsn=self.dsn, schema=self.schema, max_connections=2)
 
+    def install(self) -> None:
+        """Create the schema's installation (read-only commands refuse to create one)."""
+        with self.backend():
+            pass
+
 
 @pytest.fixture
 def cli(pg_dsn: str, tmp_path: Path) -> Iterator[CLI]:
@@ -311,6 +316,7 @@ def test_status_lists_and_task_detail_after_a_worker_run(cli: CLI) -> None:
 
 
 def test_unknown_task_is_exit_3(cli: CLI) -> None:
+    cli.install()
     done = cli("task", "no-such-task", code=3)
     assert "no task with id 'no-such-task'" in one_error_line(done.stderr)
     assert done.stdout == ""
@@ -437,6 +443,7 @@ def test_status_table_shows_workers_and_schedules(cli: CLI) -> None:
 
 
 def test_status_watch_refreshes_until_ctrl_c(cli: CLI) -> None:
+    cli.install()
     proc = subprocess.Popen(
         [sys.executable, "-m", "omniq", "status", "--watch", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env(), cwd=cli.cwd,
@@ -453,6 +460,7 @@ def test_status_watch_refreshes_until_ctrl_c(cli: CLI) -> None:
 
 
 def test_status_watch_json_prints_one_document_per_refresh(cli: CLI) -> None:
+    cli.install()
     proc = subprocess.Popen(
         [sys.executable, "-m", "omniq", "status", "--watch", "0.2", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env(), cwd=cli.cwd,
@@ -659,6 +667,7 @@ def test_debug_shows_the_traceback(cli: CLI) -> None:
 
 
 def test_password_in_the_dsn_is_never_printed(cli: CLI) -> None:
+    cli.install()
     scheme, rest = cli.dsn.split("://", 1)
     user, host = rest.split("@", 1)
     with_password = (
@@ -672,6 +681,7 @@ def test_password_in_the_dsn_is_never_printed(cli: CLI) -> None:
 
 
 def test_pg_variables_are_used_when_nothing_else_is_set(cli: CLI) -> None:
+    cli.install()
     parts = urlsplit(cli.dsn)
     env = clean_env(
         PGHOST=parts.hostname or "", PGPORT=str(parts.port), PGUSER=parts.username or "",

@@ -267,7 +267,8 @@ async def test_close_releases_blocked_waiters_without_reopening(pg_dsn: str) -> 
     await backend.connect()
     try:
         dequeuing = await waiting(backend.task_queue.dequeue(["default"], timeout=30))
-        result_wait = await waiting(backend.result_storage.wait("some-task", timeout=30))
+        parked = await backend.task_queue.enqueue(Task(func="m.f", queue_name="parked"))
+        result_wait = await waiting(backend.result_storage.wait(parked, timeout=30))
         started = time.perf_counter()
         await backend.close()
         assert await asyncio.wait_for(dequeuing, 5) is None

@@ -206,9 +206,10 @@ def test_blocking_sync_dequeue_and_wait_wake_on_sync_writes(
     sync_backend: PostgreSQLBackend,
 ) -> None:
     queue, results = sync_backend.task_queue, sync_backend.result_storage
+    parked = queue.enqueue_sync(Task(func="m.f", queue_name="parked"))  # waited for, below
     with ThreadPoolExecutor(2) as pool:
         taken = pool.submit(queue.dequeue_sync, ["default"], 10)
-        waited = pool.submit(results.wait_sync, "the-task", 10)
+        waited = pool.submit(results.wait_sync, parked, 10)
         threading.Event().wait(0.3)  # both are waiting on LISTEN now
         assert not taken.done() and not waited.done()
         started = time.perf_counter()
@@ -216,9 +217,11 @@ def test_blocking_sync_dequeue_and_wait_wake_on_sync_writes(
         got = taken.result(timeout=5)
         assert got is not None and got.id == "the-task"
         assert time.perf_counter() - started < 2.0
+        running = queue.dequeue_sync(["parked"])
+        assert running is not None and running.id == parked
         assert not waited.done()  # running is not final
         queue.finish_tasks_sync(
-            [{"id": got.id, "attempt": got.attempts, "outcome": "success", "result": 5}], None
+            [{"id": parked, "attempt": running.attempts, "outcome": "success", "result": 5}], None
         )
         result = waited.result(timeout=5)
         assert result is not None and result.result == 5

@@ -666,8 +666,10 @@ async def test_result_wait_returns_when_a_worker_stores_the_result(backend, db, 
     print(f"\nresult_storage.wait returned {lag * 1000:.1f} ms after the result was written")
     assert 0 <= lag < 0.5
 
+    pending = Task(func="jobs.noop", queue_name="nobody-listens-here")
+    await backend.task_queue.enqueue(pending)
     t0 = time.monotonic()
-    missing = await backend.result_storage.wait("nobody-runs-this", timeout=0.3)
+    missing = await backend.result_storage.wait(pending.id, timeout=0.3)
     assert missing is None and 0.3 <= time.monotonic() - t0 < 1.5
     assert worker.alive()
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import asyncpg
 
 from ..errors import OmniQError
-from . import admin, demo, doctor, manage, produce, run, show, status
+from . import admin, dashboard, demo, doctor, manage, produce, run, show, status
 from .common import CommandError
 
-COMMAND_MODULES = [run, demo, produce, status, show, manage, admin, doctor]
+COMMAND_MODULES = [run, demo, produce, status, show, manage, admin, doctor, dashboard]
 
 EXAMPLES = """\
 examples:
@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.debug:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_one_line_driver_warnings)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -88,6 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"PostgreSQL said: {exc}")
     except Exception as exc:  # a bug: still one line, with the way to see more
         return _fail(args, f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)")
+
+
+def _one_line_driver_warnings(record: logging.LogRecord) -> bool:
+    """asyncpg logs some warnings with a full traceback (during an outage, "Failed to restore
+    the pool connection floor" about once a second): one line each, unless --debug."""
+    if record.name.startswith("asyncpg") and record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+        record.args = None
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:

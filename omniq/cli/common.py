@@ -113,7 +113,7 @@ def cron(text: str) -> str:
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
+        if not 0 < value < float("inf"):  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
         return value
 
@@ -213,14 +213,18 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(main())
 
 
-def config(args: argparse.Namespace) -> PostgresConfig:
-    return config_from_args(args, min_connections=1, max_connections=2)
+def config(args: argparse.Namespace, migrate: str = "auto") -> PostgresConfig:
+    return config_from_args(args, min_connections=1, max_connections=2, migrate=migrate)
 
 
 @contextlib.asynccontextmanager
-async def open_backend(args: argparse.Namespace) -> AsyncIterator[PostgreSQLBackend]:
-    """The backend, connected (creating or migrating the schema like every OmniQ process)."""
-    async with PostgreSQLBackend(config(args)) as backend:
+async def open_backend(
+    args: argparse.Namespace, migrate: str = "check"
+) -> AsyncIterator[PostgreSQLBackend]:
+    """The backend, connected. Commands that only read or change what exists check that the
+    schema holds a current installation (a mistyped --schema must not create one); those
+    that create work (enqueue, schedule add) pass ``migrate="auto"``, like a worker."""
+    async with PostgreSQLBackend(config(args, migrate)) as backend:
         yield backend
 
 

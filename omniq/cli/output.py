@@ -67,6 +67,13 @@ def details(pairs: Iterable[tuple[str, Any]], indent: str = "  ") -> str:
     return "\n".join(f"{indent}{k.ljust(width)}  {v}" for k, v in shown)
 
 
+def clip(text: str, limit: int | None) -> str:
+    """``text`` cut at ``limit`` characters, saying how much there was (``None``: all of it)."""
+    if limit is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({size(len(text.encode()))} in all; --full shows everything)"
+
+
 def json_text(value: Any) -> str:
     return orjson.dumps(to_data(value), option=orjson.OPT_UTC_Z).decode()
 

@@ -142,7 +142,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        async with open_backend(args) as backend:
+        async with open_backend(args, migrate="auto") as backend:  # first use installs
             await backend.task_queue.enqueue(task)
 
     run(main)
@@ -166,7 +166,7 @@ def run_schedule_add(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        async with open_backend(args) as backend:
+        async with open_backend(args, migrate="auto") as backend:  # first use installs
             await backend.schedule_storage.save_schedule(schedule)
 
     run(main)

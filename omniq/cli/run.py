@@ -7,9 +7,13 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 
 from ..backend.postgres import PostgreSQLBackend
+from .common import positive, whole_number
 from .options import add_connection_options, config_from_args
+
+log = logging.getLogger("omniq.worker")
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,11 +23,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--queues", default="default", help="comma-separated, in priority order (default: default)"
     )
     worker.add_argument(
-        "--concurrency", type=int, default=10, help="tasks run at once (default: 10)"
+        "--concurrency", type=positive(int), default=10, help="tasks run at once (default: 10)"
     )
     worker.add_argument(
         "--prefetch",
-        type=int,
+        type=whole_number,
         help="tasks held beyond those running, for bigger dequeue batches (default: concurrency)",
     )
     worker.add_argument(
@@ -37,23 +41,25 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     worker.add_argument("--worker-id", help="name of this worker (default: host-pid-random)")
     worker.add_argument(
-        "--task-timeout", type=float, help="default timeout in seconds for tasks without their own"
+        "--task-timeout",
+        type=positive(float),
+        help="default timeout in seconds for tasks without their own",
     )
     worker.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_not_negative,
         default=30.0,
         help="seconds running tasks get after SIGTERM/SIGINT (default: 30)",
     )
     worker.add_argument(
         "--heartbeat",
-        type=float,
+        type=positive(float),
         default=5.0,
         help="heartbeat interval in seconds while holding tasks (default: 5)",
     )
     worker.add_argument(
         "--worker-timeout",
-        type=float,
+        type=positive(float),
         default=30.0,
         help="a worker silent this long is presumed dead and its tasks rescued (default: 30)",
     )
@@ -100,15 +106,46 @@ def run_worker(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        async with backend:
+        try:
             await worker.run(burst=args.burst)
+        finally:
+            await _close(backend, bounded=worker._forced)
 
     asyncio.run(main())
-    if worker.threads_busy:  # a task function still runs in a thread; it cannot be interrupted
-        sys.stdout.flush()  # (the interpreter would wait for that thread at exit)
+    code = 130 if worker._forced else 0
+    # Threads the interpreter would wait for at exit: a task function still running in a
+    # pool thread (it cannot be interrupted), or threads a task started and left behind.
+    left = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if worker.threads_busy or left:
+        named = ", ".join(sorted({t.name for t in left})) or "task threads"
+        log.warning(
+            "exiting without waiting for %d thread(s) tasks left running: %s", len(left), named
+        )
+        sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130 if worker._forced else 0)
-    return 130 if worker._forced else 0
+        os._exit(code)
+    return code
+
+
+async def _close(backend: PostgreSQLBackend, bounded: bool) -> None:
+    """Close the backend; after a forced stop do not wait for a server that may be gone."""
+    if not bounded:
+        await backend.close()
+        return
+    try:
+        await asyncio.wait_for(backend.close(), 2.0)
+    except (Exception, asyncio.CancelledError):
+        backend.terminate()
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text!r}")
+    return value
 
 
 def run_scheduler(args: argparse.Namespace) -> int:
@@ -142,5 +179,9 @@ def run_embedded(args: argparse.Namespace) -> int:
         print("stopped" if stop_persistent() else "not running")
     else:
         server = EmbeddedPostgres(default_data_dir())
-        print(f"{'running' if server.is_running() else 'stopped'}: {default_data_dir()}")
+        state = "running" if server.is_running() else "stopped"
+        stale = server.stale_pid()
+        if stale is not None:  # what is_running() just looked at: a pid file left by a crash
+            state += f" (postmaster.pid names pid {stale}, which is not this cluster's server)"
+        print(f"{state}: {default_data_dir()}")
     return 0

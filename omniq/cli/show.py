@@ -25,6 +25,8 @@ from .common import (
 from .produce import trigger_text
 
 HISTORY_PAGE = 1000
+SHOWN = 1000  # characters of a result, error or call shown by `omniq task` without --full
+SHOWN_LINES = 60  # lines of a traceback shown without --full
 
 
 def _choices(kind: type) -> str:
@@ -46,6 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         commands, "task", run_task, "show one task with its result and event history"
     )
     task.add_argument("id", metavar="ID", help="task id")
+    task.add_argument(
+        "--full",
+        action="store_true",
+        help=f"show long values whole (default: cut at {SHOWN:,} characters, "
+        f"tracebacks at their last {SHOWN_LINES} lines)",
+    )
     add_json_option(task)
 
     results = add_command(commands, "results", run_results, "list task results, newest first")
@@ -258,10 +266,11 @@ def run_task(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json({"task": task, "result": result, "events": events})
         return 0
-    print(_task_block(task, args.id))
+    limit = None if args.full else SHOWN
+    print(_task_block(task, args.id, limit))
     if result is not None:
         print()
-        print(_result_block(result))
+        print(_result_block(result, limit))
     print()
     print("events (oldest first)")
     rows = [
@@ -273,7 +282,7 @@ def run_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_block(t: Task | None, task_id: str) -> str:
+def _task_block(t: Task | None, task_id: str, limit: int | None) -> str:
     if t is None:
         return f"task {task_id}: no longer stored (purged); its result and events remain"
     tries = f"{t.retry_count} of {t.max_retries} retries used, delay {output.span(t.retry_delay)}"
@@ -281,7 +290,7 @@ def _task_block(t: Task | None, task_id: str) -> str:
     return f"task {t.id}\n" + output.details(
         [
             ("status", t.status),
-            ("call", f"{t.func}({output.call_text(t.args, t.kwargs)})"),
+            ("call", output.clip(f"{t.func}({output.call_text(t.args, t.kwargs)})", limit)),
             ("queue", f"{t.queue_name}, priority {t.priority}"),
             ("created", output.stamp(t.created_at)),
             ("run at", output.stamp(t.run_at)),
@@ -293,20 +302,25 @@ def _task_block(t: Task | None, task_id: str) -> str:
             ("expires", output.stamp(t.expires_at)),
             ("depends on", ", ".join(t.dependencies)),
             ("callbacks", ", ".join(f"{k}={v}" for k, v in t.callbacks.items())),
-            ("metadata", output.json_text(t.metadata) if t.metadata else None),
-            ("task data", output.json_text(data) if data else None),
+            ("metadata", output.clip(output.json_text(t.metadata), limit) if t.metadata else None),
+            ("task data", output.clip(output.json_text(data), limit) if data else None),
         ]
     )
 
 
-def _result_block(r: TaskResult) -> str:
+def _result_block(r: TaskResult, limit: int | None) -> str:
     took = f" in {output.span(r.execution_time)}" if r.execution_time is not None else ""
     lines = [f"result {r.status}{took}"]
     pairs = [
-        ("value", output.json_text(r.result) if r.status == "success" else None),
+        (
+            "value",
+            output.clip(output.json_text(r.result), limit) if r.status == "success" else None,
+        ),
         (
             "error",
-            f"{r.error_type or 'Error'}: {r.error or ''}" if r.error or r.error_type else None,
+            output.clip(f"{r.error_type or 'Error'}: {r.error or ''}", limit)
+            if r.error or r.error_type
+            else None,
         ),
         ("worker", r.worker_id),
         ("completed", output.stamp(r.completed_at)),
@@ -314,6 +328,13 @@ def _result_block(r: TaskResult) -> str:
     ]
     lines.append(output.details(pairs))
     if r.traceback:
-        lines.append("  traceback")
-        lines += ["    " + line for line in r.traceback.rstrip().splitlines()]
+        trace = r.traceback.rstrip().splitlines()
+        if limit is not None and len(trace) > SHOWN_LINES:
+            lines.append(
+                f"  traceback (its last {SHOWN_LINES} of {len(trace)} lines; --full shows all)"
+            )
+            trace = trace[-SHOWN_LINES:]
+        else:
+            lines.append("  traceback")
+        lines += ["    " + output.clip(line, limit) for line in trace]
     return "\n".join(lines)

@@ -163,6 +163,7 @@ def _worker(row: dict[str, Any], now: Any) -> dict[str, Any]:
         "queues": list(row.get("queues") or []),
         "concurrency": row.get("concurrency"),
         "held": held,
+        "stuck_threads": row.get("stuck_threads") or 0,  # threads running given-up tasks
         "state": state,
         "started_at": row.get("started_at"),
         "last_heartbeat": row["last_heartbeat"],
@@ -228,7 +229,19 @@ def render(snap: dict[str, Any]) -> str:
         ]
         headers = ["WORKER", "HOST", "PID", "QUEUES", "HELD", "CONCURRENCY", "STATE"]
         headers += ["LAST HEARTBEAT", "STARTED"]
-        parts.append(output.table(headers, rows, right=[2, 4, 5]))
+        right = [2, 4, 5]
+        if any(w["stuck_threads"] for w in workers):  # only then: it is rare, and explained
+            headers.insert(6, "STUCK")
+            right.append(6)
+            for w, row in zip(workers, rows, strict=True):
+                row.insert(6, w["stuck_threads"])
+        parts.append(output.table(headers, rows, right=right))
+        stuck = [w for w in workers if w["stuck_threads"]]
+        if stuck:
+            parts[-1] += (
+                "\nSTUCK: threads still running task functions that timed out (Python cannot "
+                "interrupt a thread); each keeps a slot of its worker until the function returns."
+            )
     else:
         ready = sum(q["ready"] for q in queues)
         hint = f"; {output.count(ready, 'task')} ready to run" if ready else ""

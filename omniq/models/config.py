@@ -7,9 +7,12 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..dsn import parse_dsn
+from ..errors import ConfigurationError
 from ..identifiers import check_identifier
 
 TABLE_FIELDS = ("tasks_table", "results_table", "events_table", "schedules_table")
+MIGRATE_MODES = ("auto", "check", "off")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -19,6 +22,10 @@ class PostgresConfig:
     ``dsn`` (a ``postgresql://`` URL or libpq key/value string), when given, takes precedence
     over host/port/database/username/password. ``listen_dsn`` names a direct server connection
     for LISTEN when the pool goes through PgBouncer in transaction mode.
+
+    ``migrate`` says what connecting does to the schema: ``"auto"`` creates or upgrades it,
+    ``"check"`` only verifies that it holds a current installation (a ``SchemaError`` saying
+    what to run otherwise), ``"off"`` trusts it as it is.
     """
 
     host: str = "localhost"
@@ -42,6 +49,7 @@ class PostgresConfig:
     )
     statement_cache_size: int = 100  # 0 when the pool goes through PgBouncer
     application_name: str = "omniq"
+    migrate: str = "auto"
 
     def __post_init__(self) -> None:
         check_identifier(self.schema, "schema")
@@ -62,6 +70,19 @@ class PostgresConfig:
             )
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(f"port must be an integer between 1 and 65535, got {self.port!r}")
+        for key in ("dsn", "listen_dsn"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(f"{key} must be a string, got {type(value).__name__}")
+            try:
+                if value:
+                    parse_dsn(value)  # malformed: a setting to fix, not a connection to retry
+            except ConfigurationError as exc:
+                raise ConfigurationError(str(exc).replace("dsn", key, 1)) from None
+        if self.migrate not in MIGRATE_MODES:
+            raise ConfigurationError(
+                f"migrate must be one of {', '.join(map(repr, MIGRATE_MODES))}, got {self.migrate!r}"
+            )
         if self.command_timeout is not None and self.command_timeout <= 0:
             raise ValueError(
                 f"command_timeout must be positive seconds, got {self.command_timeout!r}"

@@ -1,8 +1,15 @@
 """Recording outcomes: batched writes through omniq_finish_tasks, counted and logged.
 
 Outcomes wait in memory at most ``flush_interval`` seconds (or until ``flush_size`` of them
-have gathered), then one round trip records them all. A database error keeps them and tries
-again; a worker that dies first leaves its tasks running under its id, to be rescued.
+have gathered), then one round trip records them all. No outcome is dropped silently:
+
+- a transient error (connection lost, failover, timeout, deadlock) keeps the outcomes and
+  writes them again, with backoff, until it works or the worker is forced to stop;
+- any other error splits the batch, and an outcome the database still refuses is recorded
+  as a failure saying why (``OutcomeNotRecorded``); if even that is refused, its task is
+  released to pending; if that fails too, it is all tried again later;
+- a worker forced to stop (second signal) gives up the writes and says so; its tasks stay
+  running under its id until the rescue returns them to pending, as after a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import orjson
 
 from ..backend.postgres.queue import AsyncPostgresQueue
@@ -36,8 +44,21 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     expired: int = 0
-    lost: int = 0  # outcomes discarded because the task had been rescued meanwhile
+    lost: int = 0  # outcomes refused because the task had been rescued or cancelled meanwhile
     released: int = 0
+    unrecorded: int = 0  # outcomes given up at a forced stop: rescue returns their tasks
+
+
+# Errors after which the same write may well succeed: keep the outcomes and try again.
+TRANSIENT = (
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.ReadOnlySQLTransactionError,  # a server that was primary is a standby now
+    asyncpg.CannotConnectNowError,
+)
+NOT_RECORDED = "not recorded"  # the status _write reports for outcomes it gave up on
 
 
 @dataclass
@@ -64,6 +85,7 @@ class OutcomeRecorder:
         self._batch = _Batch()
         self._lock = asyncio.Lock()
         self._due = asyncio.Event()
+        self._abandoned = asyncio.Event()
 
     @property
     def idle(self) -> bool:
@@ -94,6 +116,10 @@ class OutcomeRecorder:
         async with self._lock:
             pass
 
+    def abandon(self) -> None:
+        """Stop retrying writes (a forced stop): what is unwritten is logged and left to rescue."""
+        self._abandoned.set()
+
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[set[str]]:
         """Hold off writes; yields the ids of the outcomes still waiting to be written."""
@@ -101,7 +127,7 @@ class OutcomeRecorder:
             yield {o["id"] for o in self._batch.outcomes}
 
     async def flush(self) -> None:
-        """Write the pending outcomes; on a database error keep them and try again later."""
+        """Write the pending outcomes (see the module's docstring for what errors do)."""
         async with self._lock:
             outcomes, self._batch = self._batch.outcomes, _Batch()
             if outcomes:
@@ -110,40 +136,107 @@ class OutcomeRecorder:
                     self._count(outcome, statuses.get(outcome["id"]))
 
     async def _write(self, outcomes: list[dict[str, Any]]) -> dict[str, str]:
+        """Record ``outcomes``; id -> new task status (absent: refused, the task was not ours)."""
         delay = 0.1
-        while True:
+        while not self._abandoned.is_set():
             try:
                 return await self._queue.finish_tasks(outcomes, self._worker_id)
-            except (ConnectionError, OSError, TimeoutError) as exc:  # transient: keep and retry
+            except TRANSIENT as exc:
                 log.warning(
                     "recording %d outcome(s) failed (%s); retrying in %.1fs",
                     len(outcomes),
-                    exc,
+                    _text(exc),
                     delay,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception:
+            except Exception as exc:
                 if len(outcomes) == 1:
-                    log.exception(
-                        "could not record the outcome of %s; it stays held and is requeued at shutdown",
-                        outcomes[0]["id"],
-                    )
-                    return {}
-                log.exception(
-                    "recording a batch failed; recording its %d outcomes one by one", len(outcomes)
+                    return await self._write_refused(outcomes[0], exc)
+                log.warning(
+                    "recording a batch of %d outcomes failed (%s); recording them one by one",
+                    len(outcomes),
+                    _text(exc),
                 )
                 statuses: dict[str, str] = {}
                 for outcome in outcomes:
                     statuses.update(await self._write([outcome]))
                 return statuses
+            await self._pause(delay)
+            delay = min(delay * 2, 5.0)
+        return dict.fromkeys((o["id"] for o in outcomes), NOT_RECORDED)
+
+    async def _write_refused(self, outcome: dict[str, Any], error: Exception) -> dict[str, str]:
+        """One outcome the database refuses for a reason other than a lost connection."""
+        task_id = outcome["id"]
+        replacement = {
+            **outcome,
+            "outcome": "failure",
+            "result": None,
+            "error": storable(
+                f"the task ran, but its outcome ({outcome['outcome']}) could not be recorded: "
+                f"{_text(error)}"
+            ),
+            "error_type": "OutcomeNotRecorded",
+            "traceback": None,
+        }
+        delay = 0.5
+        while not self._abandoned.is_set():
+            log.error(
+                "recording the outcome of %s (%s) failed: %s; recording it as a failure instead",
+                task_id,
+                outcome["func"],
+                _text(error),
+            )
+            try:
+                return await self._queue.finish_tasks([replacement], self._worker_id)
+            except TRANSIENT as exc:
+                error = exc
+            except Exception as exc:
+                log.error(
+                    "recording that failure failed too (%s); releasing %s", _text(exc), task_id
+                )
+                try:
+                    released = await self._queue.release_tasks(
+                        [task_id],
+                        self._worker_id,
+                        f"its outcome could not be recorded: {_text(exc)}",
+                    )
+                    self._stats.released += released
+                    return {task_id: "released"} if released else {}
+                except Exception as again:  # keep it and try it all again later
+                    error = again
+            await self._pause(delay)
+            delay = min(delay * 2, 5.0)
+        return {task_id: NOT_RECORDED}
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._abandoned.wait(), seconds)
 
     def _count(self, outcome: dict[str, Any], status: str | None) -> None:
         """Tally an outcome by the status the database gave the task, and log it for people."""
         task_id, func = outcome["id"], outcome["func"]
         if status is None:
             self._stats.lost += 1
-            log.warning("outcome of %s discarded: the task was taken from this worker", task_id)
+            log.warning(
+                "outcome of %s (attempt %s) refused: the task is no longer held by this worker "
+                "in that attempt (rescued or cancelled meanwhile)",
+                task_id,
+                outcome["attempt"],
+            )
+            return
+        if status == NOT_RECORDED:
+            self._stats.unrecorded += 1
+            log.warning(
+                "outcome of %s %s not recorded: the worker was forced to stop first; the task "
+                "stays running under this worker's id until the rescue returns it to pending",
+                task_id,
+                func,
+            )
+            return
+        if status == "released":
+            log.warning(
+                "released  %s %s: its outcome could not be recorded; it runs again", task_id, func
+            )
             return
         if status == "completed":
             self._stats.succeeded += 1
@@ -157,6 +250,53 @@ class OutcomeRecorder:
             self._stats.failed += 1
         word = {"pending": "retry", "failed": "failed", "expired": "expired"}.get(status, status)
         log.info("%-8s %s %s: %s", word, task_id, func, outcome.get("error"))
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The outcome fields of a run that raised ``exc``, whatever ``exc`` is.
+
+    Total: an exception whose ``__str__`` or ``__repr__`` raises (even a BaseException), a
+    ``SystemExit`` or ``KeyboardInterrupt`` from the task, a traceback that cannot be
+    formatted: each still gives a failure with its type and as much text as can be had.
+    """
+    error_type = _safely(lambda: type(exc).__name__, "BaseException")
+    message = _safely(lambda: _message(exc), "") or f"<a {error_type} whose text cannot be read>"
+    trace = _safely(lambda: user_traceback(exc), "")
+    if not trace:
+        frames = _safely(lambda: "".join(traceback.format_tb(exc.__traceback__)), "")
+        trace = f"Traceback (most recent call last):\n{frames}{error_type}: {message}\n"
+    return {
+        "outcome": "failure",
+        "error": storable(message),
+        "error_type": storable(error_type),
+        "traceback": storable(trace),
+    }
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"the task called sys.exit({exc.code!r}) (a task cannot stop its worker)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "the task raised KeyboardInterrupt (only a signal to the worker stops it)"
+    try:
+        text = str(exc)
+    except BaseException:  # a hostile __str__: the repr, if that works
+        shown = _safely(lambda: repr(exc), "")
+        return f"{shown} (its __str__ raised an exception)" if shown else ""
+    return text if isinstance(text, str) and text else _safely(lambda: repr(exc), "")
+
+
+def _safely(make: Any, default: str) -> str:
+    try:
+        value = make()
+        return value if isinstance(value, str) else default
+    except BaseException:  # describing a hostile exception must not fail
+        return default
+
+
+def _text(exc: BaseException) -> str:
+    """An error for a log line, even if its ``__str__`` raises."""
+    return _safely(lambda: str(exc) or type(exc).__name__, type(exc).__name__)
 
 
 def storable(text: str) -> str:

@@ -2,7 +2,15 @@
 
 One fetch loop per worker takes up to ``concurrency + prefetch - held`` tasks per dequeue.
 ``async def`` tasks run on the loop, plain functions in a thread pool. Outcomes go to the
-:class:`~omniq.worker.outcomes.OutcomeRecorder`, which writes them in batches.
+:class:`~omniq.worker.outcomes.OutcomeRecorder`, which writes them in batches. Heartbeats
+come from a thread of their own (:mod:`omniq.worker.liveness`), so a task blocking the loop
+does not make its worker look dead.
+
+Whatever a task does, it ends in one recorded outcome: ``SystemExit``, ``KeyboardInterrupt``
+and any other ``BaseException`` it raises are its failure, not the worker's; only signals the
+worker itself receives stop it. A thread cannot be interrupted: a sync task past its timeout
+is failed, and its thread keeps its slot until the function returns ("stuck"), so timeouts
+of the tasks behind it count from their own start.
 
 Delivery is at least once: a task whose outcome was not yet recorded when its worker died is
 run again after the rescue (see README, "Crashes and at-least-once").
@@ -11,6 +19,7 @@ run again after the rescue (see README, "Crashes and at-least-once").
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -23,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +41,8 @@ from ..models._common import utcnow
 from ..models.task import Task
 from ..scheduler import AsyncScheduler
 from .imports import resolve
-from .outcomes import OutcomeRecorder, WorkerStats, checked_result, storable, user_traceback
+from .liveness import FORCED_EXIT_AFTER, Liveness, Registration
+from .outcomes import OutcomeRecorder, WorkerStats, checked_result, failure
 
 log = logging.getLogger("omniq.worker")
 
@@ -40,9 +50,19 @@ log = logging.getLogger("omniq.worker")
 @dataclass
 class _Running:
     task: Task
-    future: asyncio.Task[None]
+    future: asyncio.Task[None] = field(init=False)
     in_thread: bool = False
     lost: bool = False
+    thread_kept: bool = False  # its thread outlived the run: the slot is freed when it returns
+
+
+@dataclass
+class _Stuck:
+    """A thread still running a task function the worker gave up (timeout, forced, lost)."""
+
+    task_id: str
+    func: str
+    since: float = field(default_factory=time.monotonic)
 
 
 class AsyncWorker:
@@ -68,6 +88,7 @@ class AsyncWorker:
         flush_size: int = 200,
         run_scheduler: bool = True,
         install_signal_handlers: bool = True,
+        stall_warning: float = 1.0,
     ) -> None:
         if isinstance(queues, str):
             queues = [queues]
@@ -77,8 +98,16 @@ class AsyncWorker:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if prefetch is not None and prefetch < 0:
             raise ValueError(f"prefetch must be 0 or more, got {prefetch}")
+        if not heartbeat_interval > 0:
+            raise ValueError(
+                f"heartbeat_interval must be positive seconds, got {heartbeat_interval!r}"
+            )
         if worker_timeout <= heartbeat_interval:
             raise ValueError("worker_timeout must be longer than heartbeat_interval")
+        if default_timeout is not None and not default_timeout > 0:
+            raise ValueError(f"default_timeout must be positive seconds, got {default_timeout!r}")
+        if not stall_warning > 0:
+            raise ValueError(f"stall_warning must be positive seconds, got {stall_warning!r}")
         self.backend = backend
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -94,6 +123,7 @@ class AsyncWorker:
         self.flush_size = flush_size
         self.run_scheduler = run_scheduler
         self.install_signal_handlers = install_signal_handlers
+        self.stall_warning = stall_warning  # log when a task blocks the loop this long
         self.stats = WorkerStats()
         self._running: dict[str, _Running] = {}
         self._outcomes: OutcomeRecorder | None = None
@@ -109,6 +139,9 @@ class AsyncWorker:
         self._executor: ThreadPoolExecutor | None = None
         self._threads_lock = threading.Lock()
         self._threads_running = 0  # task functions running on pool threads right now
+        self._stuck: dict[str, _Stuck] = {}  # threads still running given-up task functions
+        self._liveness: Liveness | None = None
+        self._signals_received = 0
 
     def _sync_loop(self) -> asyncio.AbstractEventLoop:
         return self.backend._sync_loop()
@@ -134,6 +167,8 @@ class AsyncWorker:
             if not self._forced:
                 log.warning("stopping now: unfinished tasks go back to pending")
             self._forced = True
+            if self._outcomes is not None:
+                self._outcomes.abandon()  # a write retrying against a lost server gives up
             for running in self._running.values():
                 running.future.cancel()
         else:
@@ -143,7 +178,7 @@ class AsyncWorker:
     # -- main loop ------------------------------------------------------------------------
 
     async def run(self, burst: bool = False) -> WorkerStats:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -156,7 +191,28 @@ class AsyncWorker:
         )
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="omniq-task")
         await self.backend.connect()
-        await self._beat()
+        registration = Registration(
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+            timedelta(seconds=self.worker_timeout),
+        )
+        await self.backend.task_queue.heartbeat(**registration.params([], 0))  # register
+        self._liveness = liveness = Liveness(
+            self.backend.config,
+            self.backend.sql,
+            registration,
+            loop,
+            interval=self.heartbeat_interval,
+            stall_warning=self.stall_warning,
+            held=self._held_ids,
+            stuck=lambda: len(self._stuck),
+            on_lost=lambda ids: _call_soon(loop, self._abandon_lost, ids),
+            describe=self._describe,
+        )
+        liveness.start()
         log.info(
             "worker %s on queues %s, concurrency %d",
             self.worker_id,
@@ -165,7 +221,7 @@ class AsyncWorker:
         )
         helpers = [
             asyncio.create_task(outcomes.run(), name="omniq-flusher"),
-            asyncio.create_task(self._heartbeats(), name="omniq-heartbeat"),
+            asyncio.create_task(self._rescues(), name="omniq-rescues"),
         ]
         if self.run_scheduler and not burst:
             helpers.append(
@@ -175,16 +231,19 @@ class AsyncWorker:
             )
         elif self.run_scheduler:
             await self.backend.schedule_storage.fire_due_schedules()
-        with self._signals():
-            try:
-                await self._fetch_loop(burst)
-                await self._drain()
-            finally:
-                await outcomes.settle()  # a write under way finishes before the flusher stops
-                for helper in helpers:
-                    helper.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
-                await self._shutdown()
+        try:
+            with self._signals():
+                try:
+                    await self._fetch_loop(burst)
+                    await self._drain()
+                finally:
+                    await outcomes.settle()  # a write under way finishes before the flusher stops
+                    for helper in helpers:
+                        helper.cancel()
+                    await asyncio.gather(*helpers, return_exceptions=True)
+                    await self._shutdown()
+        finally:
+            liveness.stop(timeout=1.0)
         return self.stats
 
     async def _fetch_loop(self, burst: bool) -> None:
@@ -206,7 +265,7 @@ class AsyncWorker:
                 else None
             )
             while not self._stopping.is_set():
-                free = self.concurrency + self.prefetch - len(self._running)
+                free = self._free_slots()
                 if free <= 0:
                     self._slot_free.clear()
                     await _first(self._slot_free.wait(), self._stopping.wait())
@@ -257,30 +316,31 @@ class AsyncWorker:
                 if self._next_rescue is None and wakeup.event.is_set():
                     self._next_rescue = loop.time()  # work appeared: someone may hold tasks now
 
+    def _free_slots(self) -> int:
+        """How many tasks to take now. Threads stuck in given-up tasks hold their slots; when
+        every thread is stuck, nothing is taken (a task taken now could not start)."""
+        stuck = len(self._stuck)
+        if stuck >= self.concurrency:
+            return 0
+        return self.concurrency + self.prefetch - len(self._running) - stuck
+
     async def _release_unknown_tasks(self) -> None:
         """Release tasks the database says this worker holds but it never received.
 
         A dequeue whose reply was lost (connection dropped or statement cancelled right after
         the commit) leaves tasks marked running under this worker's id. While the worker
         heartbeats nobody would rescue them, so they go back to pending here, untouched and
-        without counting a retry: they never started.
+        without counting a retry: they never started. One indexed query finds them.
         """
-        queue = self.backend.task_queue
         assert self._outcomes is not None
         await self._outcomes.flush()  # outcomes recorded first: a finished task is not "unknown"
         async with self._outcomes.paused() as unwritten:
-            held: list[str] = []
-            page, offset = 10_000, 0
-            while True:
-                running = await queue.list_tasks(status="running", limit=page, offset=offset)
-                held += [t.id for t in running if t.worker_id == self.worker_id]
-                if len(running) < page:
-                    break
-                offset += page
+            async with self.backend.acquire() as conn:
+                rows = await self.backend.sql.workers.held_tasks(conn, worker_id=self.worker_id)
             known = set(self._running) | unwritten
-            unknown = [task_id for task_id in held if task_id not in known]
+            unknown = [row["id"] for row in rows if row["id"] not in known]
             if unknown:
-                released = await queue.release_tasks(
+                released = await self.backend.task_queue.release_tasks(
                     unknown, self.worker_id, "the reply of the dequeue that took it was lost"
                 )
                 log.warning("released %d task(s) taken by a dequeue whose reply was lost", released)
@@ -306,40 +366,58 @@ class AsyncWorker:
         loop = asyncio.get_running_loop()
         return loop.time() + max(0.5, (check_at - utcnow()).total_seconds())
 
-    async def _beat(self) -> list[str]:
-        """Register or refresh this worker; returns held task ids it lost to a rescue."""
-        return await self.backend.task_queue.heartbeat(
-            self.worker_id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            queues=self.queues,
-            concurrency=self.concurrency,
-            held=list(self._running),
-            stale_after=timedelta(seconds=self.worker_timeout),
-        )
-
     def _start(self, task: Task) -> None:
         self.stats.started += 1
-        future = asyncio.create_task(self._execute(task), name=f"omniq-task-{task.id}")
-        self._running[task.id] = _Running(task, future)
-        future.add_done_callback(lambda _f, task_id=task.id: self._finished(task_id))
+        earlier = self._running.get(task.id)
+        if earlier is not None:  # taken from this worker (it seemed dead), and now back here
+            log.warning(
+                "task %s came back (attempt %d) while its attempt %d still runs here; "
+                "abandoning that one",
+                task.id,
+                task.attempts,
+                earlier.task.attempts,
+            )
+            earlier.lost = True
+            earlier.future.cancel()
+        running = _Running(task)
+        running.future = asyncio.create_task(self._execute(running), name=f"omniq-task-{task.id}")
+        self._running[task.id] = running
+        running.future.add_done_callback(self._finished)
 
-    def _finished(self, task_id: str) -> None:
-        self._running.pop(task_id, None)
+    def _finished(self, future: asyncio.Task[None]) -> None:
+        task_id = future.get_name().removeprefix("omniq-task-")
+        running = self._running.get(task_id)
+        if running is not None and running.future is future:  # not a later attempt's entry
+            del self._running[task_id]
         assert self._slot_free is not None
         self._slot_free.set()
 
     # -- running one task -----------------------------------------------------------------
 
-    async def _execute(self, task: Task) -> None:
+    async def _execute(self, running: _Running) -> None:
         assert self._slots is not None and self._stopping is not None
-        async with self._slots:
+        task = running.task
+        await self._slots.acquire()
+        try:
             if self._stopping.is_set():
                 return  # prefetched but not started: released untouched at shutdown
-            await self._execute_now(task)
+            await self._execute_now(running)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug of the worker's own: still an outcome
+            log.exception("running task %s (%s) failed inside the worker", task.id, task.func)
+            assert self._outcomes is not None
+            outcome = {"id": task.id, "attempt": task.attempts, "started_at": utcnow()}
+            self._outcomes.add(task, {**outcome, **failure(exc)}, time.perf_counter())
+        finally:
+            if not running.thread_kept:
+                self._slots.release()
 
-    async def _execute_now(self, task: Task) -> None:
+    async def _execute_now(self, running: _Running) -> None:
+        """Run the task and queue exactly one outcome, whatever the function does (or none
+        when the worker gave the task up: forced stop, or taken away by a rescue)."""
         assert self._outcomes is not None
+        task = running.task
         started_at = utcnow()
         t0 = time.perf_counter()
         outcome: dict[str, Any] = {
@@ -354,75 +432,172 @@ class AsyncWorker:
             self._outcomes.add(task, outcome, t0)
             return
         try:
-            value = await self._call(task)
+            value = await self._call(running)
             outcome.update(outcome="success", result=checked_result(value, task))
-        except asyncio.CancelledError:
-            if self._forced or (task.id in self._running and self._running[task.id].lost):
+        except asyncio.CancelledError as exc:
+            if self._forced or running.lost:
                 return  # released at shutdown, or already taken away by a rescue
-            raise
-        except Exception as exc:
-            outcome.update(
-                outcome="failure",
-                error=storable(str(exc) or repr(exc)),
-                error_type=type(exc).__name__,
-                traceback=storable(user_traceback(exc)),
-            )
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the worker's own task was cancelled (the loop is closing)
+            outcome.update(failure(exc))  # the task function raised CancelledError itself
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the task's failure
+            outcome.update(failure(exc))
         self._outcomes.add(task, outcome, t0)
 
-    async def _call(self, task: Task) -> Any:
+    async def _call(self, running: _Running) -> Any:
+        task = running.task
         fn = resolve(task.func)
         timeout = task.timeout or self.default_timeout
         if inspect.iscoroutinefunction(fn):
-            call = fn(*task.args, **task.kwargs)
+            value = await self._await(fn(*task.args, **task.kwargs), timeout, "cancelled")
         else:
-            assert self._executor is not None
-            self._running[task.id].in_thread = True
-            call = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._in_thread, functools.partial(fn, *task.args, **task.kwargs)
-            )
-        try:
-            value = await asyncio.wait_for(call, timeout)
-        except TimeoutError:
-            where = (
-                "its thread keeps running until the function returns"
-                if self._running[task.id].in_thread
-                else "cancelled"
-            )
-            raise TimeoutError(f"task exceeded its timeout of {timeout:g}s ({where})") from None
+            value = await self._call_in_thread(running, fn, timeout)
         if inspect.isawaitable(value):
-            value = await asyncio.wait_for(value, timeout)
+            value = await self._await(value, timeout, "cancelled")
         return value
 
-    def _in_thread(self, call: Callable[[], Any]) -> Any:
+    async def _await(self, awaitable: Any, timeout: float | None, where: str) -> Any:
+        """Await in this very task (no task of its own: a SystemExit raised inside stays here
+        instead of leaving the event loop); a timeout is a TimeoutError saying so."""
+        if timeout is None:
+            return await awaitable
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                return await awaitable
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the task's own TimeoutError
+        raise TimeoutError(f"task exceeded its timeout of {timeout:g}s ({where})")
+
+    async def _call_in_thread(
+        self, running: _Running, fn: Callable[..., Any], timeout: float | None
+    ) -> Any:
+        """Run a plain function on a pool thread. Its timeout counts from the moment it starts
+        there; if the run is given up (timeout, forced stop, rescue) while the function still
+        runs, the thread keeps the task's slot until the function returns."""
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        task = running.task
+        running.in_thread = True
+        started: asyncio.Future[float] | None = loop.create_future() if timeout else None
+        call = functools.partial(fn, *task.args, **task.kwargs)
+        thread_future = self._executor.submit(self._in_thread, call, loop, started)
+        try:
+            if started is None:
+                return await asyncio.wrap_future(thread_future)
+            try:
+                async with asyncio.timeout(None) as scope:
+                    began = await started
+                    scope.reschedule(began + timeout)  # loop.time() is time.monotonic()
+                    return await asyncio.wrap_future(thread_future)
+            except TimeoutError:
+                if not scope.expired():
+                    raise  # the function's own TimeoutError
+            raise TimeoutError(
+                f"task exceeded its timeout of {timeout:g}s "
+                "(its thread keeps running until the function returns)"
+            )
+        finally:
+            if not thread_future.done() and not thread_future.cancel():
+                self._keep_thread(running, thread_future)
+
+    def _in_thread(
+        self,
+        call: Callable[[], Any],
+        loop: asyncio.AbstractEventLoop,
+        started: asyncio.Future[float] | None,
+    ) -> Any:
         """Run a plain task function on a pool thread, counted: see :attr:`threads_busy`."""
         with self._threads_lock:
             self._threads_running += 1
         try:
+            if started is not None:
+                _call_soon(loop, _resolve, started, time.monotonic())
             return call()
         finally:
             with self._threads_lock:
                 self._threads_running -= 1
 
+    def _keep_thread(
+        self, running: _Running, thread_future: concurrent.futures.Future[Any]
+    ) -> None:
+        """The run was given up but its function still runs: the thread keeps the slot."""
+        loop = asyncio.get_running_loop()
+        task = running.task
+        running.thread_kept = True
+        key = f"{task.id}#{task.attempts}"
+        self._stuck[key] = _Stuck(task.id, task.func)
+        log.warning(
+            "task %s (%s) was given up but its function still runs in its thread, which keeps "
+            "its slot until it returns: %d of %d threads stuck",
+            task.id,
+            task.func,
+            len(self._stuck),
+            self.concurrency,
+        )
+        if len(self._stuck) >= self.concurrency:
+            log.warning(
+                "all %d threads are stuck in tasks that were given up; this worker takes no "
+                "new tasks until one of them returns",
+                self.concurrency,
+            )
+        if self._liveness is not None:
+            self._liveness.poke()  # omniq status shows the count
+        thread_future.add_done_callback(lambda _f: _call_soon(loop, self._thread_returned, key))
+
+    def _thread_returned(self, key: str) -> None:
+        stuck = self._stuck.pop(key, None)
+        assert self._slots is not None and self._slot_free is not None
+        self._slots.release()
+        self._slot_free.set()
+        if stuck is not None:
+            log.info(
+                "the thread of given-up task %s (%s) returned after %.1fs; %d thread(s) still stuck",
+                stuck.task_id,
+                stuck.func,
+                time.monotonic() - stuck.since,
+                len(self._stuck),
+            )
+        if self._liveness is not None:
+            self._liveness.poke()
+
     # -- liveness -------------------------------------------------------------------------
 
-    async def _heartbeats(self) -> None:
-        """Heartbeat while holding tasks (an idle worker sends nothing); drop tasks taken away."""
+    def _held_ids(self) -> list[str]:
+        """The ids of the tasks held now (read by the heartbeat thread)."""
+        while True:
+            try:
+                return list(self._running)
+            except RuntimeError:  # changed while copied: copy again
+                continue
+
+    def _abandon_lost(self, lost: list[str]) -> None:
+        """Drop tasks a rescue took from this worker (it was silent too long)."""
+        for task_id in lost:
+            running = self._running.get(task_id)
+            if running is not None:
+                log.warning("task %s was taken from this worker; abandoning it", task_id)
+                running.lost = True
+                running.future.cancel()
+
+    def _describe(self, current: asyncio.Task[Any] | None) -> str:
+        """What an asyncio task of this worker is, for the loop-stall warning."""
+        if current is None:
+            return "the worker's own code"
+        name = current.get_name()
+        running = self._running.get(name.removeprefix("omniq-task-"))
+        if running is not None:
+            return f"task {running.task.id} ({running.task.func})"
+        return f"asyncio task {name!r}"
+
+    async def _rescues(self) -> None:
+        """While holding tasks, check now and then for tasks of dead workers to rescue (an
+        idle worker checks from its fetch loop, at the times the database gives)."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            if not self._running:
-                continue
-            await self._rescue_if_due()
-            try:
-                lost = await self._beat()
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            for task_id in lost:
-                running = self._running.get(task_id)
-                if running is not None:
-                    log.warning("task %s was taken from this worker; abandoning it", task_id)
-                    running.lost = True
-                    running.future.cancel()
+            if self._running:
+                await self._rescue_if_due()
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -448,18 +623,28 @@ class AsyncWorker:
         with contextlib.suppress(Exception):
             await self._outcomes.flush()
         try:
-            released = await self.backend.task_queue.worker_stopped(self.worker_id)
+            # Forced: the server may be gone; do not wait long for it (rescue covers this).
+            limit = FORCED_EXIT_AFTER / 2 if self._forced else None
+            released = await asyncio.wait_for(
+                self.backend.task_queue.worker_stopped(self.worker_id), limit
+            )
             self.stats.released += released
             if released:
                 log.info("returned %d unfinished task(s) to pending", released)
         except Exception as exc:  # the rescue will bring them back once our heartbeat is stale
             log.warning(
                 "could not deregister (%s); held tasks will be rescued after %gs",
-                exc,
+                exc or type(exc).__name__,
                 self.worker_timeout,
             )
         assert self._executor is not None
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._stuck:
+            log.warning(
+                "%d thread(s) still run given-up task functions: %s",
+                len(self._stuck),
+                ", ".join(f"{s.task_id} ({s.func})" for s in self._stuck.values()),
+            )
         log.info(
             "worker %s stopped: %d succeeded, %d failed, %d retried, %d expired",
             self.worker_id,
@@ -471,18 +656,31 @@ class AsyncWorker:
 
     @contextlib.contextmanager
     def _signals(self) -> Any:
+        """SIGINT/SIGTERM stop the worker (a second one: at once). Plain signal handlers, not
+        the loop's: they run even while a task blocks the loop, and after a second signal
+        the liveness thread ends the process if the worker has not stopped in time."""
+        if (
+            not self.install_signal_handlers
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            yield
+            return
         loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, self._request_stop, False)
-                    installed.append(sig)
+
+        def on_signal(_signum: int, _frame: Any) -> None:
+            self._signals_received += 1
+            if self._signals_received >= 2 and self._liveness is not None:
+                self._liveness.exit_deadline = time.monotonic() + FORCED_EXIT_AFTER
+            _call_soon(loop, self._request_stop, False)
+
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, on_signal)
         try:
             yield
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @property
     def threads_busy(self) -> bool:
@@ -493,6 +691,11 @@ class AsyncWorker:
         """
         with self._threads_lock:
             return self._threads_running > 0
+
+    @property
+    def stuck_threads(self) -> int:
+        """Threads still running task functions this worker gave up."""
+        return len(self._stuck)
 
 
 class Worker(AsyncWorker):
@@ -509,6 +712,17 @@ class Worker(AsyncWorker):
             return await AsyncWorker.run(self, burst)
         finally:
             await backend.close()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    """``loop.call_soon_threadsafe``, quietly doing nothing once the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -4,26 +4,32 @@
 
 -- name: functions_workers#
 CREATE OR REPLACE FUNCTION omniq_heartbeat(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
-    p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[], p_stale_after INTERVAL)
+    p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[], p_stale_after INTERVAL,
+    p_stuck_threads INTEGER DEFAULT 0)
 RETURNS TEXT[]
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Register or refresh a worker; p_stale_after is how long it may stay silent before its
--- tasks are rescued. Returns the ids among p_held that this worker no longer holds
+-- tasks are rescued, p_stuck_threads how many of its threads still run task functions it
+-- gave up (timed out). A worker whose row is gone (it was rescued as dead while alive)
+-- registers again in full. Returns the ids among p_held that this worker no longer holds
 -- (rescued or cancelled meanwhile): the worker stops caring about them.
--- Index: tasks_running_idx.
+-- Index: tasks_pkey (one probe per held id).
 BEGIN
-    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after)
-    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after)
+    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after,
+        stuck_threads)
+    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after,
+        greatest(p_stuck_threads, 0))
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
         queues = excluded.queues, concurrency = excluded.concurrency,
-        stale_after = excluded.stale_after;
+        stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
                           WHERE t.id = h AND t.status = 'running' AND t.worker_id = p_worker_id));
 END
 $$;
+
 
 CREATE OR REPLACE FUNCTION omniq_worker_stopped(p_worker_id TEXT)
 RETURNS INTEGER

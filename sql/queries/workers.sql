@@ -1,10 +1,17 @@
 -- Named queries on worker liveness, loaded by aiosql: heartbeats, deregistration, rescue.
 
--- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held, stale_after)$
--- Refresh a worker's heartbeat; returns the held task ids it lost.
--- Index: tasks_pkey (one probe per held id) or tasks_running_idx (the worker's running tasks).
+-- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held, stale_after, stuck_threads)$
+-- Refresh (or re-create) a worker's registration; returns the held task ids it lost.
+-- Index: omniq_workers_pkey, tasks_pkey (one probe per held id).
 SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
-    :concurrency::int, :held::text[], :stale_after::interval);
+    :concurrency::int, :held::text[], :stale_after::interval, :stuck_threads::int);
+
+-- name: held_tasks(worker_id)
+-- The ids of the tasks the database says this worker holds (running under its id), for a
+-- worker to release those it never received (a dequeue whose reply was lost).
+-- Index: tasks_running_idx (partial on status = 'running', keyed by worker_id).
+SELECT t.id FROM "public"."tasks" AS t
+WHERE t.status = 'running' AND t.worker_id = :worker_id::text;
 
 -- name: worker_stopped(worker_id)$
 -- Remove a stopped worker from the registry, releasing any task it still holds.

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import selectors
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import asyncpg
 
+from ...errors import SchemaError
+from ...identifiers import quote_identifier
 from ...models.config import PostgresConfig
 from . import schema
 from .connection import Pooled, connect_listener, create_pool, translate_errors
@@ -21,9 +24,13 @@ from .queue import PostgresQueue
 from .results import PostgresResultStorage
 from .schedules import PostgresScheduleStorage
 from .sqlfiles import SQLFiles, sql_files
-from .sync import LoopThread, run_on, with_sync_methods
+from .sync import LoopThread, fork_generation, run_on, with_sync_methods
 
 log = logging.getLogger("omniq.backend")
+
+# What a forked child inherited from its parent's backends: kept referenced, never closed,
+# since its sockets are the parent's (see PostgreSQLBackend._forget_parent).
+_inherited: list[object] = []
 
 
 @with_sync_methods
@@ -49,6 +56,7 @@ class PostgreSQLBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: LoopThread | None = None
         self._opening: asyncio.Lock | None = None
+        self._generation = fork_generation()
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -57,7 +65,8 @@ class PostgreSQLBackend:
     # -- life cycle ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the pool and create or migrate the schema; idempotent."""
+        """Open the pool and prepare the schema as ``config.migrate`` says; idempotent."""
+        self._forget_parent()
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop and self._pool is not None:
             raise RuntimeError(
@@ -71,11 +80,50 @@ class PostgreSQLBackend:
             pool = await create_pool(self.config)
             try:
                 async with Pooled(self.config, self.config.acquire_timeout, pool) as conn:
-                    await schema.migrate(conn, self.sql, self.config.schema)
+                    await self._prepare_schema(conn)
             except BaseException:
                 await pool.close()
                 raise
             self._pool, self._loop = pool, loop
+
+    async def _prepare_schema(self, conn: asyncpg.Connection) -> None:
+        """``migrate="auto"``: create or upgrade; ``"check"``: refuse a missing or outdated
+        installation (a read-only command must not create one in a mistyped schema)."""
+        if self.config.migrate == "auto":
+            await schema.migrate(conn, self.sql, self.config.schema)
+            return
+        if self.config.migrate == "off":
+            return
+        name = quote_identifier(self.config.schema, "schema")
+        if not await self.sql.migrations.installed(conn, schema_name=self.config.schema):
+            raise SchemaError(
+                f"schema {name} has no OmniQ installation. Check the schema name (--schema, "
+                f"OMNIQ_SCHEMA); to install OmniQ there, run `omniq migrate --schema {name}`."
+            )
+        recorded = await self.sql.migrations.get_meta(conn, key=schema.TABLES_KEY)
+        wanted = ",".join(self.config.tables.values())
+        if recorded is not None and recorded != wanted:
+            raise SchemaError(
+                f"schema {name} holds an OmniQ installation with tables {recorded}, not {wanted}."
+            )
+        todo = (await schema.plan(conn, self.sql, self.config.schema)).scripts
+        if todo:
+            raise SchemaError(
+                f"schema {name} is not up to date: {len(todo)} script(s) to apply "
+                f"({', '.join(s.name for s in todo[:3])}{', ...' if len(todo) > 3 else ''}). "
+                f"Run `omniq migrate --schema {name}` (or connect with migrate='auto')."
+            )
+
+    def terminate(self) -> None:
+        """Drop the LISTEN connection and the pool at once, without waiting for the server
+        (for a process that must exit now, e.g. while the database is unreachable)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.terminate()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+        self._opening = None
 
     async def close(self) -> None:
         """Close the LISTEN connection and the pool."""
@@ -129,6 +177,7 @@ class PostgreSQLBackend:
 
     def _sync_loop(self) -> asyncio.AbstractEventLoop:
         """The loop sync calls run on: the one the pool lives on, else a thread of our own."""
+        self._forget_parent()
         if self._pool is not None and self._loop is not None and self._loop.is_running():
             return self._loop
         if self._thread is None:
@@ -142,7 +191,25 @@ class PostgreSQLBackend:
         needed), with errors translated."""
         return Pooled(self.config, self.config.acquire_timeout, ready=self._ready_pool)
 
+    def _forget_parent(self) -> None:
+        """In a child after ``fork()``: start afresh, leaving the parent's connections alone.
+
+        The child has copies of the parent's loop (whose thread does not exist here), pool and
+        sockets. Using them would hang or interleave with the parent's traffic, and closing
+        them would close the parent's connections. They are dropped (kept referenced, so
+        nothing closes them), and the next call opens a pool of the child's own.
+        """
+        if self._generation == fork_generation():
+            return
+        self._generation = fork_generation()
+        _inherited.extend([self._pool, self._listener, self._thread, self._loop])
+        for loop in {self._loop, self._thread.loop if self._thread else None} - {None}:
+            _disown(loop)
+        self._pool = self._listener = self._loop = self._thread = self._opening = None
+
     async def _ready_pool(self) -> asyncpg.Pool:
+        if self._generation != fork_generation():
+            self._forget_parent()
         if self._pool is None:
             await self.connect()
         assert self._pool is not None
@@ -193,3 +260,19 @@ class PostgreSQLBackend:
         """Number of the latest numbered migration applied to the schema (0: not installed)."""
         async with self.acquire() as conn:
             return (await schema.plan(conn, self.sql, self.config.schema)).version
+
+
+def _disown(loop: asyncio.AbstractEventLoop) -> None:
+    """Make a loop inherited through fork() harmless in the child.
+
+    Its epoll instance is shared with the parent: a transport of the inherited pool being
+    garbage-collected here would unregister the parent's socket from it. Giving the copy a
+    selector of its own (empty) makes every such unregister a no-op. A loop this thread is
+    running (fork() called from a coroutine) is the child's own and is left alone.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is not running and isinstance(getattr(loop, "_selector", None), selectors.BaseSelector):
+        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]

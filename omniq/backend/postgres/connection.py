@@ -6,13 +6,14 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
+from ...dsn import parse_dsn
 from ...errors import (
     AuthenticationError,
+    ConfigurationError,
     DatabaseConnectionError,
     DatabaseNotFoundError,
     OmniQError,
@@ -27,8 +28,10 @@ def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str,
     """Keyword arguments for asyncpg.connect/create_pool; ``dsn`` wins over the separate fields."""
     dsn = (config.listen_dsn if listen else None) or config.dsn
     kwargs: dict[str, Any] = {"timeout": config.connect_timeout}
-    if dsn:
-        kwargs["dsn"] = dsn
+    if dsn:  # a URL or a libpq key=value string, as the URL asyncpg reads
+        parsed = parse_dsn(dsn)
+        kwargs["dsn"] = parsed.url
+        kwargs["timeout"] = parsed.connect_timeout or config.connect_timeout
     else:
         kwargs.update(
             host=config.host,
@@ -43,15 +46,16 @@ def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str,
 
 
 def target(config: PostgresConfig) -> str:
-    """``host:port/database`` for messages; never includes a password."""
-    if config.dsn and "://" in config.dsn:
-        parts = urlsplit(config.dsn)
-        host = parts.hostname or "localhost"
-        return f"{host}:{parts.port or 5432}/{parts.path.lstrip('/') or '?'}"
-    if config.dsn:
-        fields = dict(p.split("=", 1) for p in config.dsn.split() if "=" in p)
-        return f"{fields.get('host', 'localhost')}:{fields.get('port', 5432)}/{fields.get('dbname', '?')}"
-    return f"{config.host}:{config.port}/{config.database}"
+    """``host:port[,host:port...]/database`` for messages; never includes a password.
+
+    Total: it runs while translating another error, so it never raises itself.
+    """
+    if not config.dsn:
+        return f"{config.host}:{config.port}/{config.database}"
+    try:
+        return parse_dsn(config.dsn).where
+    except Exception:
+        return "the server of the configured dsn"
 
 
 def _encode_json(value: Any) -> str:
@@ -132,6 +136,13 @@ def translate(
         return QueryTimeoutError(
             f"a statement on {where} took longer than command_timeout={config.command_timeout:g}s. "
             "Raise command_timeout or make the work smaller."
+        )
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return ConfigurationError(f"the connection settings for {where} are invalid: {exc}")
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return DatabaseConnectionError(
+            f"no server among {where} accepts this session ({exc}); during a failover the new "
+            "primary accepts writes once promoted. Retry, or check target_session_attrs."
         )
     user = config.username if not config.dsn else "the configured user"
     if isinstance(

@@ -177,6 +177,17 @@ class Listener:
         """The server process id of the LISTEN connection (for monitoring and tests)."""
         return self._conn.get_server_pid() if self._conn is not None else None
 
+    def terminate(self) -> None:
+        """Drop the connection at once, without a goodbye to the server (see close())."""
+        self._closed = True
+        for task in (self._pinger, self._reconnecting):
+            if task is not None:
+                task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+        self.wake_all()
+
     async def close(self) -> None:
         self._closed = True
         if self._pinger is not None:

@@ -247,10 +247,12 @@ class AsyncPostgresQueue(Component):
         concurrency: int,
         held: Sequence[str] = (),
         stale_after: timedelta = timedelta(seconds=30),
+        stuck_threads: int = 0,
     ) -> list[str]:
         """Register or refresh a worker; returns the ids among ``held`` it no longer holds.
 
-        ``stale_after``: how long this worker may stay silent before its tasks are rescued.
+        ``stale_after``: how long this worker may stay silent before its tasks are rescued;
+        ``stuck_threads``: its threads still running task functions it gave up.
         """
         async with self._conn() as conn:
             lost = await self._sql.workers.heartbeat(
@@ -262,6 +264,7 @@ class AsyncPostgresQueue(Component):
                 concurrency=concurrency,
                 held=list(held),
                 stale_after=stale_after,
+                stuck_threads=stuck_threads,
             )
         return list(lost or [])
 

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
+from ...errors import TaskNotFoundError
 from ...models._common import as_utc
-from ...models.enums import ResultStatus
+from ...models.enums import ResultStatus, TaskStatus
 from ...models.result import TaskResult
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import result_from_row, result_params
@@ -15,6 +16,9 @@ from .sync import with_sync_methods
 
 FINAL = frozenset(
     {ResultStatus.SUCCESS, ResultStatus.FAILURE, ResultStatus.CANCELLED, ResultStatus.EXPIRED}
+)
+TASK_FINAL = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
 )
 
 
@@ -28,6 +32,8 @@ class AsyncPostgresResultStorage(Component):
             await self._sql.results.upsert_result(conn, **params)
 
     async def get(self, task_id: str) -> TaskResult | None:
+        """The task's result, or ``None``. A result past its ``expires_at`` (``result_ttl``)
+        stays readable until ``cleanup_expired_results()`` deletes it."""
         async with self._conn() as conn:
             row = await self._sql.results.get_result(conn, task_id=task_id)
         return result_from_row(row) if row else None
@@ -35,6 +41,10 @@ class AsyncPostgresResultStorage(Component):
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
         """The task's final result as soon as it is stored; ``None`` after ``timeout`` seconds.
 
+        Returns at once when there is nothing to wait for: ``None`` if the task is final but
+        its result was deleted (``cleanup_expired_results``, ``delete``), and
+        :class:`~omniq.errors.TaskNotFoundError` if neither the task nor a result exists
+        (an unknown id, an enqueue not committed yet, or a task purged with its result).
         Woken by the NOTIFY that storing a final result sends, not by polling.
         """
         loop = asyncio.get_running_loop()
@@ -46,6 +56,21 @@ class AsyncPostgresResultStorage(Component):
                 result = await self.get(task_id)
                 if result is not None and result.status in FINAL:
                     return result
+                if result is None:  # unknown id, or a final task whose result was deleted?
+                    task = await self._backend.task_queue.get_task(task_id)
+                    if task is None or task.status in TASK_FINAL:
+                        # A final status and its result are committed together: read again.
+                        result = await self.get(task_id)
+                        if result is not None and result.status in FINAL:
+                            return result
+                        if task is not None:
+                            return None
+                        if result is None:
+                            raise TaskNotFoundError(
+                                f"no task and no result with id {task_id!r}: it was never "
+                                "enqueued, its enqueue has not committed yet, or it was purged "
+                                "together with its result"
+                            )
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     return None

@@ -3,6 +3,9 @@
 asyncpg pools belong to the loop that created them, so every sync call is sent to the loop
 that owns the backend's pool: a daemon thread the backend starts for sync use, or the
 caller's own loop after ``async with``, when the sync call comes from another thread.
+
+After ``fork()`` the child has a copy of that loop but not its thread, and shares the parent's
+sockets: :func:`fork_generation` lets a backend notice and start afresh in the child.
 """
 
 from __future__ import annotations
@@ -10,12 +13,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
+
+
+_forks = 0  # how many fork()s led to this process: a backend opened under another count is stale
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def fork_generation() -> int:
+    """Changes in a child process after ``fork()``; cheap enough for every call."""
+    return _forks
 
 
 class LoopThread:
