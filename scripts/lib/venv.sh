@@ -33,3 +33,14 @@ if [ "$(basename "$0")" = test ] && ! command -v pgbouncer >/dev/null && [ ! -x 
             || echo "PgBouncer could not be installed; tests/test_pgbouncer.py will skip" >&2
     fi
 fi
+
+# Chromium for the dashboard's browser tests (tests/test_dashboard_browser.py) and
+# scripts/screenshots: Debian's package, driven headless by Playwright through its
+# executable (no browser download). Without it those tests fail, saying how to install it.
+case "$(basename "$0")" in test|screenshots)
+    if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Chromium with apt-get" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+            || echo "Chromium could not be installed; the dashboard's browser tests will fail" >&2
+    fi
+esac
