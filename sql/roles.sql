@@ -89,6 +89,11 @@ SELECT format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', p.oid::regprocedure)
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = :'schema' AND p.proname LIKE 'omniq\_%' \gexec
 
+-- Routines granted by an earlier version of this script that the roles no longer need.
+SELECT format('REVOKE ALL ON ROUTINE %s FROM %I', p.oid::regprocedure, r)
+FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+CROSS JOIN unnest(ARRAY[:'producer_role', :'worker_role']) AS r
+WHERE n.nspname = :'schema' AND p.proname LIKE 'omniq\_%' \gexec
 GRANT USAGE ON SCHEMA :"schema" TO :"producer_role", :"worker_role";
 -- Every client checks the schema version when it connects.
 GRANT SELECT ON :"schema".omniq_migrations, :"schema".omniq_meta
@@ -107,24 +112,24 @@ GRANT SELECT ON :"schema".:"results_table" TO :"producer_role";
     REVOKE ALL ON :"schema".:"tasks_table", :"schema".:"events_table" FROM :"producer_role";
 \endif
 
--- omniq_worker: run tasks and fire schedules; no DELETE anywhere, no maintenance functions.
+-- omniq_worker: run tasks and fire schedules, only through the protocol functions (all
+-- SECURITY DEFINER, search_path pinned): it reads tables and writes none, so a compromised
+-- worker host cannot rewrite other tasks (their func, their arguments) or forge results.
+-- Privileges granted by earlier versions of this script are taken back first.
+REVOKE ALL ON :"schema".:"tasks_table", :"schema".:"results_table", :"schema".:"events_table",
+    :"schema".:"schedules_table", :"schema".omniq_workers FROM :"worker_role";
+SELECT format('REVOKE ALL ON SEQUENCE %I.%I FROM %I', :'schema', c.relname, :'worker_role')
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = :'schema' AND c.relkind = 'S' AND c.relname LIKE 'omniq\_%' \gexec
 SELECT format('GRANT EXECUTE ON ROUTINE %s TO %I', p.oid::regprocedure, :'worker_role')
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = :'schema'
   AND p.proname IN ('omniq_dequeue', 'omniq_finish_tasks', 'omniq_release_tasks',
                     'omniq_heartbeat', 'omniq_worker_stopped', 'omniq_rescue_tasks',
-                    'omniq_expire_tasks', 'omniq_resolve_dependents', 'omniq_resolve_waiting',
-                    'omniq_cancel_tasks', 'omniq_retry_delay', 'omniq_enqueue',
-                    'omniq_add_task', 'omniq_new_id', 'omniq_channel',
-                    'omniq_claim_schedules', 'omniq_fire_schedules') \gexec
-GRANT SELECT, UPDATE ON :"schema".:"tasks_table" TO :"worker_role";
-GRANT SELECT, INSERT, UPDATE ON :"schema".:"results_table" TO :"worker_role";
-GRANT INSERT ON :"schema".:"events_table" TO :"worker_role";
-GRANT SELECT, UPDATE ON :"schema".:"schedules_table" TO :"worker_role";
-GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".omniq_workers TO :"worker_role";
-SELECT format('GRANT USAGE ON SEQUENCE %I.%I TO %I', :'schema', c.relname, :'worker_role')
-FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE n.nspname = :'schema' AND c.relkind = 'S' AND c.relname LIKE 'omniq\_%' \gexec
+                    'omniq_claim_schedules', 'omniq_fire_schedules', 'omniq_enqueue',
+                    'omniq_add_task', 'omniq_new_id', 'omniq_channel') \gexec
+GRANT SELECT ON :"schema".:"tasks_table", :"schema".:"results_table",
+    :"schema".:"schedules_table", :"schema".omniq_workers TO :"worker_role";
 
 COMMIT;
 

@@ -61,37 +61,81 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION public.omniq_callback_id(p_task_id text, p_kind text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE WHEN length(p_task_id) <= 240 THEN p_task_id ELSE md5(p_task_id) END
+           || '@' || p_kind
+$$;
+
+CREATE FUNCTION public.omniq_cancel_dependents(p_dead text[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_frontier TEXT[] := p_dead;
+    v_closure TEXT[] := '{}';
+    v_next TEXT[];
+    v_ends JSONB;
+BEGIN
+    LOOP
+        SELECT array_agg(t.id) INTO v_next FROM "tasks" AS t
+        WHERE t.status = 'waiting' AND t.dependencies ?| v_frontier
+          AND NOT (t.id = ANY (v_closure));
+        EXIT WHEN v_next IS NULL;
+        v_closure := v_closure || v_next;
+        v_frontier := v_next;
+    END LOOP;
+    IF cardinality(v_closure) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'cancelled',
+               'error', 'a dependency failed, expired or was cancelled',
+               'error_type', 'TaskCancelled',
+               'message', 'a dependency failed, expired or was cancelled'))
+    INTO v_ends
+    FROM (SELECT t.id FROM "tasks" AS t WHERE t.id = ANY (v_closure) AND t.status = 'waiting'
+          ORDER BY t.id FOR NO KEY UPDATE) AS l;
+    IF v_ends IS NOT NULL THEN
+        PERFORM omniq_end_tasks(v_ends, '{waiting}');
+    END IF;
+END
+$$;
+
 CREATE FUNCTION public.omniq_cancel_schedule(p_id text) RETURNS boolean
     LANGUAGE sql
     SET search_path TO 'public'
     AS $$ SELECT omniq_set_schedule_status(p_id, 'cancelled') $$;
 
 CREATE FUNCTION public.omniq_cancel_tasks(p_ids text[], p_reason text) RETURNS integer
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
-    v_ids TEXT[];
+    v_ends JSONB;
+    v_n INTEGER := 0;
+    v_try INTEGER := 0;
 BEGIN
-    WITH cancelled AS (
-        UPDATE "tasks" AS t SET status = 'cancelled', finished_at = now()
-        WHERE t.id = ANY (p_ids) AND t.status IN ('pending', 'waiting')
-        RETURNING t.id, t.queue_name
-    ), results_written AS (
-        INSERT INTO "results" (task_id, status, error, error_type, created_at, completed_at, result_data)
-        SELECT c.id, 'cancelled', p_reason, 'TaskCancelled', now(), now(), '{}' FROM cancelled AS c
-        ON CONFLICT (task_id) DO UPDATE SET status = 'cancelled', error = excluded.error,
-            error_type = excluded.error_type, completed_at = excluded.completed_at
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
-        SELECT c.id, 'cancelled', now(), c.queue_name, p_reason
-        FROM cancelled AS c
-    )
-    SELECT array_agg(c.id) INTO v_ids FROM cancelled AS c;
-    IF v_ids IS NOT NULL THEN
-        PERFORM omniq_resolve_dependents(v_ids);
-    END IF;
-    RETURN coalesce(cardinality(v_ids), 0);
+    LOOP
+        BEGIN
+            SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'cancelled',
+                       'error', p_reason, 'error_type', 'TaskCancelled', 'message', p_reason))
+            INTO v_ends
+            FROM (SELECT t.id FROM "tasks" AS t
+                  WHERE t.id = ANY (p_ids) AND t.status IN ('pending', 'waiting')
+                  ORDER BY t.id FOR NO KEY UPDATE) AS l;
+            IF v_ends IS NOT NULL THEN
+                SELECT count(*) INTO v_n
+                FROM omniq_end_tasks(v_ends, '{pending,waiting}') AS e WHERE e.id = ANY (p_ids);
+            END IF;
+            RETURN v_n;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
 END
 $$;
 
@@ -100,6 +144,171 @@ CREATE FUNCTION public.omniq_channel(kind text) RETURNS text
     SET search_path TO 'public'
     AS $$
     SELECT 'omniq_' || kind || '_' || left(md5(current_schema()), 12)
+$$;
+
+CREATE FUNCTION public.omniq_check_invariants(p_window interval DEFAULT '01:00:00'::interval, p_limit integer DEFAULT 1000, p_grace interval DEFAULT '00:01:00'::interval) RETURNS TABLE(invariant text, task_id text, schedule_id text, detail text)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'public'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_final CONSTANT TEXT[] := '{completed,failed,expired,cancelled}';
+    v_recent TEXT[];
+BEGIN
+    RETURN QUERY
+    SELECT CASE WHEN st.dead IS NOT NULL THEN 'waiting_on_dead' ELSE 'waiting_ready' END,
+           w.id, NULL::text, coalesce(st.dead, 'every dependency completed; still waiting')
+    FROM (SELECT t.id FROM "tasks" AS t WHERE t.status = 'waiting'
+          ORDER BY t.id LIMIT p_limit) AS k
+    JOIN "tasks" AS w ON w.id = k.id
+    CROSS JOIN LATERAL omniq_dependencies_state(w.dependencies) AS st
+    WHERE w.status = 'waiting' AND (st.ready OR st.dead IS NOT NULL);
+
+    SELECT array_agg(DISTINCT r.id) INTO v_recent FROM (
+        (SELECT t.id FROM "tasks" AS t
+         WHERE t.status IN ('completed', 'failed', 'cancelled', 'expired')
+           AND t.created_at > now() - p_window
+         ORDER BY t.status, t.created_at DESC LIMIT p_limit)
+        UNION ALL
+        (SELECT e.task_id FROM "events" AS e
+         WHERE e.timestamp > now() - p_window
+           AND e.event_type IN ('completed', 'failed', 'cancelled', 'expired')
+         ORDER BY e.timestamp DESC LIMIT p_limit)) AS r;
+
+    RETURN QUERY
+    SELECT v.invariant, t.id, NULL::text, v.detail
+    FROM "tasks" AS t
+    LEFT JOIN "results" AS rs ON rs.task_id = t.id
+    CROSS JOIN LATERAL (VALUES
+        ('final_without_result',
+         CASE WHEN rs.status IS NULL
+                   AND NOT coalesce(t.finished_at + make_interval(
+                           secs => (t.task_data ->> 'result_ttl')::float8) <= now(), false)
+              THEN t.status || ' task has no result row' END),
+        ('result_mismatch',
+         CASE WHEN rs.status IS DISTINCT FROM CASE t.status WHEN 'completed' THEN 'success'
+                                                              WHEN 'failed' THEN 'failure'
+                                                              ELSE t.status END
+                   AND rs.status IS NOT NULL
+              THEN t.status || ' task has a ' || rs.status || ' result' END),
+        ('final_without_event',
+         CASE WHEN NOT EXISTS (SELECT 1 FROM "events" AS e
+                               WHERE e.task_id = t.id AND e.event_type = t.status)
+              THEN 'no ' || t.status || ' event' END),
+        ('ended_twice',
+         (SELECT 'final events since it was last queued: ' || string_agg(e.event_type, ', ' ORDER BY e.timestamp)
+          FROM "events" AS e
+          WHERE e.task_id = t.id AND e.event_type = ANY (v_final)
+            AND e.timestamp >= coalesce((SELECT max(q.timestamp) FROM "events" AS q
+                                         WHERE q.task_id = t.id AND q.event_type = 'requeued'),
+                                        '-infinity')
+          HAVING count(*) > 1)),
+        ('callback_missing',
+         (SELECT 'no ' || string_agg(c.key, ', ') || ' callback task'
+          FROM jsonb_each_text(t.callbacks) AS c
+          WHERE (c.key = 'on_complete'
+                 OR (c.key = 'on_success' AND t.status = 'completed')
+                 OR (c.key = 'on_failure' AND t.status IN ('failed', 'expired')))
+            AND NOT EXISTS (SELECT 1 FROM "tasks" AS cb WHERE cb.id = omniq_callback_id(t.id, c.key))
+          HAVING count(*) > 0))
+    ) AS v(invariant, detail)
+    WHERE t.id = ANY (v_recent) AND t.status = ANY (v_final) AND v.detail IS NOT NULL;
+
+    RETURN QUERY
+    SELECT 'running_on_dead_worker', t.id, NULL::text,
+           CASE WHEN w.id IS NULL
+                THEN 'running since ' || t.started_at || ' under unregistered worker ' || t.worker_id
+                ELSE 'worker ' || w.id || ' silent since ' || w.last_heartbeat
+                     || ' (stale after ' || w.stale_after || ')' END
+    FROM "tasks" AS t
+    LEFT JOIN omniq_workers AS w ON w.id = t.worker_id
+    WHERE t.status = 'running' AND t.worker_id IS NOT NULL
+      AND CASE WHEN w.id IS NULL THEN t.started_at < now() - interval '30 seconds' - p_grace
+               ELSE w.last_heartbeat < now() - w.stale_after - p_grace END;
+
+    RETURN QUERY
+    SELECT 'schedule_next_run', NULL::text, s.id,
+           'next_run ' || coalesce(s.next_run::text, 'NULL') || ', last_run '
+           || coalesce(s.last_run::text, 'NULL')
+    FROM "schedules" AS s
+    WHERE s.status = 'active' AND (s.next_run IS NULL OR s.next_run <= s.last_run);
+
+    RETURN QUERY
+    SELECT 'schedule_fired_twice', e.task_id, min(e.schedule_id),
+           'fired ' || count(*) || ' times'
+    FROM "events" AS e
+    WHERE e.timestamp > now() - p_window AND e.event_type = 'scheduled'
+    GROUP BY e.task_id HAVING count(*) > 1;
+
+    RETURN QUERY
+    SELECT 'constraint_not_validated', NULL::text, NULL::text,
+           c.conrelid::regclass || ': ' || c.conname
+           || ' (ALTER TABLE ... VALIDATE CONSTRAINT checks the older rows without blocking writes)'
+    FROM pg_constraint AS c
+    WHERE c.conrelid IN (SELECT y.typrelid FROM pg_type AS y
+                         WHERE y.oid IN (pg_typeof(NULL::"tasks"), pg_typeof(NULL::"schedules")))
+      AND c.contype = 'c'
+      AND NOT c.convalidated;
+
+    IF FOUND THEN  -- older rows may break the rules: look at the recent ones
+        RETURN QUERY
+        SELECT 'invalid_row', t.id, NULL::text, 'task id, queue_name or func outside the rules'
+        FROM "tasks" AS t
+        WHERE t.created_at > now() - p_window
+          AND NOT (length(t.id) BETWEEN 1 AND 255 AND t.id !~ '[\s,\x01-\x1f\x7f]'
+                   AND length(t.queue_name) <= 200 AND t.queue_name ~ '\S'
+                   AND t.queue_name !~ '[\x01-\x1f\x7f]')
+        LIMIT p_limit;
+        RETURN QUERY
+        SELECT 'invalid_row', NULL::text, s.id, 'schedule id or queue_name outside the rules'
+        FROM "schedules" AS s
+        WHERE NOT (length(s.id) BETWEEN 1 AND 200 AND s.id !~ '[\s,\x01-\x1f\x7f]'
+                   AND length(s.queue_name) <= 200 AND s.queue_name ~ '\S'
+                   AND s.queue_name !~ '[\x01-\x1f\x7f]')
+        LIMIT p_limit;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.omniq_check_new_dependencies(p_ids text[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_bad RECORD;
+    v_cycle TEXT;
+BEGIN
+    PERFORM 1 FROM "tasks" AS x
+    WHERE x.id IN (SELECT d.dep FROM "tasks" AS w
+                   CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+                   WHERE w.id = ANY (p_ids))
+    ORDER BY x.id FOR KEY SHARE;
+    SELECT w.id, d.dep INTO v_bad
+    FROM "tasks" AS w CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+    WHERE w.id = ANY (p_ids) AND NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = d.dep)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'task % depends on unknown task %', v_bad.id, v_bad.dep
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'Enqueue the dependency first, or in the same enqueue_many call.';
+    END IF;
+    WITH RECURSIVE walk(start, id, path) AS (
+        SELECT w.id, d.dep, ARRAY[w.id, d.dep]
+        FROM "tasks" AS w CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+        WHERE w.id = ANY (p_ids) AND d.dep = ANY (p_ids)
+        UNION ALL
+        SELECT k.start, d.dep, k.path || d.dep
+        FROM walk AS k JOIN "tasks" AS w ON w.id = k.id
+        CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+        WHERE d.dep = ANY (p_ids) AND k.id <> k.start AND cardinality(k.path) <= cardinality(p_ids)
+    )
+    SELECT array_to_string(k.path, ' -> ') INTO v_cycle FROM walk AS k WHERE k.id = k.start LIMIT 1;
+    IF v_cycle IS NOT NULL THEN
+        RAISE EXCEPTION 'dependency cycle: %', v_cycle
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A task cannot wait for itself, directly or through others.';
+    END IF;
+END
 $$;
 
 CREATE TABLE public.schedules (
@@ -122,13 +331,16 @@ CREATE TABLE public.schedules (
     expires_at timestamp with time zone,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     schedule_data jsonb NOT NULL,
+    CONSTRAINT schedules_func_check CHECK ((func ~ '^[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*[.:][A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*$'::text)),
+    CONSTRAINT schedules_id_check CHECK ((((length(id) >= 1) AND (length(id) <= 200)) AND (id !~ '[\s,\x01-\x1f\x7f]'::text))),
+    CONSTRAINT schedules_queue_name_check CHECK (((length(queue_name) <= 200) AND (queue_name ~ '\S'::text) AND (queue_name !~ '[\x01-\x1f\x7f]'::text))),
     CONSTRAINT schedules_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'completed'::text, 'expired'::text, 'cancelled'::text]))),
     CONSTRAINT schedules_type_check CHECK ((schedule_type = ANY (ARRAY['cron'::text, 'interval'::text, 'timestamp'::text])))
 );
 
 CREATE FUNCTION public.omniq_claim_schedules(p_limit integer) RETURNS SETOF public.schedules
-    LANGUAGE sql
-    SET search_path TO 'public'
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
     SELECT * FROM "schedules"
     WHERE status = 'active' AND next_run <= now()
@@ -245,6 +457,41 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_delete_task(p_id text) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_dependent TEXT;
+BEGIN
+    PERFORM 1 FROM "tasks" AS t WHERE t.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    SELECT w.id INTO v_dependent FROM "tasks" AS w
+    WHERE w.status = 'waiting' AND w.dependencies ? p_id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'task % cannot be deleted: task % waits for it', p_id, v_dependent
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Cancel it instead (omniq cancel, cancel_task): its dependents are cancelled too.';
+    END IF;
+    DELETE FROM "tasks" AS t WHERE t.id = p_id;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION public.omniq_dependencies_state(p_dependencies jsonb, OUT ready boolean, OUT dead text) RETURNS record
+    LANGUAGE sql STABLE
+    SET search_path TO 'public'
+    AS $$
+    SELECT coalesce(bool_and(coalesce(s.status = 'completed', false)), true),
+           min(CASE WHEN s.status IS NULL THEN 'dependency ' || s.dep || ' no longer exists'
+                    WHEN s.status IN ('failed', 'cancelled', 'expired')
+                    THEN 'dependency ' || s.dep || ' ended ' || s.status END)
+    FROM (SELECT d.dep, (SELECT x.status FROM "tasks" AS x WHERE x.id = d.dep) AS status
+          FROM jsonb_array_elements_text(p_dependencies) AS d(dep)) AS s
+$$;
+
 CREATE TABLE public.tasks (
     id text NOT NULL,
     queue_name text NOT NULL,
@@ -267,25 +514,50 @@ CREATE TABLE public.tasks (
     finished_at timestamp with time zone,
     worker_id text,
     attempts integer DEFAULT 0 NOT NULL,
+    delayed boolean DEFAULT false NOT NULL,
+    CONSTRAINT tasks_func_check CHECK ((func ~ '^[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*[.:][A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*$'::text)),
+    CONSTRAINT tasks_id_check CHECK ((((length(id) >= 1) AND (length(id) <= 255)) AND (id !~ '[\s,\x01-\x1f\x7f]'::text))),
+    CONSTRAINT tasks_json_check CHECK (((jsonb_typeof(args) = 'array'::text) AND (jsonb_typeof(kwargs) = 'object'::text) AND (jsonb_typeof(dependencies) = 'array'::text) AND (jsonb_typeof(callbacks) = 'object'::text) AND ((callbacks - '{on_success,on_failure,on_complete}'::text[]) = '{}'::jsonb) AND (jsonb_typeof(metadata) = 'object'::text) AND (jsonb_typeof(task_data) = 'object'::text))),
+    CONSTRAINT tasks_numbers_check CHECK ((((max_retries >= 0) AND (max_retries <= 10000)) AND (retry_count >= 0) AND (retry_delay >= (0)::double precision) AND (retry_delay <> 'NaN'::real))),
+    CONSTRAINT tasks_queue_name_check CHECK (((length(queue_name) <= 200) AND (queue_name ~ '\S'::text) AND (queue_name !~ '[\x01-\x1f\x7f]'::text))),
     CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'waiting'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05');
 
 CREATE FUNCTION public.omniq_dequeue(p_queues text[], p_limit integer, p_worker_id text) RETURNS SETOF public.tasks
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
     v_queue TEXT;
     v_got INTEGER := 0;
     v_n INTEGER;
+    v_expire BOOLEAN;
+    v_due BOOLEAN;
 BEGIN
-    PERFORM omniq_expire_tasks(p_queues);
+    SELECT EXISTS (SELECT 1 FROM "tasks" AS t
+                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
+                     AND t.queue_name = ANY (p_queues)),
+           EXISTS (SELECT 1 FROM "tasks" AS t
+                   WHERE t.status = 'pending' AND t.delayed AND t.queue_name = ANY (p_queues)
+                     AND t.run_at <= now())
+    INTO v_expire, v_due;
+    IF v_expire THEN
+        PERFORM omniq_expire_tasks(p_queues);
+    END IF;
+    IF v_due THEN
+        UPDATE "tasks" AS t SET delayed = false
+        WHERE t.id IN (SELECT d.id FROM "tasks" AS d
+                       WHERE d.status = 'pending' AND d.delayed AND d.queue_name = ANY (p_queues)
+                         AND d.run_at <= now()
+                       ORDER BY d.run_at LIMIT 10000
+                       FOR NO KEY UPDATE SKIP LOCKED);
+    END IF;
     FOREACH v_queue IN ARRAY p_queues LOOP
         RETURN QUERY
         WITH picked AS (
             SELECT t.id FROM "tasks" AS t
-            WHERE t.status = 'pending' AND t.queue_name = v_queue
+            WHERE t.status = 'pending' AND t.queue_name = v_queue AND t.delayed = false
               AND (t.run_at IS NULL OR t.run_at <= now())
               AND (t.expires_at IS NULL OR t.expires_at > now())
             ORDER BY t.priority DESC, t.created_at ASC
@@ -308,9 +580,98 @@ BEGIN
         EXIT WHEN v_got >= p_limit;
     END LOOP;
     IF v_got > 0 AND p_worker_id IS NOT NULL THEN
-        INSERT INTO omniq_workers (id, queues) VALUES (p_worker_id, p_queues)
-        ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE SET last_heartbeat = now();
+        UPDATE omniq_workers SET last_heartbeat = now() WHERE omniq_workers.id = p_worker_id;
     END IF;
+END
+$$;
+
+CREATE FUNCTION public.omniq_end_tasks(p_ends jsonb, p_from text[], p_worker_id text DEFAULT NULL::text) RETURNS TABLE(id text, status text)
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_ids TEXT[];
+    v_statuses TEXT[];
+    v_completed TEXT[];
+    v_dead TEXT[];
+    v_callbacks JSONB;
+BEGIN
+    WITH o AS (
+        SELECT x.*, coalesce(x.status, CASE x.outcome WHEN 'success' THEN 'completed'
+                                                      WHEN 'failure' THEN 'failed'
+                                                      ELSE x.outcome END) AS final
+        FROM jsonb_to_recordset(p_ends) AS x(id TEXT, status TEXT, outcome TEXT, attempt INTEGER,
+            result JSONB, error TEXT, error_type TEXT, traceback TEXT, started_at TIMESTAMPTZ,
+            finished_at TIMESTAMPTZ, execution_time REAL, message TEXT, worker_id TEXT)
+    ), ended AS (
+        UPDATE "tasks" AS t
+        SET status = o.final, delayed = false,
+            finished_at = coalesce(o.finished_at, now()),
+            started_at = coalesce(o.started_at, t.started_at)
+        FROM o
+        WHERE t.id = o.id AND t.status = ANY (p_from)
+          AND (o.attempt IS NULL OR t.attempts = o.attempt)
+          AND o.final IN ('completed', 'failed', 'expired', 'cancelled')
+        RETURNING t.id, t.status, t.queue_name, t.callbacks, t.task_data, t.started_at,
+                  t.finished_at, o.outcome, o.result, o.error, o.error_type, o.traceback,
+                  o.execution_time, o.message, coalesce(o.worker_id, p_worker_id) AS worker_id
+    ), results_written AS (
+        INSERT INTO "results" AS r (task_id, status, result, error, error_type, traceback,
+            created_at, started_at, completed_at, expires_at, worker_id, execution_time, result_data)
+        SELECT u.id, CASE u.status WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
+                                   ELSE u.status END,
+               u.result, u.error, u.error_type, u.traceback, now(), u.started_at, u.finished_at,
+               u.finished_at + make_interval(secs => (u.task_data ->> 'result_ttl')::float8),
+               u.worker_id, u.execution_time, '{}'
+        FROM ended AS u
+        ON CONFLICT (task_id) DO UPDATE SET status = excluded.status, result = excluded.result,
+            error = excluded.error, error_type = excluded.error_type,
+            traceback = excluded.traceback, started_at = excluded.started_at,
+            completed_at = excluded.completed_at, expires_at = excluded.expires_at,
+            worker_id = excluded.worker_id, execution_time = excluded.execution_time
+    ), logged AS (
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
+            message, error_type, error_message, traceback, execution_time)
+        SELECT u.id, e.event_type, e.at, u.queue_name, u.worker_id, e.message,
+               e.error_type, e.error, e.traceback, e.execution_time
+        FROM ended AS u
+        CROSS JOIN LATERAL (VALUES
+            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real,
+             NULL::text, NULL::text, NULL::text),
+            (u.status, u.finished_at, u.message, u.execution_time, u.error_type, u.error,
+             u.traceback)
+        ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
+        WHERE e.event_type <> 'executing' OR u.outcome IN ('success', 'failure')
+    )
+    SELECT array_agg(u.id), array_agg(u.status),
+           array_agg(u.id) FILTER (WHERE u.status = 'completed'),
+           array_agg(u.id) FILTER (WHERE u.status <> 'completed'),
+           (SELECT jsonb_agg(jsonb_build_object(
+                'id', omniq_callback_id(f.id, c.key), 'func', c.value, 'queue_name', f.queue_name,
+                'args', jsonb_build_array(jsonb_build_object('task_id', f.id,
+                    'status', CASE f.status WHEN 'completed' THEN 'success'
+                                            WHEN 'failed' THEN 'failure' ELSE f.status END,
+                    'result', f.result, 'error', f.error, 'error_type', f.error_type)),
+                'metadata', jsonb_build_object('callback_of', f.id, 'callback', c.key)))
+            FROM ended AS f CROSS JOIN LATERAL jsonb_each_text(f.callbacks) AS c
+            WHERE c.key = 'on_complete'
+               OR (c.key = 'on_success' AND f.status = 'completed')
+               OR (c.key = 'on_failure' AND f.status IN ('failed', 'expired')))
+    INTO v_ids, v_statuses, v_completed, v_dead, v_callbacks
+    FROM ended AS u;
+
+    IF v_callbacks IS NOT NULL THEN
+        PERFORM omniq_insert_tasks(v_callbacks, true);
+    END IF;
+    IF v_ids IS NOT NULL AND EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'waiting') THEN
+        IF v_dead IS NOT NULL THEN
+            PERFORM omniq_cancel_dependents(v_dead);
+        END IF;
+        IF v_completed IS NOT NULL THEN
+            PERFORM omniq_release_dependents(v_completed);
+        END IF;
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
 END
 $$;
 
@@ -319,32 +680,24 @@ CREATE FUNCTION public.omniq_enqueue(p_tasks jsonb) RETURNS TABLE(id text, statu
     SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
+    v_bad TEXT;
     v_waiting TEXT[];
 BEGIN
-    WITH new_rows AS (
-        INSERT INTO "tasks" AS t (id, queue_name, priority, status, func, args, kwargs,
-            created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
-            dependencies, callbacks, metadata, task_data)
-        SELECT coalesce(r.id, gen_random_uuid()::text), coalesce(r.queue_name, 'default'),
-               coalesce(r.priority, 0),
-               CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
-                    THEN 'waiting' ELSE 'pending' END,
-               r.func, coalesce(r.args, '[]'), coalesce(r.kwargs, '{}'),
-               coalesce(r.created_at, now()), r.run_at, r.expires_at,
-               coalesce(r.retry_count, 0), coalesce(r.max_retries, 3), coalesce(r.retry_delay, 1.0),
-               coalesce(r.dependencies, '[]'), coalesce(r.callbacks, '{}'),
-               coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
-        FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
-        RETURNING t.id, t.status, t.queue_name
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
-        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
-        FROM new_rows AS n
-    )
-    SELECT array_agg(n.id) FILTER (WHERE n.status = 'waiting') INTO v_waiting FROM new_rows AS n;
-
+    IF jsonb_typeof(p_tasks) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'omniq_enqueue takes a JSON array of tasks, got %', left(p_tasks::text, 200)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF strpos(p_tasks::text, '@') > 0 THEN
+        SELECT x.id INTO v_bad FROM jsonb_to_recordset(p_tasks) AS x(id TEXT)
+        WHERE omniq_reserved_id(x.id) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'task id % is reserved for OmniQ''s own tasks (schedule fires and callbacks)',
+                quote_literal(v_bad) USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Ids ending in ''@<UTC timestamp>'', ''@on_success'', ''@on_failure'' or ''@on_complete'' are reserved; choose another id.';
+        END IF;
+    END IF;
+    SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
     IF v_waiting IS NOT NULL THEN
-        PERFORM omniq_resolve_waiting(v_waiting, true);
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
     END IF;
 END
@@ -355,191 +708,235 @@ CREATE FUNCTION public.omniq_expire_tasks(p_queues text[] DEFAULT NULL::text[]) 
     SET search_path TO 'public'
     AS $$
 DECLARE
-    v_ids TEXT[];
+    v_ends JSONB;
+    v_n INTEGER := 0;
+    v_try INTEGER := 0;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t
-                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
-                     AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))) THEN
-        RETURN 0;  -- the usual case, answered by the index alone
-    END IF;
-    WITH expired AS (
-        UPDATE "tasks" AS t SET status = 'expired', finished_at = now()
-        WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
-          AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))
-        RETURNING t.id, t.queue_name, t.expires_at
-    ), results_written AS (
-        INSERT INTO "results" (task_id, status, error, error_type, created_at, completed_at, result_data)
-        SELECT x.id, 'expired', 'task expired at ' || x.expires_at || ' before it ran',
-               'TaskExpired', now(), now(), '{}'
-        FROM expired AS x
-        ON CONFLICT (task_id) DO UPDATE SET status = 'expired', error = excluded.error,
-            error_type = excluded.error_type, completed_at = excluded.completed_at
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
-        SELECT x.id, 'expired', now(), x.queue_name, 'expired before it ran'
-        FROM expired AS x
-    )
-    SELECT array_agg(x.id) INTO v_ids FROM expired AS x;
-    IF v_ids IS NOT NULL THEN
-        PERFORM omniq_resolve_dependents(v_ids);
-    END IF;
-    RETURN coalesce(cardinality(v_ids), 0);
+    LOOP
+        BEGIN
+            SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'expired',
+                       'error', 'task expired at ' || l.expires_at || ' before it ran',
+                       'error_type', 'TaskExpired', 'message', 'expired before it ran'))
+            INTO v_ends
+            FROM (SELECT t.id, t.expires_at FROM "tasks" AS t
+                  WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
+                    AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))
+                  ORDER BY t.id
+                  FOR NO KEY UPDATE SKIP LOCKED) AS l;
+            IF v_ends IS NOT NULL THEN
+                SELECT count(*) INTO v_n FROM omniq_end_tasks(v_ends, '{pending,waiting}');
+            END IF;
+            RETURN v_n;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
 END
 $$;
 
 CREATE FUNCTION public.omniq_finish_tasks(p_outcomes jsonb, p_worker_id text) RETURNS TABLE(id text, status text)
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
     v_ids TEXT[];
     v_statuses TEXT[];
-    v_finished TEXT[];
-    v_callbacks JSONB;
+    v_try INTEGER := 0;
 BEGIN
-    WITH o AS (
-        SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER, outcome TEXT,
-            result JSONB, error TEXT, error_type TEXT, traceback TEXT, started_at TIMESTAMPTZ,
-            finished_at TIMESTAMPTZ, execution_time REAL)
-    ), upd AS (
-        UPDATE "tasks" AS t
-        SET status = CASE
-                WHEN o.outcome = 'success' THEN 'completed'
-                WHEN o.outcome = 'expired' THEN 'expired'
-                WHEN t.retry_count < t.max_retries THEN 'pending'
-                ELSE 'failed' END,
-            retry_count = t.retry_count + (o.outcome = 'failure' AND t.retry_count < t.max_retries)::int,
-            run_at = CASE WHEN o.outcome = 'failure' AND t.retry_count < t.max_retries
-                          THEN now() + omniq_retry_delay(t.retry_delay, t.retry_count) ELSE t.run_at END,
-            finished_at = CASE WHEN o.outcome = 'failure' AND t.retry_count < t.max_retries
-                               THEN NULL ELSE coalesce(o.finished_at, now()) END,
-            started_at = coalesce(o.started_at, t.started_at)
-        FROM o
-        WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = 'running'
-        RETURNING t.id, t.status, t.queue_name, t.callbacks, t.task_data, t.run_at, t.retry_count,
-                  t.started_at, o.outcome, o.result, o.error, o.error_type, o.traceback,
-                  o.finished_at, o.execution_time
-    ), results_written AS (
-        INSERT INTO "results" AS r (task_id, status, result, error, error_type, traceback,
-            created_at, started_at, completed_at, expires_at, worker_id, execution_time, result_data)
-        SELECT u.id, CASE u.status WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
-                                   ELSE u.status END,
-               u.result, u.error, u.error_type, u.traceback, now(), u.started_at,
-               coalesce(u.finished_at, now()),
-               coalesce(u.finished_at, now())
-                   + make_interval(secs => (u.task_data ->> 'result_ttl')::float8),
-               p_worker_id, u.execution_time, '{}'
-        FROM upd AS u WHERE u.status <> 'pending'
-        ON CONFLICT (task_id) DO UPDATE SET status = excluded.status, result = excluded.result,
-            error = excluded.error, error_type = excluded.error_type,
-            traceback = excluded.traceback, started_at = excluded.started_at,
-            completed_at = excluded.completed_at, expires_at = excluded.expires_at,
-            worker_id = excluded.worker_id, execution_time = excluded.execution_time
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
-            message, error_type, error_message, traceback, execution_time)
-        SELECT u.id, e.event_type, e.at, u.queue_name, p_worker_id, e.message,
-               e.error_type, e.error, e.traceback, e.execution_time
-        FROM upd AS u
-        CROSS JOIN LATERAL (VALUES
-            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real,
-             NULL::text, NULL::text, NULL::text),
-            (CASE u.status WHEN 'pending' THEN 'retry' ELSE u.status END,
-             coalesce(u.finished_at, now()),
-             CASE WHEN u.status = 'pending' THEN 'retry ' || u.retry_count || ' at ' || u.run_at END,
-             u.execution_time, u.error_type, u.error, u.traceback)
-        ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
-        WHERE u.outcome <> 'expired' OR e.event_type <> 'executing'
-    )
-    SELECT array_agg(u.id), array_agg(u.status),
-           array_agg(u.id) FILTER (WHERE u.status <> 'pending'),
-           (SELECT jsonb_agg(jsonb_build_object(
-                'func', c.value, 'queue_name', f.queue_name,
-                'args', jsonb_build_array(jsonb_build_object('task_id', f.id,
-                    'status', CASE f.status WHEN 'completed' THEN 'success'
-                                            WHEN 'failed' THEN 'failure' ELSE f.status END,
-                    'result', f.result, 'error', f.error, 'error_type', f.error_type)),
-                'metadata', jsonb_build_object('callback_of', f.id, 'callback', c.key)))
-            FROM upd AS f CROSS JOIN LATERAL jsonb_each_text(f.callbacks) AS c
-            WHERE (c.key = 'on_complete' AND f.status <> 'pending')
-               OR (c.key = 'on_success' AND f.status = 'completed')
-               OR (c.key = 'on_failure' AND f.status IN ('failed', 'expired')))
-    INTO v_ids, v_statuses, v_finished, v_callbacks
-    FROM upd AS u;
-
-    IF v_callbacks IS NOT NULL THEN
-        PERFORM omniq_enqueue(v_callbacks);
-    END IF;
-    IF v_finished IS NOT NULL THEN
-        PERFORM omniq_resolve_dependents(v_finished);
-    END IF;
+    LOOP
+        BEGIN
+            v_ids := NULL;
+            v_statuses := NULL;
+            IF strpos(p_outcomes::text, '"failure"') > 0 THEN
+                WITH o AS (
+                    SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER,
+                        outcome TEXT, error TEXT, error_type TEXT, traceback TEXT,
+                        started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, execution_time REAL)
+                    WHERE x.outcome = 'failure'
+                ), retried AS (
+                    UPDATE "tasks" AS t
+                    SET status = 'pending', retry_count = t.retry_count + 1,
+                        run_at = now() + omniq_retry_delay(t.retry_delay, t.retry_count),
+                        delayed = t.retry_delay > 0, finished_at = NULL,
+                        started_at = coalesce(o.started_at, t.started_at)
+                    FROM o
+                    WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = 'running'
+                      AND t.retry_count < t.max_retries
+                    RETURNING t.id, t.queue_name, t.run_at, t.retry_count, t.started_at,
+                              o.error, o.error_type, o.traceback, o.finished_at, o.execution_time
+                ), logged AS (
+                    INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
+                        message, error_type, error_message, traceback, execution_time)
+                    SELECT r.id, e.event_type, e.at, r.queue_name, p_worker_id, e.message,
+                           e.error_type, e.error, e.traceback, e.execution_time
+                    FROM retried AS r
+                    CROSS JOIN LATERAL (VALUES
+                        ('executing', coalesce(r.started_at, now()), NULL::text, NULL::real,
+                         NULL::text, NULL::text, NULL::text),
+                        ('retry', coalesce(r.finished_at, now()),
+                         'retry ' || r.retry_count || ' at ' || r.run_at, r.execution_time,
+                         r.error_type, r.error, r.traceback)
+                    ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
+                )
+                SELECT array_agg(r.id), array_agg('pending'::text) INTO v_ids, v_statuses
+                FROM retried AS r;
+            END IF;
+            SELECT coalesce(v_ids, '{}') || array_agg(e.id),
+                   coalesce(v_statuses, '{}') || array_agg(e.status)
+            INTO v_ids, v_statuses
+            FROM omniq_end_tasks(p_outcomes, '{running}', p_worker_id) AS e;
+            EXIT;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
 END
 $$;
 
-CREATE FUNCTION public.omniq_fire_schedules(p_ids text[], p_next_runs timestamp with time zone[]) RETURNS integer
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
+CREATE FUNCTION public.omniq_fire_schedules(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[] DEFAULT NULL::text[]) RETURNS TABLE(schedule_id text, task_id text, error text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
+#variable_conflict use_column
 DECLARE
     s RECORD;
     v_expiry TIMESTAMPTZ;
-    v_task_id TEXT;
-    v_fired INTEGER := 0;
+    v_task TEXT;
+    v_inserted INTEGER;
+    v_error TEXT;
 BEGIN
     FOR s IN
-        SELECT sc.*, n.following FROM "schedules" AS sc
-        JOIN unnest(p_ids, p_next_runs) AS n(id, following) ON sc.id = n.id
+        SELECT sc.*, n.following, n.problem FROM "schedules" AS sc
+        JOIN unnest(p_ids, p_next_runs,
+                    coalesce(p_errors, array_fill(NULL::text, ARRAY[cardinality(p_ids)])))
+             AS n(id, following, problem) ON sc.id = n.id
         WHERE sc.status = 'active' AND sc.next_run <= now()
         ORDER BY sc.next_run
         FOR UPDATE OF sc
     LOOP
-        v_expiry := coalesce(s.expires_at, s.created_at + make_interval(secs => s.ttl_seconds));
-        IF v_expiry IS NOT NULL AND v_expiry <= now() THEN
-            UPDATE "schedules" SET status = 'expired' WHERE id = s.id;
-            CONTINUE;
-        END IF;
-        v_task_id := s.id || '@' || to_char(s.next_run AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
-        PERFORM omniq_enqueue(jsonb_build_array(jsonb_build_object(
-            'id', v_task_id, 'func', s.func, 'args', s.args, 'kwargs', s.kwargs,
-            'queue_name', s.queue_name,
-            'priority', s.schedule_data -> 'priority',
-            'max_retries', s.schedule_data -> 'max_retries',
-            'retry_delay', s.schedule_data -> 'retry_delay',
-            'metadata', jsonb_build_object('schedule_id', s.id, 'due', s.next_run),
-            'task_data', jsonb_strip_nulls(jsonb_build_object('timeout', s.schedule_data -> 'timeout')))));
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, schedule_id, message)
-        VALUES (v_task_id, 'scheduled', now(), s.queue_name, s.id,
-                'fired for ' || s.next_run);
-        UPDATE "schedules"
-        SET last_run = now(), run_count = run_count + 1, next_run = s.following,
-            status = CASE
-                WHEN s.following IS NULL THEN 'completed'
-                WHEN s.max_runs IS NOT NULL AND s.run_count + 1 >= s.max_runs THEN 'completed'
-                WHEN v_expiry IS NOT NULL AND s.following >= v_expiry THEN 'expired'
-                ELSE 'active' END
-        WHERE id = s.id;
-        v_fired := v_fired + 1;
+        v_task := NULL;
+        v_error := NULL;
+        BEGIN
+            IF s.problem IS NOT NULL THEN
+                RAISE EXCEPTION '%', s.problem USING ERRCODE = 'data_exception';
+            END IF;
+            v_expiry := coalesce(s.expires_at, s.created_at + make_interval(secs => s.ttl_seconds));
+            IF v_expiry IS NOT NULL AND v_expiry <= now() THEN
+                UPDATE "schedules" AS sc SET status = 'expired' WHERE sc.id = s.id;
+            ELSE
+                IF s.following IS NOT NULL AND s.following <= s.next_run THEN
+                    RAISE EXCEPTION 'following fire time % is not later than the due time %',
+                        s.following, s.next_run USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                v_task := s.id || '@'
+                    || to_char(s.next_run AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+                SELECT i.inserted INTO v_inserted FROM omniq_insert_tasks(jsonb_build_array(
+                    jsonb_build_object(
+                        'id', v_task, 'func', s.func, 'args', s.args, 'kwargs', s.kwargs,
+                        'queue_name', s.queue_name,
+                        'priority', s.schedule_data -> 'priority',
+                        'max_retries', s.schedule_data -> 'max_retries',
+                        'retry_delay', s.schedule_data -> 'retry_delay',
+                        'metadata', jsonb_build_object('schedule_id', s.id, 'due', s.next_run),
+                        'task_data', jsonb_strip_nulls(jsonb_build_object(
+                            'timeout', s.schedule_data -> 'timeout')))), true) AS i;
+                IF v_inserted > 0 THEN
+                    INSERT INTO "events" (task_id, event_type, timestamp, queue_name, schedule_id, message)
+                    VALUES (v_task, 'scheduled', now(), s.queue_name, s.id, 'fired for ' || s.next_run);
+                END IF;
+                UPDATE "schedules" AS sc
+                SET last_run = now(), run_count = sc.run_count + 1, next_run = s.following,
+                    status = CASE
+                        WHEN s.following IS NULL THEN 'completed'
+                        WHEN s.max_runs IS NOT NULL AND s.run_count + 1 >= s.max_runs THEN 'completed'
+                        WHEN v_expiry IS NOT NULL AND s.following >= v_expiry THEN 'expired'
+                        ELSE 'active' END
+                WHERE sc.id = s.id;
+            END IF;
+        EXCEPTION
+            WHEN transaction_rollback OR lock_not_available THEN
+                RAISE;
+            WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
+                v_task := NULL;
+                UPDATE "schedules" AS sc
+                SET status = 'paused',
+                    schedule_data = sc.schedule_data || jsonb_build_object(
+                        'last_error', v_error, 'last_error_at', now())
+                WHERE sc.id = s.id;
+                RAISE WARNING 'omniq: schedule % could not fire and was paused: %', s.id, v_error
+                    USING HINT = 'Fix it, then resume it (omniq schedule resume, omniq_resume_schedule).';
+        END;
+        schedule_id := s.id;
+        task_id := v_task;
+        error := v_error;
+        RETURN NEXT;
     END LOOP;
-    RETURN v_fired;
 END
 $$;
 
-CREATE FUNCTION public.omniq_heartbeat(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval) RETURNS text[]
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
+CREATE FUNCTION public.omniq_heartbeat(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer DEFAULT 0) RETURNS text[]
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 BEGIN
-    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after)
-    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after)
+    INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after,
+        stuck_threads)
+    VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after,
+        greatest(p_stuck_threads, 0))
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
         queues = excluded.queues, concurrency = excluded.concurrency,
-        stale_after = excluded.stale_after;
+        stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
                           WHERE t.id = h AND t.status = 'running' AND t.worker_id = p_worker_id));
+END
+$$;
+
+CREATE FUNCTION public.omniq_insert_tasks(p_tasks jsonb, p_if_absent boolean, OUT inserted integer, OUT waiting text[]) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+BEGIN
+    WITH new_rows AS (
+        INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
+            created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
+            dependencies, callbacks, metadata, task_data)
+        SELECT coalesce(r.id, gen_random_uuid()::text), coalesce(r.queue_name, 'default'),
+               coalesce(r.priority, 0),
+               CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
+                    THEN 'waiting' ELSE 'pending' END,
+               jsonb_array_length(coalesce(r.dependencies, '[]')) = 0
+                   AND coalesce(r.run_at > now(), false),
+               r.func, coalesce(r.args, '[]'), coalesce(r.kwargs, '{}'),
+               coalesce(r.created_at, now()), r.run_at, r.expires_at,
+               coalesce(r.retry_count, 0), coalesce(r.max_retries, 3), coalesce(r.retry_delay, 1.0),
+               coalesce(r.dependencies, '[]'), coalesce(r.callbacks, '{}'),
+               coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
+        FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
+        WHERE NOT p_if_absent OR NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = r.id)
+        RETURNING t.id, t.status, t.queue_name
+    ), logged AS (
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
+        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
+        FROM new_rows AS n
+    )
+    SELECT count(*), array_agg(n.id) FILTER (WHERE n.status = 'waiting')
+    INTO inserted, waiting FROM new_rows AS n;
+
+    IF waiting IS NOT NULL THEN
+        PERFORM omniq_check_new_dependencies(waiting);
+        PERFORM omniq_resolve_waiting(waiting, false);
+    END IF;
 END
 $$;
 
@@ -559,9 +956,10 @@ CREATE FUNCTION public.omniq_notify_results() RETURNS trigger
     AS $$
 BEGIN
     PERFORM pg_notify(omniq_channel('results'), string_agg(r.task_id, ','))
-    FROM (SELECT task_id, (row_number() OVER ()) / 25 AS chunk
-          FROM changed_results
-          WHERE status IN ('success', 'failure', 'cancelled', 'expired')) AS r
+    FROM (SELECT c.task_id,
+                 sum(octet_length(c.task_id) + 1) OVER (ROWS UNBOUNDED PRECEDING) / 6000 AS chunk
+          FROM changed_results AS c
+          WHERE c.status IN ('success', 'failure', 'cancelled', 'expired')) AS r
     GROUP BY r.chunk;
     RETURN NULL;
 END
@@ -582,6 +980,12 @@ CREATE FUNCTION public.omniq_notify_task_ready() RETURNS trigger
     SET search_path TO 'public'
     AS $$
 BEGIN
+    IF NEW.delayed AND EXISTS (SELECT 1 FROM "tasks" AS t
+                               WHERE t.status = 'pending' AND t.delayed
+                                 AND t.queue_name = NEW.queue_name
+                                 AND t.run_at > now() AND t.run_at < NEW.run_at) THEN
+        RETURN NULL;
+    END IF;
     PERFORM pg_notify(omniq_channel('tasks'), NEW.queue_name);
     RETURN NULL;
 END
@@ -593,7 +997,14 @@ CREATE FUNCTION public.omniq_notify_tasks_inserted() RETURNS trigger
     AS $$
 BEGIN
     PERFORM pg_notify(omniq_channel('tasks'), q.queue_name)
-    FROM (SELECT DISTINCT queue_name FROM new_tasks WHERE status = 'pending') AS q;
+    FROM (SELECT n.queue_name, bool_or(NOT n.delayed) AS ready,
+                 min(n.run_at) FILTER (WHERE n.delayed) AS first_due
+          FROM new_tasks AS n WHERE n.status = 'pending'
+          GROUP BY n.queue_name) AS q
+    WHERE q.ready
+       OR NOT EXISTS (SELECT 1 FROM "tasks" AS t
+                      WHERE t.status = 'pending' AND t.delayed AND t.queue_name = q.queue_name
+                        AND t.run_at > now() AND t.run_at < q.first_due);
     RETURN NULL;
 END
 $$;
@@ -680,16 +1091,78 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_release_tasks(p_ids text[], p_worker_id text, p_reason text) RETURNS integer
+CREATE FUNCTION public.omniq_recheck_at(p_state text) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT to_timestamp(coalesce(nullif(split_part(p_state, ' ', 1), '')::float8, 0))
+$$;
+
+CREATE FUNCTION public.omniq_recheck_waiting(p_every interval DEFAULT '00:00:10'::interval, p_batch integer DEFAULT 200) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_state TEXT;
+    v_ids TEXT[];
+    v_stuck TEXT[];
+BEGIN
+    SELECT m.value INTO v_state FROM omniq_meta AS m WHERE m.key = 'waiting_recheck';
+    IF NOT FOUND THEN  -- the first call of this installation
+        INSERT INTO omniq_meta (key, value) VALUES ('waiting_recheck', '')
+        ON CONFLICT (key) DO NOTHING;
+        v_state := '';
+    END IF;
+    IF omniq_recheck_at(v_state) > now() - p_every THEN
+        RETURN 0;
+    END IF;
+    SELECT m.value INTO v_state FROM omniq_meta AS m WHERE m.key = 'waiting_recheck'
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR omniq_recheck_at(v_state) > now() - p_every THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(w.id ORDER BY w.id) INTO v_ids
+    FROM (SELECT t.id FROM "tasks" AS t
+          WHERE t.status = 'waiting' AND t.id > substr(v_state, strpos(v_state, ' ') + 1)
+          ORDER BY t.id LIMIT p_batch) AS w;
+    SELECT array_agg(w.id) INTO v_stuck
+    FROM "tasks" AS w CROSS JOIN LATERAL omniq_dependencies_state(w.dependencies) AS s
+    WHERE w.id = ANY (v_ids) AND w.status = 'waiting' AND (s.ready OR s.dead IS NOT NULL);
+    IF v_stuck IS NOT NULL THEN
+        PERFORM omniq_resolve_waiting(v_stuck, true);
+    END IF;
+    UPDATE omniq_meta SET value = extract(epoch FROM now()) || ' '
+        || CASE WHEN cardinality(v_ids) = p_batch THEN v_ids[p_batch] ELSE '' END
+    WHERE key = 'waiting_recheck';
+    RETURN coalesce(cardinality(v_stuck), 0);
+END
+$$;
+
+CREATE FUNCTION public.omniq_release_dependents(p_completed text[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_ids TEXT[];
+BEGIN
+    SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
+    WHERE t.status = 'waiting' AND t.dependencies ?| p_completed;
+    IF v_ids IS NOT NULL THEN
+        PERFORM omniq_resolve_waiting(v_ids, false);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.omniq_release_tasks(p_ids text[], p_worker_id text, p_reason text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
     v_n INTEGER;
 BEGIN
     WITH released AS (
         UPDATE "tasks" AS t
-        SET status = 'pending', worker_id = NULL, started_at = NULL
+        SET status = 'pending', worker_id = NULL, started_at = NULL,
+            delayed = coalesce(t.run_at > now(), false)
         WHERE t.id = ANY (p_ids) AND t.status = 'running'
           AND t.worker_id IS NOT DISTINCT FROM p_worker_id
         RETURNING t.id, t.queue_name
@@ -716,7 +1189,8 @@ BEGIN
         RETURN 0;
     END IF;
     WITH requeued AS (
-        UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL
+        UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL,
+            delayed = coalesce(t.run_at > now(), false)
         WHERE t.id = ANY (v_ids) AND t.status = 'running'
         RETURNING t.id, t.queue_name, t.worker_id
     )
@@ -729,117 +1203,146 @@ END
 $$;
 
 CREATE FUNCTION public.omniq_rescue_tasks(p_caller text DEFAULT NULL::text) RETURNS TABLE(rescued integer, next_check_at timestamp with time zone)
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
-    AS $$
-DECLARE
-    v_n INTEGER;
-BEGIN
-    WITH dead AS (
-        SELECT w.id FROM omniq_workers AS w
-        WHERE w.last_heartbeat < now() - w.stale_after AND w.id IS DISTINCT FROM p_caller
-    ), stalled AS (
-        SELECT t.id FROM "tasks" AS t
-        WHERE t.status = 'running' AND t.worker_id IN (SELECT dead.id FROM dead)
-        FOR UPDATE SKIP LOCKED
-    ), rescued AS (
-        UPDATE "tasks" AS t
-        SET status = CASE WHEN t.retry_count < t.max_retries THEN 'pending' ELSE 'failed' END,
-            retry_count = least(t.retry_count + 1, t.max_retries),
-            finished_at = CASE WHEN t.retry_count < t.max_retries THEN NULL ELSE now() END,
-            started_at = NULL
-        FROM stalled WHERE t.id = stalled.id
-        RETURNING t.id, t.status, t.queue_name, t.worker_id
-    ), results_written AS (
-        INSERT INTO "results" (task_id, status, error, error_type, created_at, completed_at,
-            worker_id, result_data)
-        SELECT r.id, 'failure', 'worker ' || r.worker_id || ' stopped responding while running the task',
-               'WorkerLost', now(), now(), r.worker_id, '{}'
-        FROM rescued AS r WHERE r.status = 'failed'
-        ON CONFLICT (task_id) DO UPDATE SET status = 'failure', error = excluded.error,
-            error_type = excluded.error_type, completed_at = excluded.completed_at
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id, message,
-            error_type)
-        SELECT r.id,
-               CASE r.status WHEN 'pending' THEN 'rescued' ELSE 'failed' END, now(), r.queue_name,
-               r.worker_id, 'worker ' || r.worker_id || ' stopped heartbeating', 'WorkerLost'
-        FROM rescued AS r
-    ), forgotten AS (
-        DELETE FROM omniq_workers AS w USING dead WHERE w.id = dead.id
-          AND NOT EXISTS (SELECT 1 FROM "tasks" AS t
-                          WHERE t.status = 'running' AND t.worker_id = w.id
-                            AND t.id NOT IN (SELECT rescued.id FROM rescued))
-    )
-    SELECT count(*) INTO v_n FROM rescued;
-    RETURN QUERY
-    SELECT v_n, min(w.last_heartbeat + w.stale_after)
-    FROM omniq_workers AS w
-    WHERE w.id IS DISTINCT FROM p_caller
-      AND EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id);
-END
-$$;
-
-CREATE FUNCTION public.omniq_resolve_dependents(p_finished text[]) RETURNS void
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
     v_ids TEXT[];
+    v_holders TEXT[];
+    v_attempts INTEGER[];
+    v_again BOOLEAN[];
+    v_n INTEGER;
+    v_ends JSONB;
+    v_try INTEGER := 0;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'waiting') THEN
-        RETURN;  -- the usual case: nothing waits for anything
-    END IF;
-    SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
-    WHERE t.status = 'waiting' AND t.dependencies ?| p_finished;
-    IF v_ids IS NOT NULL THEN
-        PERFORM omniq_resolve_waiting(v_ids, false);
-    END IF;
+    LOOP
+        BEGIN
+            v_n := 0;
+            SELECT array_agg(s.id), array_agg(s.worker_id), array_agg(s.attempts),
+                   array_agg(s.again)
+            INTO v_ids, v_holders, v_attempts, v_again
+            FROM (SELECT t.id, t.worker_id, t.attempts, t.retry_count < t.max_retries AS again
+                  FROM "tasks" AS t
+                  WHERE t.status = 'running' AND t.worker_id IS DISTINCT FROM p_caller
+                    AND (t.worker_id IN (SELECT w.id FROM omniq_workers AS w
+                                         WHERE w.last_heartbeat < now() - w.stale_after)
+                         OR (t.started_at < now() - interval '30 seconds'
+                             AND NOT EXISTS (SELECT 1 FROM omniq_workers AS w
+                                             WHERE w.id = t.worker_id)))
+                  ORDER BY t.id
+                  FOR NO KEY UPDATE SKIP LOCKED) AS s;
+            IF v_ids IS NOT NULL THEN
+                WITH requeued AS (
+                    UPDATE "tasks" AS t
+                    SET status = 'pending', retry_count = t.retry_count + 1, delayed = false,
+                        started_at = NULL, finished_at = NULL
+                    FROM unnest(v_ids, v_again) AS s(id, again)
+                    WHERE t.id = s.id AND s.again AND t.status = 'running'
+                    RETURNING t.id, t.queue_name, t.worker_id
+                ), logged AS (
+                    INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
+                        message, error_type)
+                    SELECT r.id, 'rescued', now(), r.queue_name, r.worker_id,
+                           'worker ' || r.worker_id || ' stopped heartbeating', 'WorkerLost'
+                    FROM requeued AS r
+                )
+                SELECT count(*) INTO v_n FROM requeued;
+                SELECT jsonb_agg(jsonb_build_object('id', s.id, 'attempt', s.attempts,
+                           'status', 'failed', 'worker_id', s.holder, 'error_type', 'WorkerLost',
+                           'error', 'worker ' || s.holder || ' stopped responding while running the task',
+                           'message', 'worker ' || s.holder || ' stopped heartbeating'))
+                INTO v_ends
+                FROM unnest(v_ids, v_holders, v_attempts, v_again) AS s(id, holder, attempts, again)
+                WHERE NOT s.again;
+                IF v_ends IS NOT NULL THEN
+                    SELECT v_n + count(*) INTO v_n FROM omniq_end_tasks(v_ends, '{running}');
+                END IF;
+            END IF;
+            DELETE FROM omniq_workers AS w
+            WHERE w.last_heartbeat < now() - w.stale_after AND w.id IS DISTINCT FROM p_caller
+              AND NOT EXISTS (SELECT 1 FROM "tasks" AS t
+                              WHERE t.status = 'running' AND t.worker_id = w.id);
+            PERFORM omniq_recheck_waiting();
+            EXIT;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+    RETURN QUERY
+    SELECT v_n, least(
+        (SELECT min(w.last_heartbeat + w.stale_after) FROM omniq_workers AS w
+         WHERE w.id IS DISTINCT FROM p_caller
+           AND EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'running' AND t.worker_id = w.id)),
+        (SELECT min(t.started_at) + interval '30 seconds' FROM "tasks" AS t
+         WHERE t.status = 'running' AND t.worker_id IS DISTINCT FROM p_caller
+           AND NOT EXISTS (SELECT 1 FROM omniq_workers AS w WHERE w.id = t.worker_id)));
 END
 $$;
 
-CREATE FUNCTION public.omniq_resolve_waiting(p_ids text[], p_strict boolean) RETURNS void
+CREATE FUNCTION public.omniq_reserved_id(p_id text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $_$
+    SELECT p_id ~ '@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z|on_success|on_failure|on_complete)$'
+$_$;
+
+CREATE FUNCTION public.omniq_resolve_committed(p_id text) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
 DECLARE
-    v_bad RECORD;
+    v_try INTEGER := 0;
+BEGIN
+    LOOP
+        BEGIN
+            IF EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.id = p_id AND t.status = 'waiting') THEN
+                PERFORM omniq_resolve_waiting(ARRAY[p_id], true);
+            END IF;
+            RETURN;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION public.omniq_resolve_waiting(p_ids text[], p_lock_dependencies boolean) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
     v_ready TEXT[];
-    v_dead TEXT[];
+    v_ends JSONB;
 BEGIN
     PERFORM 1 FROM "tasks" AS t WHERE t.id = ANY (p_ids) AND t.status = 'waiting'
-    ORDER BY t.id FOR UPDATE;
-
-    IF p_strict THEN
-        SELECT w.id, d.dep INTO v_bad
-        FROM "tasks" AS w CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
-        WHERE w.id = ANY (p_ids) AND NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = d.dep)
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'task % depends on unknown task %', v_bad.id, v_bad.dep
-                USING ERRCODE = 'foreign_key_violation',
-                      HINT = 'Enqueue the dependency first, or in the same enqueue_many call.';
-        END IF;
+    ORDER BY t.id FOR NO KEY UPDATE;
+    IF p_lock_dependencies THEN
+        PERFORM 1 FROM "tasks" AS x
+        WHERE x.id IN (SELECT d.dep FROM "tasks" AS w
+                       CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+                       WHERE w.id = ANY (p_ids) AND w.status = 'waiting')
+        ORDER BY x.id FOR SHARE;
     END IF;
 
-    SELECT array_agg(s.id) FILTER (WHERE s.all_done), array_agg(s.id) FILTER (WHERE s.any_dead)
-    INTO v_ready, v_dead
-    FROM (
-        SELECT w.id,
-               bool_and(coalesce(x.status = 'completed', false)) AS all_done,
-               bool_or(coalesce(x.status IN ('failed', 'cancelled', 'expired'), false)) AS any_dead
-        FROM "tasks" AS w
-        CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
-        LEFT JOIN "tasks" AS x ON x.id = d.dep
-        WHERE w.id = ANY (p_ids) AND w.status = 'waiting'
-        GROUP BY w.id
-    ) AS s;
+    SELECT array_agg(w.id) FILTER (WHERE s.dead IS NULL AND s.ready),
+           jsonb_agg(jsonb_build_object('id', w.id, 'status', 'cancelled',
+               'error', s.dead, 'error_type', 'TaskCancelled', 'message', s.dead))
+               FILTER (WHERE s.dead IS NOT NULL)
+    INTO v_ready, v_ends
+    FROM "tasks" AS w CROSS JOIN LATERAL omniq_dependencies_state(w.dependencies) AS s
+    WHERE w.id = ANY (p_ids) AND w.status = 'waiting';
 
     IF v_ready IS NOT NULL THEN
-        UPDATE "tasks" AS t SET status = 'pending' WHERE t.id = ANY (v_ready);
+        UPDATE "tasks" AS t SET status = 'pending', delayed = coalesce(t.run_at > now(), false)
+        WHERE t.id = ANY (v_ready) AND t.status = 'waiting';
     END IF;
-    IF v_dead IS NOT NULL THEN
-        PERFORM omniq_cancel_tasks(v_dead, 'a dependency failed, expired or was cancelled');
+    IF v_ends IS NOT NULL THEN
+        PERFORM omniq_end_tasks(v_ends, '{waiting}');
     END IF;
 END
 $$;
@@ -865,7 +1368,7 @@ DECLARE
 BEGIN
     WITH retried AS (
         UPDATE "tasks" AS t
-        SET status = 'pending', retry_count = 0, run_at = NULL, expires_at = NULL,
+        SET status = 'pending', delayed = false, retry_count = 0, run_at = NULL, expires_at = NULL,
             worker_id = NULL, started_at = NULL, finished_at = NULL
         WHERE (CASE WHEN p_ids IS NULL THEN t.status = 'failed'
                     ELSE t.status IN ('failed', 'cancelled', 'expired') AND t.id = ANY (p_ids) END)
@@ -893,15 +1396,74 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use active (resume), paused or cancelled.';
     END IF;
-    UPDATE "schedules" SET status = p_status
+    UPDATE "schedules"
+    SET status = p_status,
+        schedule_data = CASE WHEN p_status = 'active'
+                             THEN schedule_data - 'last_error' - 'last_error_at'
+                             ELSE schedule_data END
     WHERE id = p_id AND status IN ('active', 'paused');
     RETURN FOUND;
 END
 $$;
 
-CREATE FUNCTION public.omniq_worker_stopped(p_worker_id text) RETURNS integer
+CREATE FUNCTION public.omniq_update_task(p_id text, p_queue_name text, p_priority integer, p_status text, p_func text, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_dependencies jsonb, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_old RECORD;
+    v_final CONSTANT TEXT[] := '{completed,failed,expired,cancelled}';
+BEGIN
+    SELECT t.status, t.dependencies INTO v_old FROM "tasks" AS t WHERE t.id = p_id
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_old.status = ANY (v_final) AND p_status IS DISTINCT FROM v_old.status THEN
+        RAISE EXCEPTION 'task % is %: update_task cannot change a final status', p_id, v_old.status
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use retry_tasks (omniq retry, omniq_retry_tasks) to run it again.';
+    END IF;
+    IF p_dependencies IS DISTINCT FROM v_old.dependencies THEN
+        RAISE EXCEPTION 'task %: dependencies cannot change after enqueue', p_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Cancel the task and enqueue a new one with the dependencies you want.';
+    END IF;
+    UPDATE "tasks" AS t
+    SET queue_name = p_queue_name, priority = p_priority, func = p_func, args = p_args,
+        kwargs = p_kwargs, run_at = p_run_at, expires_at = p_expires_at,
+        retry_count = p_retry_count, max_retries = p_max_retries, retry_delay = p_retry_delay,
+        callbacks = p_callbacks, metadata = p_metadata, task_data = p_task_data,
+        status = CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END,
+        delayed = (CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END) = 'pending'
+                  AND coalesce(p_run_at > now(), false)
+    WHERE t.id = p_id;
+    IF p_status = ANY (v_final) AND p_status IS DISTINCT FROM v_old.status THEN
+        PERFORM omniq_end_tasks(jsonb_build_array(jsonb_build_object('id', p_id,
+                    'status', p_status, 'error_type', CASE WHEN p_status <> 'completed' THEN 'TaskUpdated' END,
+                    'error', CASE WHEN p_status <> 'completed' THEN 'set ' || p_status || ' by update_task' END,
+                    'message', 'set ' || p_status || ' by update_task')),
+                ARRAY[v_old.status]);
+    ELSIF p_status = 'waiting' THEN
+        PERFORM omniq_resolve_waiting(ARRAY[p_id], false);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION public.omniq_waiting_committed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM omniq_resolve_committed(NEW.id);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.omniq_worker_stopped(p_worker_id text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
     v_ids TEXT[];
@@ -975,7 +1537,8 @@ CREATE TABLE public.omniq_workers (
     concurrency integer,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     last_heartbeat timestamp with time zone DEFAULT now() NOT NULL,
-    stale_after interval DEFAULT '00:00:30'::interval NOT NULL
+    stale_after interval DEFAULT '00:00:30'::interval NOT NULL,
+    stuck_threads integer DEFAULT 0 NOT NULL
 );
 
 CREATE VIEW public.omniq_worker_overview AS
@@ -1046,17 +1609,17 @@ CREATE INDEX schedules_due_idx ON public.schedules USING btree (next_run) WHERE 
 
 CREATE INDEX tasks_callback_of_idx ON public.tasks USING btree (((metadata ->> 'callback_of'::text))) WHERE (metadata ? 'callback_of'::text);
 
-CREATE INDEX tasks_delayed_idx ON public.tasks USING btree (queue_name, run_at) WHERE ((status = 'pending'::text) AND (run_at IS NOT NULL));
+CREATE INDEX tasks_delayed_until_idx ON public.tasks USING btree (queue_name, run_at) WHERE ((status = 'pending'::text) AND delayed);
 
 CREATE INDEX tasks_dependents_idx ON public.tasks USING gin (dependencies) WITH (fastupdate=off) WHERE (dependencies <> '[]'::jsonb);
-
-CREATE INDEX tasks_dequeue_idx ON public.tasks USING btree (queue_name, priority DESC, created_at) WHERE (status = 'pending'::text);
 
 CREATE INDEX tasks_expiry_idx ON public.tasks USING btree (expires_at) WHERE ((status = ANY (ARRAY['pending'::text, 'waiting'::text])) AND (expires_at IS NOT NULL));
 
 CREATE INDEX tasks_failed_idx ON public.tasks USING btree (queue_name, created_at) WHERE (status = 'failed'::text);
 
 CREATE INDEX tasks_finished_idx ON public.tasks USING btree (status, created_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text]));
+
+CREATE INDEX tasks_pending_idx ON public.tasks USING btree (queue_name, delayed, priority DESC, created_at) WHERE (status = 'pending'::text);
 
 CREATE INDEX tasks_running_idx ON public.tasks USING btree (worker_id) WHERE (status = 'running'::text);
 
@@ -1076,4 +1639,26 @@ CREATE TRIGGER tasks_notify_inserted AFTER INSERT ON public.tasks REFERENCING NE
 
 CREATE TRIGGER tasks_notify_ready AFTER UPDATE OF status ON public.tasks FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION public.omniq_notify_task_ready();
 
+CREATE CONSTRAINT TRIGGER tasks_waiting_committed AFTER INSERT OR UPDATE OF status, dependencies ON public.tasks DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((new.status = 'waiting'::text)) EXECUTE FUNCTION public.omniq_waiting_committed();
+
+REVOKE ALL ON FUNCTION public.omniq_cancel_tasks(p_ids text[], p_reason text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_claim_schedules(p_limit integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_dequeue(p_queues text[], p_limit integer, p_worker_id text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION public.omniq_enqueue(p_tasks jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_finish_tasks(p_outcomes jsonb, p_worker_id text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_fire_schedules(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_heartbeat(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_release_tasks(p_ids text[], p_worker_id text, p_reason text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_rescue_tasks(p_caller text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_waiting_committed() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_worker_stopped(p_worker_id text) FROM PUBLIC;

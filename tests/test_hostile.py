@@ -425,6 +425,10 @@ async def test_passwords_never_appear_in_cli_output(
     right = url(pg_dsn, password_role, SECRET)
     wrong = url(pg_dsn, password_role, SECRET + "-wrong")
     refused = url(pg_dsn, password_role, SECRET, refused_port())
+    installed = await asyncio.to_thread(
+        omniq_cli, "migrate", "--dsn", right, "--schema", schema_name
+    )
+    assert SECRET not in installed.stdout + installed.stderr
     runs = [
         ("status", "--dsn", right, "--schema", schema_name),
         ("status", "--json", "--dsn", right, "--schema", schema_name),

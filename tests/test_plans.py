@@ -52,9 +52,9 @@ SELECT 'done-' || g, 'q' || (g % 5), g % 3,
 FROM generate_series(1, 200000) AS g;
 
 -- 20,000 pending tasks: a tenth delayed, a few overdue for expiry.
-INSERT INTO tasks (id, queue_name, priority, status, func, args, kwargs, created_at, run_at,
-    expires_at, task_data)
-SELECT 'todo-' || g, 'q' || (g % 5), g % 3, 'pending', 'app.jobs.work_' || (g % 20),
+INSERT INTO tasks (id, queue_name, priority, status, delayed, func, args, kwargs, created_at,
+    run_at, expires_at, task_data)
+SELECT 'todo-' || g, 'q' || (g % 5), g % 3, 'pending', g % 10 = 0, 'app.jobs.work_' || (g % 20),
        jsonb_build_array(g), '{}', now() - g * interval '10 milliseconds',
        CASE WHEN g % 10 = 0 THEN now() + g * interval '1 second' END,
        CASE WHEN g % 1000 = 0 THEN now() - interval '1 minute' END, '{}'
@@ -184,6 +184,7 @@ CASES = [
             concurrency=8,
             held=["run-1", "run-9", "run-17"],
             stale_after=timedelta(seconds=30),
+            stuck_threads=0,
         ),  # fmt: skip
     ),
     Case("rescue", "workers", "rescue_tasks", dict(caller="w-1")),
@@ -218,9 +219,21 @@ CASES = [
         "fire schedules",
         "schedules",
         "fire_schedules",
-        dict(ids=["sched-1"], next_runs=[_now() + timedelta(hours=1)]),
+        dict(ids=["sched-1"], next_runs=[_now() + timedelta(hours=1)], errors=[None]),
     ),
     Case("cancel", "tasks", "cancel_tasks", dict(ids=["todo-5", "todo-6"], reason="plans")),
+    Case("cancel a dependency", "tasks", "cancel_tasks", dict(ids=["todo-7"], reason="cascade")),
+    Case(
+        "update task",
+        "tasks",
+        "update_task",
+        dict(
+            id="todo-8", queue_name="q3", priority=1, status="pending", func="app.jobs.work_8",
+            args='[8]', kwargs="{}", run_at=None, expires_at=None, retry_count=0, max_retries=3,
+            retry_delay=1.0, dependencies="[]", callbacks="{}", metadata="{}", task_data="{}",
+        ),
+    ),  # fmt: skip
+    Case("invariants", "cli", "check_invariants", dict(window=timedelta(hours=1), limit=1000)),
     Case("retry by queue", "tasks", "retry_tasks", dict(ids=None, queue_name="q1", func=None)),
     Case("requeue stalled", "tasks", "requeue_stalled", dict(older_than=timedelta(seconds=30))),
     Case(
@@ -385,3 +398,63 @@ def test_every_named_query_names_its_index(file: str) -> None:
         if not name.endswith("_cursor") and "Index:" not in query.doc
     ]
     assert not missing, f"sql/queries/{file}.sql: no 'Index:' in the comment of {missing}"
+
+
+async def test_delayed_tasks_stay_off_the_ready_path(pg_dsn: str) -> None:
+    """Issue 9, defect 5: with 50,000 tasks delayed into the future (or retries waiting out
+    their backoff), one dequeue must not read them. Measured with auto_explain (ANALYZE,
+    BUFFERS) on every statement inside omniq_dequeue; before the fix the ready-task query
+    filtered all 50,000 rows and read about 1,200 buffers."""
+    name = unique_schema("delayed")
+    backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=1))
+    try:
+        await backend.connect()
+    finally:
+        await backend.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"SET search_path TO {quote_identifier(name)}")
+        await conn.execute(
+            """SELECT omniq_enqueue(jsonb_agg(jsonb_build_object(
+                   'id', 'later-' || g, 'func', 'app.jobs.later', 'queue_name', 'q',
+                   'created_at', now() - interval '1 hour' + g * interval '1 millisecond',
+                   'run_at', now() + interval '1 day')))
+               FROM generate_series(1, 50000) AS g"""
+        )
+        await conn.execute(
+            """SELECT omniq_enqueue(jsonb_agg(jsonb_build_object(
+                   'id', 'ready-' || g, 'func', 'app.jobs.now', 'queue_name', 'q')))
+               FROM generate_series(1, 10) AS g"""
+        )
+        await conn.execute("VACUUM ANALYZE tasks")
+        try:
+            await conn.execute("LOAD 'auto_explain'")
+        except asyncpg.PostgresError:
+            pytest.skip("auto_explain unavailable (not a superuser, or contrib missing)")
+        notices: list[str] = []
+        conn.add_log_listener(lambda _c, msg: notices.append(msg.message))
+        await conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            "SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on;"
+            "SET auto_explain.log_format = json; SET auto_explain.log_level = notice"
+        )
+        taken = await conn.fetch("SELECT id FROM omniq_dequeue(ARRAY['q'], 1, 'w')")
+        await conn.execute("RESET auto_explain.log_min_duration")
+        assert [r["id"] for r in taken] == ["ready-1"]
+        statements = []
+        for message in notices:
+            start = message.find("{")
+            if message.startswith("duration:") and start >= 0:
+                doc = json.loads(message[start:])
+                plan = doc["Plan"]
+                buffers = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+                statements.append((buffers, doc.get("Query Text", "").split("\n")[0][:70]))
+        print("\nbuffers per statement of one dequeue with 50,000 delayed tasks:")
+        for buffers, text in statements:
+            print(f"  {buffers:6d}  {text}")
+        inner = statements[:-1]  # the last one logged is the outer SELECT, which adds them up
+        assert inner, "auto_explain logged no nested statement"
+        assert max(b for b, _ in inner) < 100, statements
+    finally:
+        await conn.close()
+        await drop_schemas(pg_dsn, name)

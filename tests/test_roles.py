@@ -162,6 +162,13 @@ async def test_producer_enqueues_and_reads_results_but_touches_nothing(
             "CREATE TABLE mine (x int)",
         ):
             await refused(sql, statement)
+        # Nor can it take an id OmniQ reserves for a schedule's fire or a callback first.
+        for squatted in ("nightly@2030-01-01T00:00:00.000000Z", f"{first.id}@on_failure"):
+            with pytest.raises(asyncpg.InvalidParameterValueError, match="reserved"):
+                await sql.fetch(
+                    "SELECT * FROM omniq_enqueue($1::jsonb)",
+                    f'[{{"id": "{squatted}", "func": "os.system"}}]',
+                )
     finally:
         await sql.close()
 
@@ -254,12 +261,25 @@ async def test_worker_runs_tasks_and_schedules_but_does_no_maintenance(
     sql = await inst.connect("worker")
     try:
         for statement in (
+            # Issue 9, defect 6: a compromised worker host must not rewrite another task
+            # (its func to os.system) nor forge outcomes: it writes no table directly.
+            "UPDATE tasks SET func = 'os.system', args = '[\"id\"]' WHERE status = 'pending'",
             "INSERT INTO tasks (id, queue_name, func, args, kwargs, created_at, task_data)"
             " VALUES ('forged', 'default', 'os.system', '[]', '{}', now(), '{}')",
+            "UPDATE results SET result = '\"forged\"'",
+            "INSERT INTO results (task_id, created_at, result_data) VALUES ('x', now(), '{}')",
+            "INSERT INTO events (task_id, event_type, timestamp) VALUES ('x', 'forged', now())",
+            "UPDATE schedules SET func = 'os.system'",
+            "UPDATE omniq_workers SET stale_after = '1 year'",
+            "DELETE FROM omniq_workers",
             "DELETE FROM events",
             "DELETE FROM results",
             "SELECT count(*) FROM events",
             "CREATE INDEX mine ON tasks (func)",
+            # The terminal routine and the other helpers run only inside the protocol functions.
+            """SELECT * FROM omniq_end_tasks('[{"id": "x", "status": "completed"}]', '{pending}')""",
+            "SELECT omniq_cancel_tasks(ARRAY['x'], 'no')",
+            "SELECT omniq_expire_tasks()",
         ):
             await refused(sql, statement)
     finally:
@@ -321,7 +341,8 @@ async def test_other_users_cannot_enqueue(inst: Installation) -> None:
 
 
 async def test_fresh_install_revokes_enqueue_from_public(pg_dsn: str) -> None:
-    """Before any roles.sql: the SECURITY DEFINER function is not open to every user."""
+    """Before any roles.sql: the SECURITY DEFINER functions are not open to every user, and
+    each pins its search_path with the temporary schema last."""
     name = unique_schema("definer")
     backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=1))
     await backend.connect()
@@ -332,14 +353,19 @@ async def test_fresh_install_revokes_enqueue_from_public(pg_dsn: str) -> None:
             """SELECT p.proname, p.prosecdef, p.proconfig,
                       has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
                FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
-               WHERE n.nspname = $1 AND p.prosecdef""",
+               WHERE n.nspname = $1 AND p.prosecdef ORDER BY p.proname""",
             name,
         )
-        assert [r["proname"] for r in rows] == ["omniq_enqueue"]
+        assert {r["proname"] for r in rows} >= {
+            "omniq_enqueue", "omniq_dequeue", "omniq_finish_tasks", "omniq_release_tasks",
+            "omniq_cancel_tasks", "omniq_heartbeat", "omniq_worker_stopped",
+            "omniq_rescue_tasks", "omniq_claim_schedules", "omniq_fire_schedules",
+            "omniq_waiting_committed",
+        }  # fmt: skip
         for row in rows:
-            assert not row["public_execute"]
+            assert not row["public_execute"], row["proname"]
             path = next(c for c in row["proconfig"] if c.startswith("search_path="))
-            assert path.endswith("pg_temp"), path  # pinned, temporary schema searched last
+            assert path == f"search_path={name}, pg_temp", (row["proname"], path)
     finally:
         await conn.close()
         await drop_schemas(pg_dsn, name)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -29,25 +31,44 @@ DEAD_SHARE_WARN = 0.2
 SEQ_SCAN_ROWS = 100_000  # tables this big should be read through indexes
 MAIN_TABLES = ("tasks", "results", "events", "schedules")
 BOOKKEEPING = ("omniq_workers", "omniq_migrations", "omniq_meta")
+INVARIANT_ROWS = 1000  # finished tasks looked at, at most, per way of finding them
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    add_command(
+    doctor = add_command(
         commands,
         "doctor",
         run_doctor,
         "check connection, privileges, schema version, LISTEN, vacuum and index health",
         "Check what OmniQ needs from the database and how its tables are doing. Prints one\n"
-        "OK, WARN or FAIL line per check and exits 1 when any check fails. Changes nothing.",
+        "OK, WARN or FAIL line per check and exits 1 when any check fails. Changes nothing.\n"
+        "With --invariants, also check that every task and schedule is in a consistent state\n"
+        "(omniq_check_invariants(), see sql/README.md): one FAIL line per violation.",
+    )
+    doctor.add_argument(
+        "--invariants",
+        action="store_true",
+        help="also run omniq_check_invariants(): tasks stuck waiting, finished tasks missing "
+        "their result, event or callbacks, tasks held by dead workers, jammed schedules",
+    )
+    doctor.add_argument(
+        "--window",
+        type=float,
+        default=1.0,
+        metavar="HOURS",
+        help="with --invariants: look at tasks finished within this many hours (default: 1)",
     )
 
 
 def run_doctor(args: argparse.Namespace) -> int:
     cfg = config(args)
+    if args.window <= 0:
+        print("omniq: error: --window must be a positive number of hours", file=sys.stderr)
+        return 2
 
     async def main() -> list[str]:
         levels = []
-        async for level, name, message in checks(cfg):
+        async for level, name, message in checks(cfg, args.invariants, args.window):
             print(f"{level:<5} {name:<11} {message}", flush=True)
             levels.append(level)
         return levels
@@ -58,7 +79,9 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-async def checks(cfg: PostgresConfig) -> AsyncIterator[tuple[str, str, str]]:
+async def checks(
+    cfg: PostgresConfig, invariants: bool = False, window_hours: float = 1.0
+) -> AsyncIterator[tuple[str, str, str]]:
     files = sql_files(cfg.schema, tuple(cfg.tables.items()))
     q: Any = files.cli
     started = time.monotonic()
@@ -93,6 +116,33 @@ async def checks(cfg: PostgresConfig) -> AsyncIterator[tuple[str, str, str]]:
         if installed:
             async for line in _tables(conn, q, cfg, files):
                 yield line
+        if invariants:
+            async for line in _invariants(conn, q, installed, window_hours):
+                yield line
+
+
+async def _invariants(
+    conn: asyncpg.Connection, q: Any, installed: bool, window_hours: float
+) -> AsyncIterator[tuple[str, str, str]]:
+    """One FAIL line per violated invariant, or one OK line."""
+    if not installed:
+        yield FAIL, "invariants", "OmniQ is not installed in this schema: nothing to check"
+        return
+    started = time.monotonic()
+    rows = await q.check_invariants(
+        conn, window=timedelta(hours=window_hours), limit=INVARIANT_ROWS
+    )
+    elapsed = (time.monotonic() - started) * 1000
+    for row in rows:
+        subject = [f"task {row['task_id']}"] if row["task_id"] is not None else []
+        subject += [f"schedule {row['schedule_id']}"] if row["schedule_id"] is not None else []
+        yield FAIL, "invariants", ": ".join([row["invariant"], *subject, row["detail"]])
+    if not rows:
+        yield (
+            OK,
+            "invariants",
+            f"all hold (tasks finished within {window_hours:g} h looked at; {elapsed:.0f} ms)",
+        )
 
 
 async def _privileges(

@@ -15,6 +15,11 @@ from .enums import TaskStatus
 _IDENT = r"[A-Za-z_]\w*"
 FUNC_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*([.:]){_IDENT}(\.{_IDENT})*$")
 TASK_ID = re.compile(r"^[^\s,\x00-\x1f\x7f]{1,255}$")
+# Ids OmniQ gives its own tasks (sql: omniq_reserved_id): schedule fires and callbacks.
+RESERVED_ID = re.compile(
+    r"@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z|on_success|on_failure|on_complete)$"
+)
+QUEUE_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 CALLBACK_KINDS = frozenset({"on_success", "on_failure", "on_complete"})
 
 
@@ -42,11 +47,23 @@ def func_path(func: Any) -> str:
 
 
 def check_queue_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > 200
+        or QUEUE_NAME_FORBIDDEN.search(name)
+    ):
         raise ValueError(
-            f"queue_name must be a non-empty string of at most 200 characters, got {name!r}"
+            "queue_name must be a non-empty string of at most 200 characters without control "
+            f"characters, got {name!r}"
         )
     return name
+
+
+def is_reserved_id(task_id: str) -> bool:
+    """Whether ``task_id`` is one OmniQ gives its own tasks ('<schedule>@<due time>',
+    '<task>@on_success', ...): producers may not enqueue such ids."""
+    return "@" in task_id and RESERVED_ID.search(task_id) is not None
 
 
 @dataclass(kw_only=True, slots=True, eq=True)

@@ -10,8 +10,9 @@
 CREATE OR REPLACE FUNCTION omniq_cleanup_expired_tasks(p_batch INTEGER DEFAULT 10000)
 RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Expire unstarted tasks past expires_at, then delete up to p_batch expired tasks.
--- Index: tasks_expiry_idx, then tasks_finished_idx.
+-- Expire unstarted tasks past expires_at (through omniq_end_tasks: result, event, callbacks,
+-- dependents), then delete up to p_batch expired tasks. Index: tasks_expiry_idx, then
+-- tasks_finished_idx.
 DECLARE
     v_n INTEGER;
 BEGIN
@@ -110,7 +111,8 @@ BEGIN
         RETURN 0;
     END IF;
     WITH requeued AS (
-        UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL
+        UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL,
+            delayed = coalesce(t.run_at > now(), false)
         WHERE t.id = ANY (v_ids) AND t.status = 'running'
         RETURNING t.id, t.queue_name, t.worker_id
     )
@@ -127,14 +129,17 @@ CREATE OR REPLACE FUNCTION omniq_retry_tasks(p_ids TEXT[] DEFAULT NULL, p_queue 
 RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Give failed (and cancelled or expired) tasks a fresh start: pending now, retry_count 0,
--- expiry cleared. Select by ids, by queue, by func, or any combination (all NULL: every
--- failed task). Index: tasks_finished_idx.
+-- expiry cleared, result deleted (the next ending writes a new one). The only way out of a
+-- final status. Callbacks already enqueued are not enqueued again when it ends again (one per
+-- task and kind); tasks cancelled because it failed stay cancelled. Select by ids, by queue,
+-- by func, or any combination (all NULL: every failed task). Index: tasks_finished_idx, or
+-- tasks_failed_idx for the failed tasks of one queue.
 DECLARE
     v_n INTEGER;
 BEGIN
     WITH retried AS (
         UPDATE "tasks" AS t
-        SET status = 'pending', retry_count = 0, run_at = NULL, expires_at = NULL,
+        SET status = 'pending', delayed = false, retry_count = 0, run_at = NULL, expires_at = NULL,
             worker_id = NULL, started_at = NULL, finished_at = NULL
         WHERE (CASE WHEN p_ids IS NULL THEN t.status = 'failed'
                     ELSE t.status IN ('failed', 'cancelled', 'expired') AND t.id = ANY (p_ids) END)

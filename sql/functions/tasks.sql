@@ -1,70 +1,201 @@
 -- Task life cycle in PL/pgSQL: enqueue, dequeue, finish (success, retry, failure), cancel,
--- expire, dependencies. Every state change of a task goes through one of these functions,
--- which write the matching results and events rows in the same transaction.
+-- expire, dependencies, and omniq_end_tasks: the one routine that takes tasks to a final
+-- state and does every consequence of it (result, final event, callbacks, dependents).
+-- Every path that ends a task calls omniq_end_tasks; none writes a final status itself.
+-- The entry points a role may call are SECURITY DEFINER with a pinned search_path (pg_temp
+-- last) and not executable by PUBLIC; the helpers they call run with the same rights.
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_tasks#
+CREATE OR REPLACE FUNCTION omniq_reserved_id(p_id TEXT) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE AS $$
+-- The ids OmniQ gives its own tasks: a schedule's fires '<schedule id>@<due time in UTC>'
+-- and callbacks '<task id>@on_success' (on_failure, on_complete). omniq_enqueue refuses them,
+-- so no producer can take one first and make a fire or a callback collide with its task.
+    SELECT p_id ~ '@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z|on_success|on_failure|on_complete)$'
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_callback_id(p_task_id TEXT, p_kind TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE AS $$
+-- The id of the callback task of kind p_kind (on_success, ...) of a task: one per task and
+-- kind, so a callback is never enqueued twice. Ids longer than 240 characters are replaced
+-- by their md5, so the callback id stays a valid task id (at most 255 characters).
+    SELECT CASE WHEN length(p_task_id) <= 240 THEN p_task_id ELSE md5(p_task_id) END
+           || '@' || p_kind
+$$;
+
 CREATE OR REPLACE FUNCTION omniq_enqueue(p_tasks JSONB)
 RETURNS TABLE (id TEXT, status TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Insert a JSON array of tasks (keys = tasks columns; omitted keys take the defaults).
 -- Tasks with dependencies start 'waiting'; returned are the tasks whose status is not
 -- 'pending' after enqueue (waiting, or cancelled because a dependency already failed).
+-- Ids in OmniQ's reserved namespace (omniq_reserved_id) are refused; an id that exists
+-- raises unique_violation. Nothing is stored when anything is refused. Index: tasks_pkey.
 -- SECURITY DEFINER: runs with its owner's rights, so a producer role needs EXECUTE on this
--- function and no write privilege on any table (sql/roles.sql). EXECUTE is revoked from
--- PUBLIC below; the search_path is pinned, pg_temp last.
+-- function and no write privilege on any table (sql/roles.sql).
 DECLARE
+    v_bad TEXT;
     v_waiting TEXT[];
 BEGIN
-    WITH new_rows AS (
-        INSERT INTO "tasks" AS t (id, queue_name, priority, status, func, args, kwargs,
-            created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
-            dependencies, callbacks, metadata, task_data)
-        SELECT coalesce(r.id, gen_random_uuid()::text), coalesce(r.queue_name, 'default'),
-               coalesce(r.priority, 0),
-               CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
-                    THEN 'waiting' ELSE 'pending' END,
-               r.func, coalesce(r.args, '[]'), coalesce(r.kwargs, '{}'),
-               coalesce(r.created_at, now()), r.run_at, r.expires_at,
-               coalesce(r.retry_count, 0), coalesce(r.max_retries, 3), coalesce(r.retry_delay, 1.0),
-               coalesce(r.dependencies, '[]'), coalesce(r.callbacks, '{}'),
-               coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
-        FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
-        RETURNING t.id, t.status, t.queue_name
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
-        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
-        FROM new_rows AS n
-    )
-    SELECT array_agg(n.id) FILTER (WHERE n.status = 'waiting') INTO v_waiting FROM new_rows AS n;
-
+    IF jsonb_typeof(p_tasks) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'omniq_enqueue takes a JSON array of tasks, got %', left(p_tasks::text, 200)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- A cheap text test first: the usual id has no '@', and the regex runs only when one has.
+    IF strpos(p_tasks::text, '@') > 0 THEN
+        SELECT x.id INTO v_bad FROM jsonb_to_recordset(p_tasks) AS x(id TEXT)
+        WHERE omniq_reserved_id(x.id) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'task id % is reserved for OmniQ''s own tasks (schedule fires and callbacks)',
+                quote_literal(v_bad) USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Ids ending in ''@<UTC timestamp>'', ''@on_success'', ''@on_failure'' or ''@on_complete'' are reserved; choose another id.';
+        END IF;
+    END IF;
+    SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
     IF v_waiting IS NOT NULL THEN
-        PERFORM omniq_resolve_waiting(v_waiting, true);
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
     END IF;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_enqueue(JSONB) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION omniq_insert_tasks(p_tasks JSONB, p_if_absent BOOLEAN,
+    OUT inserted INTEGER, OUT waiting TEXT[])
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Insert a JSON array of tasks with an 'enqueued' event each. With p_if_absent, a task whose
+-- id exists is skipped (OmniQ's own fires and callbacks, whose reserved ids only OmniQ
+-- writes, under a lock that serialises writers of one id); else it raises unique_violation.
+-- Tasks with dependencies start 'waiting' and are
+-- resolved at once (omniq_resolve_waiting, strict: an unknown dependency raises) and again
+-- when the transaction commits (trigger tasks_waiting_committed). A task whose run_at has
+-- not come is pending and delayed: it stays off the ready path until the dequeue clears
+-- delayed. Returns how many were inserted, and the ids of those inserted waiting (resolved
+-- since: pending, cancelled or still waiting). Index: tasks_pkey.
+BEGIN
+    WITH new_rows AS (
+        INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
+            created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
+            dependencies, callbacks, metadata, task_data)
+        SELECT coalesce(r.id, gen_random_uuid()::text), coalesce(r.queue_name, 'default'),
+               coalesce(r.priority, 0),
+               CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
+                    THEN 'waiting' ELSE 'pending' END,
+               jsonb_array_length(coalesce(r.dependencies, '[]')) = 0
+                   AND coalesce(r.run_at > now(), false),
+               r.func, coalesce(r.args, '[]'), coalesce(r.kwargs, '{}'),
+               coalesce(r.created_at, now()), r.run_at, r.expires_at,
+               coalesce(r.retry_count, 0), coalesce(r.max_retries, 3), coalesce(r.retry_delay, 1.0),
+               coalesce(r.dependencies, '[]'), coalesce(r.callbacks, '{}'),
+               coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
+        FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
+        WHERE NOT p_if_absent OR NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = r.id)
+        RETURNING t.id, t.status, t.queue_name
+    ), logged AS (
+        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
+        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
+        FROM new_rows AS n
+    )
+    SELECT count(*), array_agg(n.id) FILTER (WHERE n.status = 'waiting')
+    INTO inserted, waiting FROM new_rows AS n;
+
+    IF waiting IS NOT NULL THEN
+        PERFORM omniq_check_new_dependencies(waiting);
+        PERFORM omniq_resolve_waiting(waiting, false);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_check_new_dependencies(p_ids TEXT[])
+RETURNS VOID
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- At enqueue: every dependency of the new waiting tasks p_ids must exist (else
+-- foreign_key_violation) and no dependency cycle may run through them (else
+-- invalid_parameter_value). The dependencies are locked FOR KEY SHARE until commit, so no
+-- purge or delete removes one before the commit-time resolution has seen it.
+-- Index: tasks_pkey.
+DECLARE
+    v_bad RECORD;
+    v_cycle TEXT;
+BEGIN
+    PERFORM 1 FROM "tasks" AS x
+    WHERE x.id IN (SELECT d.dep FROM "tasks" AS w
+                   CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+                   WHERE w.id = ANY (p_ids))
+    ORDER BY x.id FOR KEY SHARE;
+    SELECT w.id, d.dep INTO v_bad
+    FROM "tasks" AS w CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+    WHERE w.id = ANY (p_ids) AND NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = d.dep)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'task % depends on unknown task %', v_bad.id, v_bad.dep
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'Enqueue the dependency first, or in the same enqueue_many call.';
+    END IF;
+    -- Only tasks of this batch can close a cycle: earlier tasks cannot name new ones.
+    WITH RECURSIVE walk(start, id, path) AS (
+        SELECT w.id, d.dep, ARRAY[w.id, d.dep]
+        FROM "tasks" AS w CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+        WHERE w.id = ANY (p_ids) AND d.dep = ANY (p_ids)
+        UNION ALL
+        SELECT k.start, d.dep, k.path || d.dep
+        FROM walk AS k JOIN "tasks" AS w ON w.id = k.id
+        CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+        WHERE d.dep = ANY (p_ids) AND k.id <> k.start AND cardinality(k.path) <= cardinality(p_ids)
+    )
+    SELECT array_to_string(k.path, ' -> ') INTO v_cycle FROM walk AS k WHERE k.id = k.start LIMIT 1;
+    IF v_cycle IS NOT NULL THEN
+        RAISE EXCEPTION 'dependency cycle: %', v_cycle
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A task cannot wait for itself, directly or through others.';
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION omniq_dequeue(p_queues TEXT[], p_limit INTEGER, p_worker_id TEXT)
 RETURNS SETOF "tasks"
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Hand out up to p_limit ready tasks, marked running, from the queues in the given order
 -- (the first queue is drained first); within a queue by priority DESC, created_at ASC.
--- SKIP LOCKED: concurrent callers never receive the same task. Index: tasks_dequeue_idx.
+-- SKIP LOCKED: concurrent callers never receive the same task. Index: tasks_pending_idx (the
+-- range delayed = false of each queue: delayed tasks are never read here).
+-- First, expired unstarted tasks of these queues end 'expired' (omniq_expire_tasks) and
+-- delayed tasks whose run_at has come join the ready range (index tasks_delayed_until_idx);
+-- one statement tells whether either is needed, answered by the indexes alone.
 -- started_at is clock_timestamp(), not now(): a row committed while this call waited on a
 -- lock would otherwise look as if it started before it was enqueued.
+-- Holding tasks counts as a heartbeat of a registered worker; an unknown worker id is not
+-- registered here (its heartbeat registers it, with its own stale_after).
 DECLARE
     v_queue TEXT;
     v_got INTEGER := 0;
     v_n INTEGER;
+    v_expire BOOLEAN;
+    v_due BOOLEAN;
 BEGIN
-    PERFORM omniq_expire_tasks(p_queues);
+    SELECT EXISTS (SELECT 1 FROM "tasks" AS t
+                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
+                     AND t.queue_name = ANY (p_queues)),
+           EXISTS (SELECT 1 FROM "tasks" AS t
+                   WHERE t.status = 'pending' AND t.delayed AND t.queue_name = ANY (p_queues)
+                     AND t.run_at <= now())
+    INTO v_expire, v_due;
+    IF v_expire THEN
+        PERFORM omniq_expire_tasks(p_queues);
+    END IF;
+    IF v_due THEN
+        UPDATE "tasks" AS t SET delayed = false
+        WHERE t.id IN (SELECT d.id FROM "tasks" AS d
+                       WHERE d.status = 'pending' AND d.delayed AND d.queue_name = ANY (p_queues)
+                         AND d.run_at <= now()
+                       ORDER BY d.run_at LIMIT 10000
+                       FOR NO KEY UPDATE SKIP LOCKED);
+    END IF;
     FOREACH v_queue IN ARRAY p_queues LOOP
         RETURN QUERY
         WITH picked AS (
             SELECT t.id FROM "tasks" AS t
-            WHERE t.status = 'pending' AND t.queue_name = v_queue
+            WHERE t.status = 'pending' AND t.queue_name = v_queue AND t.delayed = false
               AND (t.run_at IS NULL OR t.run_at <= now())
               AND (t.expires_at IS NULL OR t.expires_at > now())
             ORDER BY t.priority DESC, t.created_at ASC
@@ -87,12 +218,11 @@ BEGIN
         EXIT WHEN v_got >= p_limit;
     END LOOP;
     IF v_got > 0 AND p_worker_id IS NOT NULL THEN
-        -- Holding tasks counts as a heartbeat: a worker that was idle is not taken for dead.
-        INSERT INTO omniq_workers (id, queues) VALUES (p_worker_id, p_queues)
-        ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE SET last_heartbeat = now();
+        UPDATE omniq_workers SET last_heartbeat = now() WHERE omniq_workers.id = p_worker_id;
     END IF;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION omniq_dequeue(TEXT[], INTEGER, TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_retry_delay(p_retry_delay REAL, p_retry_count INTEGER)
 RETURNS INTERVAL
@@ -105,52 +235,134 @@ $$;
 
 CREATE OR REPLACE FUNCTION omniq_finish_tasks(p_outcomes JSONB, p_worker_id TEXT)
 RETURNS TABLE (id TEXT, status TEXT)
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Record a batch of runs in one transaction. p_outcomes is a JSON array of
 -- {id, attempt, outcome: success|failure|expired, result, error, error_type, traceback,
 --  started_at, finished_at, execution_time}. Only tasks still running in that attempt are
 -- touched (a rescued task's late outcome is ignored); they are absent from the result.
--- A failure with retries left goes back to pending after omniq_retry_delay(); otherwise the
--- result row is written, callbacks are enqueued as tasks and dependents are resolved.
+-- A failure with retries left is not an ending: the task goes back to pending, delayed by
+-- omniq_retry_delay(), with 'executing' and 'retry' events. Every other outcome ends the
+-- task through omniq_end_tasks. A deadlock (possible only around dependency graphs) is
+-- retried here, so it never reaches the worker. Index: tasks_pkey.
 DECLARE
     v_ids TEXT[];
     v_statuses TEXT[];
-    v_finished TEXT[];
+    v_try INTEGER := 0;
+BEGIN
+    LOOP
+        BEGIN
+            v_ids := NULL;
+            v_statuses := NULL;
+            IF strpos(p_outcomes::text, '"failure"') > 0 THEN
+                WITH o AS (
+                    SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER,
+                        outcome TEXT, error TEXT, error_type TEXT, traceback TEXT,
+                        started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, execution_time REAL)
+                    WHERE x.outcome = 'failure'
+                ), retried AS (
+                    UPDATE "tasks" AS t
+                    SET status = 'pending', retry_count = t.retry_count + 1,
+                        run_at = now() + omniq_retry_delay(t.retry_delay, t.retry_count),
+                        delayed = t.retry_delay > 0, finished_at = NULL,
+                        started_at = coalesce(o.started_at, t.started_at)
+                    FROM o
+                    WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = 'running'
+                      AND t.retry_count < t.max_retries
+                    RETURNING t.id, t.queue_name, t.run_at, t.retry_count, t.started_at,
+                              o.error, o.error_type, o.traceback, o.finished_at, o.execution_time
+                ), logged AS (
+                    INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
+                        message, error_type, error_message, traceback, execution_time)
+                    SELECT r.id, e.event_type, e.at, r.queue_name, p_worker_id, e.message,
+                           e.error_type, e.error, e.traceback, e.execution_time
+                    FROM retried AS r
+                    CROSS JOIN LATERAL (VALUES
+                        ('executing', coalesce(r.started_at, now()), NULL::text, NULL::real,
+                         NULL::text, NULL::text, NULL::text),
+                        ('retry', coalesce(r.finished_at, now()),
+                         'retry ' || r.retry_count || ' at ' || r.run_at, r.execution_time,
+                         r.error_type, r.error, r.traceback)
+                    ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
+                )
+                SELECT array_agg(r.id), array_agg('pending'::text) INTO v_ids, v_statuses
+                FROM retried AS r;
+            END IF;
+            SELECT coalesce(v_ids, '{}') || array_agg(e.id),
+                   coalesce(v_statuses, '{}') || array_agg(e.status)
+            INTO v_ids, v_statuses
+            FROM omniq_end_tasks(p_outcomes, '{running}', p_worker_id) AS e;
+            EXIT;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION omniq_finish_tasks(JSONB, TEXT) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION omniq_end_tasks(p_ends JSONB, p_from TEXT[], p_worker_id TEXT DEFAULT NULL)
+RETURNS TABLE (id TEXT, status TEXT)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- THE way a task ends. Each element of p_ends names a task and its final status; a task is
+-- ended only while its status is one of p_from (and, if the element carries an attempt,
+-- while it runs in that attempt), so a task ends once however many paths race for it.
+-- For every task ended, in this transaction and exactly once:
+--   * status completed, failed, expired or cancelled, finished_at, off every ready index;
+--   * its result row (inserted, or replaced after an operator's retry), expiring after the
+--     task's result_ttl when it has one;
+--   * its final event, after an 'executing' event when a worker reports the run;
+--   * its callbacks, enqueued as tasks with reserved ids (omniq_callback_id): on_success when
+--     completed, on_failure when failed or expired, on_complete always;
+--   * its dependents: a waiting task whose dependencies all completed becomes pending; one
+--     with a dependency that did not complete is cancelled, with all the tasks waiting for it
+--     (omniq_cancel_dependents), through this same routine.
+-- Callers: the worker (omniq_finish_tasks), rescue out of retries, expiry (dequeue and
+-- cleanup), cancel (Python, CLI, psql), cascaded cancellation, omniq_update_task. A running
+-- task can be ended too (p_from '{running}'), as an abort will.
+-- p_ends: JSON array of {id, status: completed|failed|expired|cancelled, or outcome:
+-- success|failure|expired as a worker reports it, attempt, result, error, error_type,
+-- traceback, started_at, finished_at, execution_time, message (of the final event),
+-- worker_id (else p_worker_id)}. Returns the tasks ended with their final status.
+-- Index: tasks_pkey, results_pkey; tasks_waiting_ids_idx and tasks_waiting_idx for dependents.
+DECLARE
+    v_ids TEXT[];
+    v_statuses TEXT[];
+    v_completed TEXT[];
+    v_dead TEXT[];
     v_callbacks JSONB;
 BEGIN
     WITH o AS (
-        SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER, outcome TEXT,
+        SELECT x.*, coalesce(x.status, CASE x.outcome WHEN 'success' THEN 'completed'
+                                                      WHEN 'failure' THEN 'failed'
+                                                      ELSE x.outcome END) AS final
+        FROM jsonb_to_recordset(p_ends) AS x(id TEXT, status TEXT, outcome TEXT, attempt INTEGER,
             result JSONB, error TEXT, error_type TEXT, traceback TEXT, started_at TIMESTAMPTZ,
-            finished_at TIMESTAMPTZ, execution_time REAL)
-    ), upd AS (
+            finished_at TIMESTAMPTZ, execution_time REAL, message TEXT, worker_id TEXT)
+    ), ended AS (
         UPDATE "tasks" AS t
-        SET status = CASE
-                WHEN o.outcome = 'success' THEN 'completed'
-                WHEN o.outcome = 'expired' THEN 'expired'
-                WHEN t.retry_count < t.max_retries THEN 'pending'
-                ELSE 'failed' END,
-            retry_count = t.retry_count + (o.outcome = 'failure' AND t.retry_count < t.max_retries)::int,
-            run_at = CASE WHEN o.outcome = 'failure' AND t.retry_count < t.max_retries
-                          THEN now() + omniq_retry_delay(t.retry_delay, t.retry_count) ELSE t.run_at END,
-            finished_at = CASE WHEN o.outcome = 'failure' AND t.retry_count < t.max_retries
-                               THEN NULL ELSE coalesce(o.finished_at, now()) END,
+        SET status = o.final, delayed = false,
+            finished_at = coalesce(o.finished_at, now()),
             started_at = coalesce(o.started_at, t.started_at)
         FROM o
-        WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = 'running'
-        RETURNING t.id, t.status, t.queue_name, t.callbacks, t.task_data, t.run_at, t.retry_count,
-                  t.started_at, o.outcome, o.result, o.error, o.error_type, o.traceback,
-                  o.finished_at, o.execution_time
+        WHERE t.id = o.id AND t.status = ANY (p_from)
+          AND (o.attempt IS NULL OR t.attempts = o.attempt)
+          AND o.final IN ('completed', 'failed', 'expired', 'cancelled')
+        RETURNING t.id, t.status, t.queue_name, t.callbacks, t.task_data, t.started_at,
+                  t.finished_at, o.outcome, o.result, o.error, o.error_type, o.traceback,
+                  o.execution_time, o.message, coalesce(o.worker_id, p_worker_id) AS worker_id
     ), results_written AS (
         INSERT INTO "results" AS r (task_id, status, result, error, error_type, traceback,
             created_at, started_at, completed_at, expires_at, worker_id, execution_time, result_data)
         SELECT u.id, CASE u.status WHEN 'completed' THEN 'success' WHEN 'failed' THEN 'failure'
                                    ELSE u.status END,
-               u.result, u.error, u.error_type, u.traceback, now(), u.started_at,
-               coalesce(u.finished_at, now()),
-               coalesce(u.finished_at, now())
-                   + make_interval(secs => (u.task_data ->> 'result_ttl')::float8),
-               p_worker_id, u.execution_time, '{}'
-        FROM upd AS u WHERE u.status <> 'pending'
+               u.result, u.error, u.error_type, u.traceback, now(), u.started_at, u.finished_at,
+               u.finished_at + make_interval(secs => (u.task_data ->> 'result_ttl')::float8),
+               u.worker_id, u.execution_time, '{}'
+        FROM ended AS u
         ON CONFLICT (task_id) DO UPDATE SET status = excluded.status, result = excluded.result,
             error = excluded.error, error_type = excluded.error_type,
             traceback = excluded.traceback, started_at = excluded.started_at,
@@ -159,55 +371,197 @@ BEGIN
     ), logged AS (
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
             message, error_type, error_message, traceback, execution_time)
-        SELECT u.id, e.event_type, e.at, u.queue_name, p_worker_id, e.message,
+        SELECT u.id, e.event_type, e.at, u.queue_name, u.worker_id, e.message,
                e.error_type, e.error, e.traceback, e.execution_time
-        FROM upd AS u
+        FROM ended AS u
         CROSS JOIN LATERAL (VALUES
             ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real,
              NULL::text, NULL::text, NULL::text),
-            (CASE u.status WHEN 'pending' THEN 'retry' ELSE u.status END,
-             coalesce(u.finished_at, now()),
-             CASE WHEN u.status = 'pending' THEN 'retry ' || u.retry_count || ' at ' || u.run_at END,
-             u.execution_time, u.error_type, u.error, u.traceback)
+            (u.status, u.finished_at, u.message, u.execution_time, u.error_type, u.error,
+             u.traceback)
         ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
-        WHERE u.outcome <> 'expired' OR e.event_type <> 'executing'
+        WHERE e.event_type <> 'executing' OR u.outcome IN ('success', 'failure')
     )
     SELECT array_agg(u.id), array_agg(u.status),
-           array_agg(u.id) FILTER (WHERE u.status <> 'pending'),
+           array_agg(u.id) FILTER (WHERE u.status = 'completed'),
+           array_agg(u.id) FILTER (WHERE u.status <> 'completed'),
            (SELECT jsonb_agg(jsonb_build_object(
-                'func', c.value, 'queue_name', f.queue_name,
+                'id', omniq_callback_id(f.id, c.key), 'func', c.value, 'queue_name', f.queue_name,
                 'args', jsonb_build_array(jsonb_build_object('task_id', f.id,
                     'status', CASE f.status WHEN 'completed' THEN 'success'
                                             WHEN 'failed' THEN 'failure' ELSE f.status END,
                     'result', f.result, 'error', f.error, 'error_type', f.error_type)),
                 'metadata', jsonb_build_object('callback_of', f.id, 'callback', c.key)))
-            FROM upd AS f CROSS JOIN LATERAL jsonb_each_text(f.callbacks) AS c
-            WHERE (c.key = 'on_complete' AND f.status <> 'pending')
+            FROM ended AS f CROSS JOIN LATERAL jsonb_each_text(f.callbacks) AS c
+            WHERE c.key = 'on_complete'
                OR (c.key = 'on_success' AND f.status = 'completed')
                OR (c.key = 'on_failure' AND f.status IN ('failed', 'expired')))
-    INTO v_ids, v_statuses, v_finished, v_callbacks
-    FROM upd AS u;
+    INTO v_ids, v_statuses, v_completed, v_dead, v_callbacks
+    FROM ended AS u;
 
     IF v_callbacks IS NOT NULL THEN
-        PERFORM omniq_enqueue(v_callbacks);
+        PERFORM omniq_insert_tasks(v_callbacks, true);
     END IF;
-    IF v_finished IS NOT NULL THEN
-        PERFORM omniq_resolve_dependents(v_finished);
+    IF v_ids IS NOT NULL AND EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'waiting') THEN
+        IF v_dead IS NOT NULL THEN
+            PERFORM omniq_cancel_dependents(v_dead);
+        END IF;
+        IF v_completed IS NOT NULL THEN
+            PERFORM omniq_release_dependents(v_completed);
+        END IF;
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
 END
 $$;
 
+CREATE OR REPLACE FUNCTION omniq_cancel_dependents(p_dead TEXT[])
+RETURNS VOID
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Cancel every task waiting, directly or through others, for one of p_dead (tasks that
+-- failed, expired or were cancelled). The whole set is computed first, then locked once, in
+-- id order, so two cascades that meet in a shared dependent never deadlock; a task that
+-- changed meanwhile (cancelled by the other cascade) is skipped. Then ended through
+-- omniq_end_tasks. Index: tasks_waiting_idx (GIN, one probe per level).
+DECLARE
+    v_frontier TEXT[] := p_dead;
+    v_closure TEXT[] := '{}';
+    v_next TEXT[];
+    v_ends JSONB;
+BEGIN
+    LOOP
+        SELECT array_agg(t.id) INTO v_next FROM "tasks" AS t
+        WHERE t.status = 'waiting' AND t.dependencies ?| v_frontier
+          AND NOT (t.id = ANY (v_closure));
+        EXIT WHEN v_next IS NULL;
+        v_closure := v_closure || v_next;
+        v_frontier := v_next;
+    END LOOP;
+    IF cardinality(v_closure) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'cancelled',
+               'error', 'a dependency failed, expired or was cancelled',
+               'error_type', 'TaskCancelled',
+               'message', 'a dependency failed, expired or was cancelled'))
+    INTO v_ends
+    FROM (SELECT t.id FROM "tasks" AS t WHERE t.id = ANY (v_closure) AND t.status = 'waiting'
+          ORDER BY t.id FOR NO KEY UPDATE) AS l;
+    IF v_ends IS NOT NULL THEN
+        PERFORM omniq_end_tasks(v_ends, '{waiting}');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_release_dependents(p_completed TEXT[])
+RETURNS VOID
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Re-examine the waiting tasks that name any of p_completed (tasks that just completed).
+-- Index: tasks_waiting_idx (which waiting tasks name these).
+DECLARE
+    v_ids TEXT[];
+BEGIN
+    SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
+    WHERE t.status = 'waiting' AND t.dependencies ?| p_completed;
+    IF v_ids IS NOT NULL THEN
+        PERFORM omniq_resolve_waiting(v_ids, false);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_dependencies_state(p_dependencies JSONB,
+    OUT ready BOOLEAN, OUT dead TEXT)
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+-- Of a dependency list: whether every dependency completed (true for none), and, when one
+-- failed, expired, was cancelled or no longer exists, why ('dependency x ended failed').
+-- Index: tasks_pkey, one probe per dependency (a subquery each, never a scan of tasks).
+    SELECT coalesce(bool_and(coalesce(s.status = 'completed', false)), true),
+           min(CASE WHEN s.status IS NULL THEN 'dependency ' || s.dep || ' no longer exists'
+                    WHEN s.status IN ('failed', 'cancelled', 'expired')
+                    THEN 'dependency ' || s.dep || ' ended ' || s.status END)
+    FROM (SELECT d.dep, (SELECT x.status FROM "tasks" AS x WHERE x.id = d.dep) AS status
+          FROM jsonb_array_elements_text(p_dependencies) AS d(dep)) AS s
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_resolve_waiting(p_ids TEXT[], p_lock_dependencies BOOLEAN)
+RETURNS VOID
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- Waiting tasks among p_ids whose dependencies all completed become pending (delayed if
+-- their run_at has not come); those with a dependency that failed, expired, was cancelled or
+-- no longer exists are cancelled through omniq_end_tasks, with the tasks waiting for them.
+-- The waiting tasks are locked first, in id order; with p_lock_dependencies (at commit) their
+-- dependencies too, FOR SHARE: a transaction ending one of them holds its row until it
+-- commits, so the classification below, made with a fresh snapshot, sees its final status.
+-- Index: tasks_pkey.
+DECLARE
+    v_ready TEXT[];
+    v_ends JSONB;
+BEGIN
+    PERFORM 1 FROM "tasks" AS t WHERE t.id = ANY (p_ids) AND t.status = 'waiting'
+    ORDER BY t.id FOR NO KEY UPDATE;
+    IF p_lock_dependencies THEN
+        PERFORM 1 FROM "tasks" AS x
+        WHERE x.id IN (SELECT d.dep FROM "tasks" AS w
+                       CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
+                       WHERE w.id = ANY (p_ids) AND w.status = 'waiting')
+        ORDER BY x.id FOR SHARE;
+    END IF;
+
+    SELECT array_agg(w.id) FILTER (WHERE s.dead IS NULL AND s.ready),
+           jsonb_agg(jsonb_build_object('id', w.id, 'status', 'cancelled',
+               'error', s.dead, 'error_type', 'TaskCancelled', 'message', s.dead))
+               FILTER (WHERE s.dead IS NOT NULL)
+    INTO v_ready, v_ends
+    FROM "tasks" AS w CROSS JOIN LATERAL omniq_dependencies_state(w.dependencies) AS s
+    WHERE w.id = ANY (p_ids) AND w.status = 'waiting';
+
+    IF v_ready IS NOT NULL THEN
+        UPDATE "tasks" AS t SET status = 'pending', delayed = coalesce(t.run_at > now(), false)
+        WHERE t.id = ANY (v_ready) AND t.status = 'waiting';
+    END IF;
+    IF v_ends IS NOT NULL THEN
+        PERFORM omniq_end_tasks(v_ends, '{waiting}');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_resolve_committed(p_id TEXT)
+RETURNS VOID
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- The body of the commit-time trigger tasks_waiting_committed (migration 0006): a task
+-- written 'waiting' in this transaction is resolved again now, its dependencies locked
+-- FOR SHARE (see omniq_resolve_waiting). A deadlock with a transaction ending one of them
+-- is retried, so it never fails the caller's commit. Index: tasks_pkey.
+DECLARE
+    v_try INTEGER := 0;
+BEGIN
+    LOOP
+        BEGIN
+            IF EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.id = p_id AND t.status = 'waiting') THEN
+                PERFORM omniq_resolve_waiting(ARRAY[p_id], true);
+            END IF;
+            RETURN;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION omniq_release_tasks(p_ids TEXT[], p_worker_id TEXT, p_reason TEXT)
 RETURNS INTEGER
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Give running tasks back to the queue unchanged (graceful shutdown): no retry is counted.
+-- Index: tasks_pkey.
 DECLARE
     v_n INTEGER;
 BEGIN
     WITH released AS (
         UPDATE "tasks" AS t
-        SET status = 'pending', worker_id = NULL, started_at = NULL
+        SET status = 'pending', worker_id = NULL, started_at = NULL,
+            delayed = coalesce(t.run_at > now(), false)
         WHERE t.id = ANY (p_ids) AND t.status = 'running'
           AND t.worker_id IS NOT DISTINCT FROM p_worker_id
         RETURNING t.id, t.queue_name
@@ -220,140 +574,156 @@ BEGIN
     RETURN v_n;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION omniq_release_tasks(TEXT[], TEXT, TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_cancel_tasks(p_ids TEXT[], p_reason TEXT)
 RETURNS INTEGER
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Cancel tasks that have not started (pending or waiting); running and finished tasks are
--- left alone. Writes a 'cancelled' result and event, then cancels tasks depending on them.
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+-- Cancel tasks that have not started (pending, delayed or not, or waiting) through
+-- omniq_end_tasks: a 'cancelled' result and event, on_complete callbacks, and the tasks
+-- depending on them cancelled too. Running and finished tasks are left alone. Returns how
+-- many of p_ids were cancelled. Index: tasks_pkey, then tasks_waiting_idx for dependents.
 DECLARE
-    v_ids TEXT[];
+    v_ends JSONB;
+    v_n INTEGER := 0;
+    v_try INTEGER := 0;
 BEGIN
-    WITH cancelled AS (
-        UPDATE "tasks" AS t SET status = 'cancelled', finished_at = now()
-        WHERE t.id = ANY (p_ids) AND t.status IN ('pending', 'waiting')
-        RETURNING t.id, t.queue_name
-    ), results_written AS (
-        INSERT INTO "results" (task_id, status, error, error_type, created_at, completed_at, result_data)
-        SELECT c.id, 'cancelled', p_reason, 'TaskCancelled', now(), now(), '{}' FROM cancelled AS c
-        ON CONFLICT (task_id) DO UPDATE SET status = 'cancelled', error = excluded.error,
-            error_type = excluded.error_type, completed_at = excluded.completed_at
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
-        SELECT c.id, 'cancelled', now(), c.queue_name, p_reason
-        FROM cancelled AS c
-    )
-    SELECT array_agg(c.id) INTO v_ids FROM cancelled AS c;
-    IF v_ids IS NOT NULL THEN
-        PERFORM omniq_resolve_dependents(v_ids);
-    END IF;
-    RETURN coalesce(cardinality(v_ids), 0);
+    LOOP
+        BEGIN
+            SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'cancelled',
+                       'error', p_reason, 'error_type', 'TaskCancelled', 'message', p_reason))
+            INTO v_ends
+            FROM (SELECT t.id FROM "tasks" AS t
+                  WHERE t.id = ANY (p_ids) AND t.status IN ('pending', 'waiting')
+                  ORDER BY t.id FOR NO KEY UPDATE) AS l;
+            IF v_ends IS NOT NULL THEN
+                SELECT count(*) INTO v_n
+                FROM omniq_end_tasks(v_ends, '{pending,waiting}') AS e WHERE e.id = ANY (p_ids);
+            END IF;
+            RETURN v_n;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION omniq_cancel_tasks(TEXT[], TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_expire_tasks(p_queues TEXT[] DEFAULT NULL)
 RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Mark unstarted tasks past expires_at as expired (result + event), in the given queues or
--- all. Called by omniq_dequeue, so an expired task is never handed out. Index: tasks_expiry_idx.
+-- End unstarted tasks past expires_at as 'expired', in the given queues or all, through
+-- omniq_end_tasks. Called by omniq_dequeue (when its index probe found one), so an expired
+-- task is never handed out. Rows another caller holds are skipped (it expires them).
+-- A deadlock in the cascade is retried here. Index: tasks_expiry_idx.
 DECLARE
-    v_ids TEXT[];
+    v_ends JSONB;
+    v_n INTEGER := 0;
+    v_try INTEGER := 0;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t
-                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
-                     AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))) THEN
-        RETURN 0;  -- the usual case, answered by the index alone
-    END IF;
-    WITH expired AS (
-        UPDATE "tasks" AS t SET status = 'expired', finished_at = now()
-        WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
-          AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))
-        RETURNING t.id, t.queue_name, t.expires_at
-    ), results_written AS (
-        INSERT INTO "results" (task_id, status, error, error_type, created_at, completed_at, result_data)
-        SELECT x.id, 'expired', 'task expired at ' || x.expires_at || ' before it ran',
-               'TaskExpired', now(), now(), '{}'
-        FROM expired AS x
-        ON CONFLICT (task_id) DO UPDATE SET status = 'expired', error = excluded.error,
-            error_type = excluded.error_type, completed_at = excluded.completed_at
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name, message)
-        SELECT x.id, 'expired', now(), x.queue_name, 'expired before it ran'
-        FROM expired AS x
-    )
-    SELECT array_agg(x.id) INTO v_ids FROM expired AS x;
-    IF v_ids IS NOT NULL THEN
-        PERFORM omniq_resolve_dependents(v_ids);
-    END IF;
-    RETURN coalesce(cardinality(v_ids), 0);
+    LOOP
+        BEGIN
+            SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'expired',
+                       'error', 'task expired at ' || l.expires_at || ' before it ran',
+                       'error_type', 'TaskExpired', 'message', 'expired before it ran'))
+            INTO v_ends
+            FROM (SELECT t.id, t.expires_at FROM "tasks" AS t
+                  WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
+                    AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))
+                  ORDER BY t.id
+                  FOR NO KEY UPDATE SKIP LOCKED) AS l;
+            IF v_ends IS NOT NULL THEN
+                SELECT count(*) INTO v_n FROM omniq_end_tasks(v_ends, '{pending,waiting}');
+            END IF;
+            RETURN v_n;
+        EXCEPTION WHEN deadlock_detected THEN
+            v_try := v_try + 1;
+            IF v_try >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_resolve_dependents(p_finished TEXT[])
-RETURNS VOID
+CREATE OR REPLACE FUNCTION omniq_update_task(p_id TEXT, p_queue_name TEXT, p_priority INTEGER,
+    p_status TEXT, p_func TEXT, p_args JSONB, p_kwargs JSONB, p_run_at TIMESTAMPTZ,
+    p_expires_at TIMESTAMPTZ, p_retry_count INTEGER, p_max_retries INTEGER, p_retry_delay REAL,
+    p_dependencies JSONB, p_callbacks JSONB, p_metadata JSONB, p_task_data JSONB)
+RETURNS BOOLEAN
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Re-examine the waiting tasks that name any of p_finished. Index: tasks_waiting_ids_idx
--- (is any task waiting at all?), then tasks_waiting_idx (which ones name these).
+-- Overwrite a task's fields (update_task in Python); false when there is no such task.
+-- A new final status (completed, failed, expired, cancelled) ends the task through
+-- omniq_end_tasks, with its result, event, callbacks and dependents. Refused, with a hint:
+-- leaving a final status (omniq_retry_tasks does that, with a fresh result) and changing the
+-- dependencies after enqueue. Index: tasks_pkey.
 DECLARE
-    v_ids TEXT[];
+    v_old RECORD;
+    v_final CONSTANT TEXT[] := '{completed,failed,expired,cancelled}';
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM "tasks" AS t WHERE t.status = 'waiting') THEN
-        RETURN;  -- the usual case: nothing waits for anything
+    SELECT t.status, t.dependencies INTO v_old FROM "tasks" AS t WHERE t.id = p_id
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
     END IF;
-    SELECT array_agg(t.id) INTO v_ids FROM "tasks" AS t
-    WHERE t.status = 'waiting' AND t.dependencies ?| p_finished;
-    IF v_ids IS NOT NULL THEN
-        PERFORM omniq_resolve_waiting(v_ids, false);
+    IF v_old.status = ANY (v_final) AND p_status IS DISTINCT FROM v_old.status THEN
+        RAISE EXCEPTION 'task % is %: update_task cannot change a final status', p_id, v_old.status
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use retry_tasks (omniq retry, omniq_retry_tasks) to run it again.';
     END IF;
+    IF p_dependencies IS DISTINCT FROM v_old.dependencies THEN
+        RAISE EXCEPTION 'task %: dependencies cannot change after enqueue', p_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Cancel the task and enqueue a new one with the dependencies you want.';
+    END IF;
+    UPDATE "tasks" AS t
+    SET queue_name = p_queue_name, priority = p_priority, func = p_func, args = p_args,
+        kwargs = p_kwargs, run_at = p_run_at, expires_at = p_expires_at,
+        retry_count = p_retry_count, max_retries = p_max_retries, retry_delay = p_retry_delay,
+        callbacks = p_callbacks, metadata = p_metadata, task_data = p_task_data,
+        status = CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END,
+        delayed = (CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END) = 'pending'
+                  AND coalesce(p_run_at > now(), false)
+    WHERE t.id = p_id;
+    IF p_status = ANY (v_final) AND p_status IS DISTINCT FROM v_old.status THEN
+        PERFORM omniq_end_tasks(jsonb_build_array(jsonb_build_object('id', p_id,
+                    'status', p_status, 'error_type', CASE WHEN p_status <> 'completed' THEN 'TaskUpdated' END,
+                    'error', CASE WHEN p_status <> 'completed' THEN 'set ' || p_status || ' by update_task' END,
+                    'message', 'set ' || p_status || ' by update_task')),
+                ARRAY[v_old.status]);
+    ELSIF p_status = 'waiting' THEN
+        PERFORM omniq_resolve_waiting(ARRAY[p_id], false);
+    END IF;
+    RETURN true;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_resolve_waiting(p_ids TEXT[], p_strict BOOLEAN)
-RETURNS VOID
+CREATE OR REPLACE FUNCTION omniq_delete_task(p_id TEXT)
+RETURNS BOOLEAN
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Waiting tasks whose dependencies all completed become pending; those with a dependency
--- that failed, expired or was cancelled are cancelled. With p_strict, a dependency naming
--- no task raises foreign_key_violation (used at enqueue).
+-- Delete one task (its result and events stay); false when there is no such task. Refused
+-- while a waiting task depends on it, which would otherwise wait forever: cancel it instead
+-- (its dependents are cancelled with it). The row is locked first, so a transaction still
+-- enqueuing a dependent of it (which holds it FOR KEY SHARE) commits before the check.
+-- Index: tasks_pkey, tasks_waiting_idx.
 DECLARE
-    v_bad RECORD;
-    v_ready TEXT[];
-    v_dead TEXT[];
+    v_dependent TEXT;
 BEGIN
-    -- Lock first, in id order, in a statement of its own: the classification below then
-    -- reads with a fresh snapshot, so two dependencies finishing at once cannot both miss.
-    PERFORM 1 FROM "tasks" AS t WHERE t.id = ANY (p_ids) AND t.status = 'waiting'
-    ORDER BY t.id FOR UPDATE;
-
-    IF p_strict THEN
-        SELECT w.id, d.dep INTO v_bad
-        FROM "tasks" AS w CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
-        WHERE w.id = ANY (p_ids) AND NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = d.dep)
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'task % depends on unknown task %', v_bad.id, v_bad.dep
-                USING ERRCODE = 'foreign_key_violation',
-                      HINT = 'Enqueue the dependency first, or in the same enqueue_many call.';
-        END IF;
+    PERFORM 1 FROM "tasks" AS t WHERE t.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
     END IF;
-
-    SELECT array_agg(s.id) FILTER (WHERE s.all_done), array_agg(s.id) FILTER (WHERE s.any_dead)
-    INTO v_ready, v_dead
-    FROM (
-        SELECT w.id,
-               bool_and(coalesce(x.status = 'completed', false)) AS all_done,
-               bool_or(coalesce(x.status IN ('failed', 'cancelled', 'expired'), false)) AS any_dead
-        FROM "tasks" AS w
-        CROSS JOIN jsonb_array_elements_text(w.dependencies) AS d(dep)
-        LEFT JOIN "tasks" AS x ON x.id = d.dep
-        WHERE w.id = ANY (p_ids) AND w.status = 'waiting'
-        GROUP BY w.id
-    ) AS s;
-
-    IF v_ready IS NOT NULL THEN
-        UPDATE "tasks" AS t SET status = 'pending' WHERE t.id = ANY (v_ready);
+    SELECT w.id INTO v_dependent FROM "tasks" AS w
+    WHERE w.status = 'waiting' AND w.dependencies ? p_id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'task % cannot be deleted: task % waits for it', p_id, v_dependent
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Cancel it instead (omniq cancel, cancel_task): its dependents are cancelled too.';
     END IF;
-    IF v_dead IS NOT NULL THEN
-        PERFORM omniq_cancel_tasks(v_dead, 'a dependency failed, expired or was cancelled');
-    END IF;
+    DELETE FROM "tasks" AS t WHERE t.id = p_id;
+    RETURN true;
 END
 $$;

@@ -65,3 +65,12 @@ ORDER BY relname, indexrelname;
 -- name: notify(channel, payload)$
 -- Send one NOTIFY (the doctor's LISTEN round trip on a scratch channel). Index: none.
 SELECT pg_notify(:channel::text, :payload::text);
+
+-- name: check_invariants(window, limit)
+-- Every violated invariant (omniq_check_invariants, sql/functions/invariants.sql): finished
+-- tasks looked at are those created or ended within :window, at most :limit of each.
+-- Index: tasks_waiting_ids_idx, tasks_finished_idx, events_timestamp_idx, events_task_idx,
+-- results_pkey, tasks_pkey, tasks_running_idx.
+SELECT invariant, task_id, schedule_id, detail
+FROM "public".omniq_check_invariants(:window::interval, :limit::int)
+ORDER BY invariant, task_id, schedule_id;

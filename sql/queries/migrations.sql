@@ -13,6 +13,11 @@ SELECT name, checksum, applied_at FROM "public".omniq_migrations ORDER BY name;
 -- Serialise migrators of one schema until the transaction ends.
 SELECT pg_advisory_xact_lock(hashtextextended('omniq migrate ' || :schema_name::text, 0));
 
+-- name: bound_lock_waits(timeout)$
+-- Make every lock wait of the rest of the migration transaction give up after :timeout (the
+-- advisory lock above is already held: waiting for another migrator is not bounded).
+SELECT set_config('lock_timeout', :timeout::text, true);
+
 -- name: schema_exists(schema_name)$
 -- Whether the configured schema exists. Checked before create_schema because CREATE SCHEMA
 -- IF NOT EXISTS demands CREATE on the database even when the schema is already there.

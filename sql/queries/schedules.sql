@@ -50,13 +50,21 @@ DELETE FROM "public"."schedules" WHERE id = :id::text RETURNING id;
 SELECT "public".omniq_set_schedule_status(:id::text, :status::text);
 
 -- name: claim_schedules(limit)
--- Lock due schedules for this transaction (SKIP LOCKED). Index: schedules_due_idx.
-SELECT * FROM "public".omniq_claim_schedules(:limit::int);
+-- Lock due schedules for this transaction (SKIP LOCKED), with the database's clock (db_now,
+-- the transaction's now(): the following fire times are computed from it).
+-- Index: schedules_due_idx.
+SELECT s.id, s.schedule_type, s.func, s.args, s.kwargs, s.queue_name, s.cron_expression,
+       s.interval_seconds, s.timestamp, s.status, s.created_at, s.last_run, s.next_run,
+       s.max_runs, s.run_count, s.ttl_seconds, s.expires_at, s.metadata, s.schedule_data,
+       now() AS db_now
+FROM "public".omniq_claim_schedules(:limit::int) AS s;
 
--- name: fire_schedules(ids, next_runs)$
--- Enqueue the claimed schedules' tasks and advance them; returns tasks enqueued.
+-- name: fire_schedules(ids, next_runs, errors)
+-- Enqueue the claimed schedules' tasks and advance them, each in a subtransaction; one row
+-- per schedule: (schedule_id, task_id when fired, error when paused).
 -- Index: schedules_pkey, tasks_pkey.
-SELECT "public".omniq_fire_schedules(:ids::text[], :next_runs::timestamptz[]);
+SELECT schedule_id, task_id, error
+FROM "public".omniq_fire_schedules(:ids::text[], :next_runs::timestamptz[], :errors::text[]);
 
 -- name: next_schedule_at()$
 -- When the earliest active schedule is due. Index: schedules_due_idx.

@@ -8,13 +8,13 @@
 SELECT id, status FROM "public".omniq_enqueue(:tasks::jsonb);
 
 -- name: dequeue_tasks(queues, limit, worker_id)
--- Hand out up to :limit ready tasks, marked running. Index: tasks_dequeue_idx.
+-- Hand out up to :limit ready tasks, marked running. Index: tasks_pending_idx.
 SELECT * FROM "public".omniq_dequeue(:queues::text[], :limit::int, :worker_id::text);
 
 -- name: finish_tasks(outcomes, worker_id)
--- Record a batch of outcomes (success, failure with retry, expiry) in one transaction.
--- Index: tasks_pkey or tasks_running_idx (whichever reads fewer running tasks), results_pkey
--- for the upsert, tasks_waiting_idx for the dependents.
+-- Record a batch of outcomes (success, failure with retry, expiry) in one transaction; the
+-- endings go through omniq_end_tasks. Index: tasks_pkey or tasks_running_idx (whichever
+-- reads fewer running tasks), results_pkey for the upsert, tasks_waiting_idx for dependents.
 SELECT id, status FROM "public".omniq_finish_tasks(:outcomes::jsonb, :worker_id::text);
 
 -- name: release_tasks(ids, worker_id, reason)$
@@ -23,7 +23,7 @@ SELECT id, status FROM "public".omniq_finish_tasks(:outcomes::jsonb, :worker_id:
 SELECT "public".omniq_release_tasks(:ids::text[], :worker_id::text, :reason::text);
 
 -- name: cancel_tasks(ids, reason)$
--- Cancel tasks that have not started; returns how many were cancelled.
+-- Cancel tasks that have not started (through omniq_end_tasks); returns how many.
 -- Index: tasks_pkey, then tasks_waiting_idx for the tasks depending on them.
 SELECT "public".omniq_cancel_tasks(:ids::text[], :reason::text);
 
@@ -39,7 +39,7 @@ SELECT * FROM "public"."tasks" WHERE id = :id::text;
 -- name: list_tasks(statuses, queue_name, func, created_after, created_before, limit, offset)
 -- Tasks, newest first, filtered by any of status list, queue, func and creation time.
 -- A single status is also spelled out so the planner reads that status's index in order.
--- Index: tasks_finished_idx for finished statuses, tasks_dequeue_idx for pending,
+-- Index: tasks_finished_idx for finished statuses, tasks_pending_idx for pending,
 -- tasks_running_idx for running; no status (or waiting): a scan of the table.
 SELECT * FROM "public"."tasks"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
@@ -52,34 +52,27 @@ ORDER BY created_at DESC, id
 LIMIT :limit::int OFFSET :offset::int;
 
 -- name: update_task(id, queue_name, priority, status, func, args, kwargs, run_at, expires_at, retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data)$
--- Overwrite a task's fields from the model; returns the id, or NULL when no such task.
--- Index: tasks_pkey.
-UPDATE "public"."tasks"
-SET queue_name = :queue_name::text, priority = :priority::int, status = :status::text,
-    func = :func::text, args = :args::jsonb, kwargs = :kwargs::jsonb,
-    run_at = :run_at::timestamptz, expires_at = :expires_at::timestamptz,
-    retry_count = :retry_count::int, max_retries = :max_retries::int,
-    retry_delay = :retry_delay::real, dependencies = :dependencies::jsonb,
-    callbacks = :callbacks::jsonb, metadata = :metadata::jsonb, task_data = :task_data::jsonb,
-    finished_at = CASE WHEN :status::text IN ('completed', 'failed', 'cancelled', 'expired')
-                       THEN coalesce(finished_at, now()) END
-WHERE id = :id::text
-RETURNING id;
+-- Overwrite a task's fields from the model; false when there is no such task. A final
+-- status ends the task through omniq_end_tasks. Index: tasks_pkey.
+SELECT "public".omniq_update_task(:id::text, :queue_name::text, :priority::int, :status::text,
+    :func::text, :args::jsonb, :kwargs::jsonb, :run_at::timestamptz, :expires_at::timestamptz,
+    :retry_count::int, :max_retries::int, :retry_delay::real, :dependencies::jsonb,
+    :callbacks::jsonb, :metadata::jsonb, :task_data::jsonb);
 
 -- name: delete_task(id)$
--- Delete one task (its result and events stay); returns the id, or NULL when absent.
--- Index: tasks_pkey.
-DELETE FROM "public"."tasks" WHERE id = :id::text RETURNING id;
+-- Delete one task (its result and events stay); false when absent; refused while a waiting
+-- task depends on it. Index: tasks_pkey, tasks_waiting_idx.
+SELECT "public".omniq_delete_task(:id::text);
 
 -- name: count_pending(queue_name)$
--- Pending tasks in a queue, due now or later. Index: tasks_dequeue_idx (an index-only
--- scan once autovacuum has marked the pages all-visible).
+-- Pending tasks in a queue, due now or later (delayed). Index: tasks_pending_idx (an
+-- index-only scan of the queue's range once autovacuum has marked the pages all-visible).
 SELECT count(*) FROM "public"."tasks" WHERE status = 'pending' AND queue_name = :queue_name::text;
 
 -- name: next_due_at(queues)$
--- When the earliest delayed task of these queues becomes due. Index: tasks_delayed_idx.
+-- When the earliest delayed task of these queues becomes due. Index: tasks_delayed_until_idx.
 SELECT min(run_at) FROM "public"."tasks"
-WHERE status = 'pending' AND queue_name = ANY (:queues::text[]) AND run_at > now();
+WHERE status = 'pending' AND delayed AND queue_name = ANY (:queues::text[]) AND run_at > now();
 
 -- name: cleanup_expired_tasks(batch)$
 -- Expire overdue tasks and delete up to :batch expired ones.

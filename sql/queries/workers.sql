@@ -2,7 +2,8 @@
 
 -- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held, stale_after, stuck_threads)$
 -- Refresh (or re-create) a worker's registration; returns the held task ids it lost.
--- Index: omniq_workers_pkey, tasks_pkey (one probe per held id).
+-- Index: omniq_workers_pkey, tasks_pkey (one probe per held id) or tasks_running_idx (the
+-- worker's running tasks, when the planner finds that cheaper).
 SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
     :concurrency::int, :held::text[], :stale_after::interval, :stuck_threads::int);
 

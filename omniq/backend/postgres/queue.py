@@ -14,10 +14,20 @@ import orjson
 from ...errors import DuplicateTaskError, UnknownDependencyError
 from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
-from ...models.task import Task, check_queue_name
+from ...models.task import Task, check_queue_name, is_reserved_id
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import task_from_row, task_params, tasks_json
 from .sync import with_sync_methods
+
+
+def _with_hint(exc: asyncpg.PostgresError) -> str:
+    """The database's message and its hint, as one line for a Python exception."""
+    hint = getattr(exc, "hint", None)
+    return f"{exc}. {hint}" if hint else str(exc)
+
+
+def _outcome_id(outcome: dict[str, Any]) -> str:
+    return outcome["id"]
 
 
 def _queues(queues: str | Sequence[str]) -> list[str]:
@@ -46,6 +56,13 @@ class AsyncPostgresQueue(Component):
         batch = list(tasks)
         if not batch:
             return []
+        for task in batch:
+            if is_reserved_id(task.id):
+                raise ValueError(
+                    f"task id {task.id!r} is reserved for OmniQ's own tasks (schedule fires "
+                    "'<schedule id>@<UTC time>' and callbacks '<task id>@on_success'...); "
+                    "nothing was enqueued. Choose another id."
+                )
         payload = tasks_json(batch)  # raises TypeError before anything is sent
         async with self._conn(connection) as conn:
             try:
@@ -59,6 +76,10 @@ class AsyncPostgresQueue(Component):
                 raise UnknownDependencyError(
                     f"{exc}; nothing was enqueued. {exc.hint or ''}".strip()
                 ) from None
+            except (asyncpg.InvalidParameterValueError, asyncpg.CheckViolationError) as exc:
+                # A reserved id, a dependency cycle, or a row the database's own checks
+                # refuse (sql/migrations/0005): what Python lets through, the database stops.
+                raise ValueError(f"{_with_hint(exc)}; nothing was enqueued") from None
         statuses = {row["id"]: row["status"] for row in changed}
         for task in batch:
             task.status = TaskStatus(
@@ -132,14 +153,29 @@ class AsyncPostgresQueue(Component):
         return task_from_row(row) if row else None
 
     async def update_task(self, task: Task) -> bool:
-        """Write the task's fields back (status, priority, run_at, ...); False if it is gone."""
+        """Write the task's fields back (status, priority, run_at, ...); False if it is gone.
+
+        A final status (completed, failed, expired, cancelled) ends the task the one way
+        every ending goes: result, final event, callbacks and dependents follow. Leaving a
+        final status (use :meth:`retry_tasks`) and changing dependencies raise ValueError.
+        """
         params = task_params(task)
         async with self._conn() as conn:
-            return await self._sql.tasks.update_task(conn, **params) is not None
+            try:
+                return bool(await self._sql.tasks.update_task(conn, **params))
+            except asyncpg.InvalidParameterValueError as exc:
+                raise ValueError(_with_hint(exc)) from None
 
     async def delete_task(self, task_id: str) -> bool:
+        """Delete a task (its result and events stay); False if there is none.
+
+        Refused (ValueError) while a waiting task depends on it: cancel it instead.
+        """
         async with self._conn() as conn:
-            return await self._sql.tasks.delete_task(conn, id=task_id) is not None
+            try:
+                return bool(await self._sql.tasks.delete_task(conn, id=task_id))
+            except asyncpg.DependentObjectsStillExistError as exc:
+                raise ValueError(_with_hint(exc)) from None
 
     async def cancel_task(self, task_id: str, reason: str = "cancelled by request") -> bool:
         """Cancel a task that has not started yet (and the tasks that depend on it)."""
@@ -221,7 +257,8 @@ class AsyncPostgresQueue(Component):
         error_type, traceback, started_at, finished_at, execution_time. Tasks no longer held
         in that attempt are left alone and missing from the answer.
         """
-        payload = orjson.dumps(outcomes).decode()
+        # In id order: the database locks the rows in this order, as every other locker does.
+        payload = orjson.dumps(sorted(outcomes, key=_outcome_id)).decode()
         async with self._conn() as conn:
             rows = await self._sql.tasks.finish_tasks(conn, outcomes=payload, worker_id=worker_id)
         return {row["id"]: row["status"] for row in rows}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ...models._common import dump_json
 from ...models.event import TaskEvent
 from ...models.result import TaskResult
 from ...models.schedule import Schedule
 from ...models.task import Task
+
+Model = TypeVar("Model", Task, Schedule)
 
 # Model fields kept inside the *_data JSONB column instead of a column of their own.
 TASK_DATA_FIELDS = ("timeout", "result_ttl")
@@ -63,32 +66,61 @@ def tasks_json(tasks: Iterable[Task]) -> str:
         raise
 
 
+def _as_stored(cls: type[Model], values: dict[str, Any]) -> Model:
+    """The model of a row its checks refuse, read as stored (no check, no normalisation).
+
+    psql users and older versions may have written rows the models would not build (an id
+    of 300 characters, a func that is no import path): reading one must never stop a worker
+    or a scheduler. The worker then fails such a task with a clear error when it runs it.
+    """
+    model = object.__new__(cls)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in values:
+            value = values[f.name]
+        elif f.default is not MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        object.__setattr__(model, f.name, value)
+    return model
+
+
+def _build(cls: type[Model], values: dict[str, Any]) -> Model:
+    try:
+        return cls(**values)
+    except (TypeError, ValueError):
+        return _as_stored(cls, values)
+
+
 def task_from_row(row: Mapping[str, Any]) -> Task:
     data = dict(row["task_data"])
     extra = {k: data.pop(k) for k in TASK_DATA_FIELDS if k in data}
-    return Task(
-        id=row["id"],
-        queue_name=row["queue_name"],
-        priority=row["priority"],
-        status=row["status"],
-        func=row["func"],
-        args=row["args"],
-        kwargs=row["kwargs"],
-        created_at=row["created_at"],
-        run_at=row["run_at"],
-        expires_at=row["expires_at"],
-        retry_count=row["retry_count"],
-        max_retries=row["max_retries"],
-        retry_delay=row["retry_delay"],
-        dependencies=row["dependencies"],
-        callbacks=row["callbacks"],
-        metadata=row["metadata"],
-        task_data=data,
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        worker_id=row["worker_id"],
-        attempts=row["attempts"],
-        **extra,
+    return _build(
+        Task,
+        dict(
+            id=row["id"],
+            queue_name=row["queue_name"],
+            priority=row["priority"],
+            status=row["status"],
+            func=row["func"],
+            args=row["args"],
+            kwargs=row["kwargs"],
+            created_at=row["created_at"],
+            run_at=row["run_at"],
+            expires_at=row["expires_at"],
+            retry_count=row["retry_count"],
+            max_retries=row["max_retries"],
+            retry_delay=row["retry_delay"],
+            dependencies=row["dependencies"],
+            callbacks=row["callbacks"],
+            metadata=row["metadata"],
+            task_data=data,
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            worker_id=row["worker_id"],
+            attempts=row["attempts"],
+            **extra,
+        ),
     )
 
 
@@ -175,6 +207,7 @@ def schedule_params(schedule: Schedule) -> dict[str, Any]:
 
 def schedule_from_row(row: Mapping[str, Any]) -> Schedule:
     values = dict(row)
+    values.pop("db_now", None)  # the claim's database clock, not a schedule field
     data = dict(values.pop("schedule_data"))
     extra = {k: data.pop(k) for k in SCHEDULE_DATA_FIELDS if k in data}
-    return Schedule(**values, **extra, schedule_data=data)
+    return _build(Schedule, {**values, **extra, "schedule_data": data})

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from ...models._common import utcnow
 from ...models.schedule import Schedule
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .rows import schedule_from_row, schedule_params
 from .sync import with_sync_methods
+
+log = logging.getLogger("omniq.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """What one claim-and-fire transaction did."""
+
+    claimed: int  # due schedules taken (fired, expired or paused)
+    fired: int  # tasks enqueued
+    failed: dict[str, str]  # schedule id -> the error it was paused for
 
 
 class AsyncPostgresScheduleStorage(Component):
@@ -79,20 +91,39 @@ class AsyncPostgresScheduleStorage(Component):
     async def fire_due_schedules(self, limit: int = DEFAULT_LIMIT) -> int:
         """Enqueue the tasks of due schedules and advance them; returns tasks enqueued.
 
-        One transaction: claim (SKIP LOCKED), compute following times with croniter, fire.
-        Concurrent callers never fire one due time twice. A window missed while nothing ran
-        fires once; the following time is the first one after now.
+        One transaction: claim (SKIP LOCKED), compute following times with croniter from the
+        database's clock, fire. Concurrent callers never fire one due time twice. A window
+        missed while nothing ran fires once; the following time is the first one after now.
+        A schedule that cannot fire is paused with its error (logged here, and kept in
+        ``schedule_data["last_error"]``); the others fire.
         """
+        return (await self.fire_due(limit)).fired
+
+    async def fire_due(self, limit: int = DEFAULT_LIMIT) -> Firing:
+        """:meth:`fire_due_schedules`, telling how many were claimed and which failed."""
         async with self._conn() as conn, conn.transaction():
             rows = await self._sql.schedules.claim_schedules(conn, limit=limit)
             if not rows:
-                return 0
-            now = utcnow()
-            claimed = [schedule_from_row(row) for row in rows]
-            following = [s.next_after(now, s.next_run) for s in claimed]
-            return await self._sql.schedules.fire_schedules(
-                conn, ids=[s.id for s in claimed], next_runs=following
+                return Firing(0, 0, {})
+            ids, following, errors = [], [], []
+            for row in rows:
+                ids.append(row["id"])
+                try:
+                    schedule = schedule_from_row(row)
+                    following.append(schedule.next_after(row["db_now"], schedule.next_run))
+                    errors.append(None)
+                except (
+                    Exception
+                ) as exc:  # a row no schedule can be made of: pause it, fire the rest
+                    following.append(None)
+                    errors.append(f"cannot compute its next run: {type(exc).__name__}: {exc}")
+            fired = await self._sql.schedules.fire_schedules(
+                conn, ids=ids, next_runs=following, errors=errors
             )
+        failed = {r["schedule_id"]: r["error"] for r in fired if r["error"] is not None}
+        for schedule_id, error in failed.items():
+            log.error("schedule %s could not fire and was paused: %s", schedule_id, error)
+        return Firing(len(rows), sum(1 for r in fired if r["task_id"] is not None), failed)
 
     async def next_schedule_at(self) -> datetime | None:
         """When the earliest active schedule is due."""

@@ -6,6 +6,8 @@ starting together migrate once and the others wait, then find nothing left to do
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,7 +15,14 @@ import asyncpg
 from ...errors import SchemaError
 from .sqlfiles import Script, SQLFiles
 
+log = logging.getLogger("omniq.migrate")
+
 TABLES_KEY = "tables"
+# How long one migration statement may wait for a lock (SET LOCAL lock_timeout), how many
+# times a migration that timed out is tried again, and the pause between attempts.
+LOCK_TIMEOUT = "5s"
+LOCK_ATTEMPTS = 6
+LOCK_RETRY_PAUSE = 2.0
 # Creating an object whose name is taken: a user's own table, or a configured table name
 # equal to one of OmniQ's own objects (omniq_workers, tasks_pkey, ...).
 _CLASHES = (
@@ -47,13 +56,46 @@ async def plan(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
 
 
 async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
-    """Bring the schema up to date; returns what was applied (nothing when current)."""
+    """Bring the schema up to date; returns what was applied (nothing when current).
+
+    Every lock a migration takes on OmniQ's tables waits at most LOCK_TIMEOUT: a migration
+    stuck behind a long transaction would otherwise queue every query of the queue behind
+    it. On a timeout the whole migration rolls back and is tried again, LOCK_ATTEMPTS times
+    in all, with a pause between, before SchemaError says who holds the lock.
+    """
     current = await plan(conn, files, schema)
     if not current.scripts:
         await _check_tables(conn, files)
         return current
+    attempt = 1
+    while True:
+        try:
+            return await _apply(conn, files, schema)
+        except asyncpg.LockNotAvailableError as exc:
+            if attempt >= LOCK_ATTEMPTS:
+                raise SchemaError(
+                    f"could not migrate schema {files.names['public']!r}: {exc} after "
+                    f"{LOCK_ATTEMPTS} attempts (lock_timeout {LOCK_TIMEOUT}). A long transaction "
+                    "holds a lock on OmniQ's tables: find it in pg_stat_activity / pg_locks, "
+                    "let it finish, and migrate again (nothing was changed)."
+                ) from exc
+            log.warning(
+                "migrating schema %s: %s; attempt %d of %d in %gs",
+                files.names["public"],
+                exc,
+                attempt + 1,
+                LOCK_ATTEMPTS,
+                LOCK_RETRY_PAUSE,
+            )
+            await asyncio.sleep(LOCK_RETRY_PAUSE)
+            attempt += 1
+
+
+async def _apply(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
+    """One attempt: lock, bound the lock waits, apply what is missing, in one transaction."""
     async with conn.transaction():
         await files.migrations.lock_installation(conn, schema_name=schema)
+        await files.migrations.bound_lock_waits(conn, timeout=LOCK_TIMEOUT)
         if not await files.migrations.schema_exists(conn, schema_name=schema):
             await files.migrations.create_schema(conn)  # a user owning the schema needs no more
         await files.migrations.use_schema(conn)
