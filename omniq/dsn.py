@@ -44,6 +44,7 @@ class ParsedDSN:
     hosts: tuple[str, ...]  # "host:port" each, in the order they are tried
     dbname: str | None
     connect_timeout: float | None
+    application_name: str | None = None
 
     @property
     def where(self) -> str:
@@ -162,7 +163,9 @@ def _from_settings(settings: dict[str, str], url: str | None) -> ParsedDSN:
         f"{_host_text(host)}:{ports[min(i, len(ports) - 1)] if ports else 5432}"
         for i, host in enumerate(hosts or ["localhost"])
     ]
-    return ParsedDSN(url, tuple(shown), settings.get("dbname"), seconds or None)
+    return ParsedDSN(
+        url, tuple(shown), settings.get("dbname"), seconds or None, settings.get("application_name")
+    )
 
 
 def _host_text(host: str) -> str:

@@ -235,6 +235,13 @@ USAGE_ERRORS = [
     (["cleanup", "--events-older-than", "x"], "expected a number of days"),
     (["status", "--watch", "-1"], "argument --watch"),
     (["nonsense"], "invalid choice"),
+    # issue 10, defect 9: each was accepted, then spun at 99% CPU or failed every task
+    (["worker", "--heartbeat", "0"], "argument --heartbeat: must be positive"),
+    (["worker", "--heartbeat", "nan"], "argument --heartbeat: must be positive"),
+    (["worker", "--task-timeout", "-1"], "argument --task-timeout: must be positive"),
+    (["worker", "--concurrency", "0"], "argument --concurrency: must be positive"),
+    (["worker", "--worker-timeout", "0"], "argument --worker-timeout: must be positive"),
+    (["worker", "--shutdown-grace", "-2"], "argument --shutdown-grace: expected seconds"),
 ]
 
 
@@ -691,3 +698,66 @@ def test_pg_variables_are_used_when_nothing_else_is_set(cli: CLI) -> None:
     assert json.loads(done.stdout)["schema"] == cli.schema
     assert json.loads(done.stdout)["server"].endswith("(from PG* variables)")
     assert "embedded" not in done.stderr
+
+
+# -- issue 10, defect 9 and the migrate setting ------------------------------------------------
+
+
+def test_read_only_commands_with_a_mistyped_schema_create_nothing(cli: CLI) -> None:
+    cli.install()
+    typo = cli.schema + "_typo"
+    commands = [["status"], ["tasks"], ["results"], ["events"], ["schedules"], ["task", "x"],
+                ["retry", "x"], ["cancel", "x"], ["schedule", "pause", "x"]]  # fmt: skip
+    for command in commands:
+        done = cli(*command, "--schema", typo, code=1)
+        line = one_error_line(done.stderr)
+        assert f'schema "{typo}" has no OmniQ installation' in line, (command, line)
+        assert "omniq migrate" in line
+    assert not run_in_thread(lambda: schema_exists(cli.dsn, typo))
+    # Commands that create work install OmniQ on first use, as a worker does.
+    cli("enqueue", "app.jobs.ping", "--schema", typo)
+    try:
+        assert cli.json("tasks", "--schema", typo)[0]["func"] == "app.jobs.ping"
+    finally:
+        run_in_thread(lambda: drop_schemas(cli.dsn, typo))
+
+
+def test_dsn_as_a_libpq_string_and_a_malformed_one(cli: CLI) -> None:
+    cli.install()
+    parts = urlsplit(cli.dsn)
+    dsn = f"host={parts.hostname} port={parts.port} user={parts.username} dbname={parts.path[1:]}"
+    env = clean_env(OMNIQ_SCHEMA=cli.schema)
+    done = cli("status", "--json", "--dsn", dsn, env=env)
+    assert json.loads(done.stdout)["schema"] == cli.schema
+    bad = cli("status", "--dsn", f"{dsn} sslmod=require", env=env, code=1)
+    line = one_error_line(bad.stderr)
+    assert "invalid dsn: unknown or unsupported setting 'sslmod'" in line
+
+
+def test_task_detail_cuts_long_values_unless_full(cli: CLI) -> None:
+    task = Task(func="app.jobs.big", args=("a" * 5000,))
+    with cli.backend() as backend:
+        backend.task_queue.enqueue_sync(task)
+        backend.result_storage.set_sync(
+            TaskResult(task_id=task.id, status="success", result="r" * 3_000_000)
+        )
+    short = cli("task", task.id).stdout
+    assert len(short) < 10_000, len(short)
+    assert "--full shows everything" in short and "2.9 MB in all" in short
+    whole = cli("task", task.id, "--full").stdout
+    assert "r" * 3_000_000 in whole and "a" * 5000 in whole
+
+
+def test_burst_worker_does_not_wait_for_threads_a_task_left_running(cli: CLI) -> None:
+    cli("enqueue", "jobs.leave_thread", "60")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "omniq", "worker", "--burst"], capture_output=True, text=True,
+        env=cli.env(), cwd=Path(__file__).parent, timeout=60,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert (
+        "exiting without waiting for 1 thread(s) tasks left running: left-by-a-task" in done.stderr
+    )
+    assert took < 30, f"the worker waited {took:.0f}s for the task's thread"

@@ -167,3 +167,60 @@ def test_failed_start_reports_the_log() -> None:
     assert "shared_buffers" in str(info.value)  # the server log's own complaint
     assert not server.is_running()
     assert not server.data_dir.exists()
+
+
+def _omniq(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "OMNIQ_"))}
+    env["OMNIQ_EMBEDDED_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "omniq", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_stale_postmaster_pid_of_a_reused_pid_is_recovered_without_signalling_it(
+    scratch: Path,
+) -> None:
+    """Issue 10, defect 8: after a crash and a reboot, postmaster.pid names a pid that now
+    belongs to another process. pg_ctl then says the server runs (status), and stop signals
+    that stranger. The cluster must be seen as stopped, start by itself, and leave the
+    stranger alone. The stranger runs as the server user, so pg_ctl could signal it."""
+    data_dir = scratch / "cluster"
+    ensure_running(data_dir)
+    pid_file = data_dir / "postmaster.pid"
+    saved = pid_file.read_text().splitlines()
+    stop_persistent(data_dir)
+    assert not pid_file.exists()
+
+    user = embedded.server_user()
+    stranger = subprocess.Popen(
+        ["sleep", "120"], cwd="/",
+        user=None if user is None else user.pw_uid, group=None if user is None else user.pw_gid,
+    )  # fmt: skip
+    try:
+        pid_file.write_text("\n".join([str(stranger.pid), *saved[1:]]) + "\n")
+        if user is not None:
+            os.chown(pid_file, user.pw_uid, user.pw_gid)
+        pid_file.chmod(0o600)
+
+        server = EmbeddedPostgres(data_dir)
+        assert server.stale_pid() == stranger.pid
+        assert not server.is_running()
+        shown = _omniq("embedded", "status", data_dir=data_dir)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith("stopped"), shown.stdout
+        assert f"names pid {stranger.pid}" in shown.stdout
+        stopped = _omniq("embedded", "stop", data_dir=data_dir)
+        assert stopped.stdout.strip() == "not running", (stopped.stdout, stopped.stderr)
+        assert stranger.poll() is None, "the stranger was signalled"
+
+        dsn = ensure_running(data_dir)  # recovers: the stale file goes, the server starts
+        assert await fetchval(dsn, "SELECT 1") == 1
+        assert EmbeddedPostgres(data_dir).stale_pid() is None
+        assert int(pid_file.read_text().splitlines()[0]) != stranger.pid
+        assert stop_persistent(data_dir) is True
+        assert stranger.poll() is None, "the stranger was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+        stop_persistent(data_dir)

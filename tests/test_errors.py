@@ -283,3 +283,121 @@ async def test_pool_recovers_when_its_connections_are_killed(
     assert killed >= 2
     await asyncio.sleep(0.1)
     assert await backend.task_queue.get_queue_size() == 1  # fresh connections, no error
+
+
+# -- DSNs: URLs and libpq key=value strings, one host or several (issue 10, defect 6) ---------
+
+
+def key_value_dsn(dsn: str, **more: str) -> str:
+    """The test server's URL DSN written as a libpq key=value string."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        pytest.skip("needs a URL-style DSN")
+    fields = {
+        "host": parts.hostname or "localhost",
+        "port": str(parts.port or 5432),
+        "user": parts.username or "postgres",
+        "dbname": parts.path.lstrip("/"),
+        **more,
+    }
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+async def test_libpq_key_value_dsn_connects(pg_dsn: str, make_backend) -> None:
+    dsn = key_value_dsn(pg_dsn, application_name="'kv test'", connect_timeout="5")
+    backend = await make_backend(dsn=dsn)
+    task = Task(func="m.f")
+    await backend.task_queue.enqueue(task)
+    assert (await backend.task_queue.get_task(task.id)) is not None
+    async with backend.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") == "kv test"
+    listener = await backend.listener()  # the LISTEN connection takes the same DSN
+    assert listener.backend_pid is not None
+
+
+async def test_multi_host_dsns_skip_a_dead_host(pg_dsn: str, make_backend) -> None:
+    """Both forms, with a refused first host: libpq's (and asyncpg's) failover order."""
+    dead = refused_port()
+    parts = urlsplit(pg_dsn)
+    url = pg_dsn.replace(
+        f"{parts.hostname}:{parts.port}", f"127.0.0.1:{dead},{parts.hostname}:{parts.port}"
+    )
+    for dsn in (url + "?target_session_attrs=read-write",
+                key_value_dsn(pg_dsn, host=f"127.0.0.1,{parts.hostname}",
+                              port=f"{dead},{parts.port}", target_session_attrs="read-write")):  # fmt: skip
+        backend = await make_backend(dsn=dsn)
+        await backend.task_queue.enqueue(Task(func="m.f"))
+
+
+@pytest.mark.parametrize("form", ["url", "key=value"])
+async def test_refused_multi_host_dsn_is_a_connection_error_naming_every_host(form: str) -> None:
+    """Issue 9, defect 10: translating the error parsed the DSN with urlsplit(...).port,
+    which raises ValueError on a multi-host URL, so the error escaped the retry policy."""
+    a, b = refused_port(), refused_port()
+    dsn = (
+        f"postgresql://postgres@127.0.0.1:{a},127.0.0.1:{b}/omniq?target_session_attrs=read-write"
+        if form == "url"
+        else f"host=127.0.0.1,127.0.0.1 port={a},{b} user=postgres dbname=omniq"
+    )
+    backend = create_async_postgres_backend(dsn=dsn, connect_timeout=5)
+    with pytest.raises(DatabaseConnectionError) as info:
+        await backend.connect()
+    assert f"127.0.0.1:{a},127.0.0.1:{b}/omniq" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("host=127.0.0.1 prot=5432", "unknown or unsupported setting 'prot'"),
+        ("host='127.0.0.1 port=5432", "no closing quote"),
+        ("just some words", "expected key=value"),
+        ("mysql://u@h/db", "scheme must be postgresql://"),
+        ("postgresql://u@h:99999/db", "port '99999'"),
+        ("postgresql://u@h:5432,h2:nope/db", "port 'nope'"),
+        ("host=a,b port=1,2,3", "2 hosts but 3 ports"),
+    ],
+)
+def test_malformed_dsn_is_a_configuration_error_not_a_connection_error(
+    dsn: str, problem: str
+) -> None:
+    """A bad setting must not look like an outage: the README's retry loop would retry it
+    forever. It fails when the config is built, before any connection."""
+    from omniq.errors import ConfigurationError
+
+    with pytest.raises(ValueError) as info:
+        create_async_postgres_backend(dsn=dsn)
+    assert isinstance(info.value, ConfigurationError)
+    assert not isinstance(info.value, ConnectionError)
+    assert problem in str(info.value) and "postgresql://user:password@host" in str(info.value)
+
+
+# -- PostgresConfig(migrate=...): what connecting does to the schema ---------------------------
+
+
+async def test_migrate_check_refuses_a_missing_or_outdated_installation(
+    pg_dsn: str, make_backend, admin: asyncpg.Connection
+) -> None:
+    from omniq.errors import SchemaError
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    checking = create_async_postgres_backend(dsn=pg_dsn, schema=name, migrate="check")
+    with pytest.raises(SchemaError, match=f'schema "{name}" has no OmniQ installation'):
+        await checking.connect()
+    assert await admin.fetchval("SELECT to_regnamespace($1)", name) is None  # nothing created
+    off = create_async_postgres_backend(dsn=pg_dsn, schema=name, migrate="off")
+    await off.connect()  # trusts the schema as it is: no query of its own
+    await off.close()
+    assert await admin.fetchval("SELECT to_regnamespace($1)", name) is None
+
+    installed = await make_backend(schema=name)  # migrate="auto", the default
+    await checking.connect()  # current now
+    await checking.close()
+    await admin.execute(
+        f"DELETE FROM {name}.omniq_migrations WHERE name = (SELECT max(name) "  # noqa: S608
+        f"FROM {name}.omniq_migrations WHERE name LIKE 'migrations/%')"
+    )
+    with pytest.raises(
+        SchemaError, match=r"is not up to date: \d+ script\(s\) to apply \(migrations/"
+    ):
+        await checking.connect()
+    await installed.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -788,3 +789,104 @@ def time_in(seconds: float) -> Any:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+# -- shutdown while the database is down (issue 9, defect 7) ------------------------------------
+
+
+async def test_second_signal_ends_a_worker_whose_outcomes_cannot_be_written(
+    own_server: EmbeddedPostgres, tmp_path: Path, record_property
+) -> None:
+    """Tasks finish while PostgreSQL is down: their outcomes wait, retried. SIGTERM waits for
+    them (they may still be written); a second SIGTERM ends the process within seconds. The
+    unwritten outcomes' tasks are then rescued, as after a crash, and run again."""
+    path = str(tmp_path / "runs.log")
+    async with own_backend(own_server) as producer:
+        processes = Processes(own_server.dsn, producer.config.schema, tmp_path)
+        try:
+            tasks = tasks_of(["a", "b", "c"], path, 1.0, max_retries=3)
+            worker = await processes.worker("--no-scheduler", *LIVENESS)
+            await producer.task_queue.enqueue_many(tasks)
+            await wait_until(lambda: len(runs(path)) == 3, 15, "the tasks to start", worker)
+            await asyncio.to_thread(own_server.stop)  # fast: every connection is cut
+            await worker.logged("recording 3 outcome(s) failed", 20)
+            worker.send(signal.SIGTERM)
+            await worker.logged("stopping: no new tasks", 10)
+            await asyncio.sleep(1.0)  # still trying to write: it must not give up on one signal
+            assert worker.alive(), worker.output()
+            worker.send(signal.SIGTERM)
+            t0 = time.monotonic()
+            assert await worker.exited(10) == 130, worker.output()
+            took = time.monotonic() - t0
+            log = worker.output()
+            assert "not recorded: the worker was forced to stop first" in log, log
+            assert "Traceback" not in log, log  # the outage logs one line per event
+
+            await asyncio.to_thread(own_server.start)
+            rescuer = await processes.worker("--no-scheduler", *LIVENESS)
+            async with connected(own_server.dsn) as admin:
+                db = Database(admin, producer.config)
+
+                async def completed() -> bool:
+                    return await db.count("tasks", "status = 'completed'") == 3
+
+                await wait_until(completed, 60, "the rescue to run them again", rescuer, 0.2)
+                assert await db.count("events", "event_type = 'rescued'") == 3
+            report(record_property, "shutdown_while_db_down", exit_after_second_signal_s=round(took, 2),
+                   runs=sum(len(p) for p in runs(path).values()), completed=3)  # fmt: skip
+        finally:
+            processes.kill_all()
+            if not own_server.is_running():
+                await asyncio.to_thread(own_server.start)
+
+
+# -- an outcome the database refuses is never kept silently (issue 9, defect 10) -----------------
+
+
+async def test_outcome_the_database_refuses_is_recorded_as_a_failure(
+    backend: PostgreSQLBackend, db: Database, omniq: Processes
+) -> None:
+    """A trigger refuses one task's completion (any error that is not a lost connection).
+    The worker used to log "discarded: the task was taken from this worker" and keep the
+    task running under its live id; now the task ends failed, saying why, and the rest of
+    the batch is recorded."""
+    refused = Task(func="jobs.add", args=(1, 2), id="refused-outcome", max_retries=0)
+    others = [Task(func="jobs.add", args=(i, i)) for i in range(4)]
+    await db.execute(
+        f"""CREATE FUNCTION {quote_identifier(backend.config.schema)}.refuse() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'completion refused by a test trigger'; END $$"""
+    )
+    await db.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON {tasks} FOR EACH ROW WHEN "
+        f"(NEW.status = 'completed' AND NEW.id = 'refused-outcome') EXECUTE FUNCTION "
+        f"{quote_identifier(backend.config.schema)}.refuse()"
+    )
+    await backend.task_queue.enqueue_many([refused, *others])
+    worker = omniq.start("worker", "--burst", "--no-scheduler")
+    assert await worker.exited(30) == 0, worker.output()
+
+    row = await db.row("tasks", refused.id)
+    assert row["status"] == "failed", row
+    result = await db.row("results", refused.id)
+    assert result["error_type"] == "OutcomeNotRecorded"
+    assert "completion refused by a test trigger" in result["error"]
+    assert "outcome (success) could not be recorded" in result["error"]
+    assert [(await db.row("tasks", t.id))["status"] for t in others] == ["completed"] * 4
+    log = worker.output()
+    assert "recording it as a failure instead" in log and "discarded" not in log
+
+
+async def test_release_of_unknown_tasks_reads_one_worker_through_its_index(
+    backend: PostgreSQLBackend, db: Database
+) -> None:
+    """_release_unknown_tasks is one query by worker id (tasks_running_idx), not a scan of
+    every running task paged with OFFSET."""
+    query = backend.sql.workers.held_tasks
+    assert "OFFSET" not in query.sql.upper()
+    await db.execute("SET enable_seqscan = off")
+    try:
+        plan = await db.conn.fetchval(f"EXPLAIN (FORMAT JSON) {query.sql}", "some-worker")
+    finally:
+        await db.execute("RESET enable_seqscan")
+    text = json.dumps(plan)
+    assert "tasks_running_idx" in text, text

@@ -279,3 +279,41 @@ async def test_close_releases_blocked_waiters_without_reopening(pg_dsn: str) -> 
     finally:
         await backend.close()
         await drop_schemas(pg_dsn, schema)
+
+
+# -- result_storage.wait when there is nothing to wait for (issue 10, defect 7) ----------------
+
+
+async def test_wait_for_an_unknown_task_fails_at_once(backend: PostgreSQLBackend) -> None:
+    from omniq.errors import TaskNotFoundError
+
+    started = time.perf_counter()
+    with pytest.raises(TaskNotFoundError, match="no task and no result with id 'no-such-task'"):
+        await asyncio.wait_for(backend.result_storage.wait("no-such-task"), 10)
+    assert time.perf_counter() - started < WOKEN
+    with pytest.raises(LookupError):  # what the error is, for callers that catch broadly
+        await asyncio.wait_for(backend.result_storage.wait("no-such-task", timeout=30), 10)
+
+
+async def test_wait_for_a_finished_task_whose_result_was_cleaned_up_returns_none_at_once(
+    backend: PostgreSQLBackend,
+) -> None:
+    """The result of a finished task was deleted (result_ttl and cleanup, or delete): waiting
+    for it returns None at once instead of waiting for a result that never comes. An expired
+    result stays readable until the cleanup deletes it."""
+    queue, results = backend.task_queue, backend.result_storage
+    task = Task(func="m.f", result_ttl=0.01)
+    await queue.enqueue(task)
+    (taken,) = await queue.dequeue_many(["default"], 1, worker_id="w")
+    await queue.finish_tasks([{"id": task.id, "attempt": taken.attempts, "outcome": "success",
+                               "result": 7}], "w")  # fmt: skip
+    await asyncio.sleep(0.05)  # past its result_ttl
+    kept = await results.get(task.id)
+    assert kept is not None and kept.result == 7 and kept.expires_at <= now()
+    assert (await results.wait(task.id, timeout=1)).result == 7  # visible until cleaned up
+
+    assert await results.cleanup_expired_results() >= 1
+    assert await results.get(task.id) is None
+    started = time.perf_counter()
+    assert await asyncio.wait_for(results.wait(task.id), 10) is None
+    assert time.perf_counter() - started < WOKEN

@@ -4,9 +4,13 @@ that runs its own event loop, and the clear error instead of a deadlock on the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -226,3 +230,59 @@ def test_blocking_sync_dequeue_and_wait_wake_on_sync_writes(
         result = waited.result(timeout=5)
         assert result is not None and result.result == 5
         assert time.perf_counter() - started < 4.0
+
+
+def _in_child(work: Callable[[], str], timeout: float = 30.0) -> tuple[int, str]:
+    """Run ``work`` in a forked child; (exit status, what it wrote). The child never outlives
+    ``timeout``: a hang shows as SIGKILL, not as a stuck test."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        os.close(read_end)
+        code = 0
+        try:
+            text = work()
+        except BaseException as exc:
+            text, code = f"{type(exc).__name__}: {exc}", 1
+        os.write(write_end, text.encode())
+        os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+        with os.fdopen(read_end, "rb") as pipe:
+            return status, pipe.read().decode()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sync_backend_after_fork_starts_afresh_in_the_child(
+    sync_backend: PostgreSQLBackend,
+) -> None:
+    """Issue 10, defect 5: a child forked after the sync backend was used sees the parent's
+    loop as running, but not its thread: its first call used to hang forever. Now the child
+    opens a pool of its own, and the parent's connections are left alone."""
+    queue = sync_backend.task_queue
+    before = Task(func="m.f", queue_name="forked")
+    queue.enqueue_sync(before)
+
+    def child() -> str:
+        got = queue.get_task_sync(before.id)
+        made = queue.enqueue_sync(Task(func="m.g", queue_name="forked"))
+        return f"{got.id if got else None} {made}"
+
+    status, said = _in_child(child)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, said)
+    seen, made = said.split()
+    assert seen == before.id
+    assert queue.get_task_sync(made) is not None  # the child's write reached the database
+    assert queue.get_queue_size_sync("forked") == 2  # the parent's pool still works

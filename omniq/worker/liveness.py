@@ -142,9 +142,7 @@ class Liveness(threading.Thread):
         try:
             if self._conn is None or self._conn.is_closed():
                 kwargs = connect_kwargs(self._config)
-                kwargs["server_settings"] = {
-                    "application_name": self._config.application_name + "-heartbeat"
-                }
+                kwargs["server_settings"]["application_name"] += "-heartbeat"
                 self._conn = await asyncpg.connect(
                     **kwargs, statement_cache_size=self._config.statement_cache_size
                 )

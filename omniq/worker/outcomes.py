@@ -219,7 +219,8 @@ class OutcomeRecorder:
             self._stats.lost += 1
             log.warning(
                 "outcome of %s (attempt %s) refused: the task is no longer held by this worker "
-                "in that attempt (rescued or cancelled meanwhile)",
+                "in that attempt (rescued or cancelled meanwhile, or recorded already by a "
+                "write whose reply was lost)",
                 task_id,
                 outcome["attempt"],
             )

@@ -28,10 +28,12 @@ def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str,
     """Keyword arguments for asyncpg.connect/create_pool; ``dsn`` wins over the separate fields."""
     dsn = (config.listen_dsn if listen else None) or config.dsn
     kwargs: dict[str, Any] = {"timeout": config.connect_timeout}
+    name = config.application_name
     if dsn:  # a URL or a libpq key=value string, as the URL asyncpg reads
         parsed = parse_dsn(dsn)
         kwargs["dsn"] = parsed.url
         kwargs["timeout"] = parsed.connect_timeout or config.connect_timeout
+        name = parsed.application_name or name  # the DSN's own name wins, as with libpq
     else:
         kwargs.update(
             host=config.host,
@@ -41,7 +43,7 @@ def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str,
             password=config.password or None,
         )
     suffix = "-listener" if listen else ""
-    kwargs["server_settings"] = {"application_name": config.application_name + suffix}
+    kwargs["server_settings"] = {"application_name": name + suffix}
     return kwargs
 
 
