@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 from processes import child_env
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.rows import schedule_from_row, task_from_row
+from omniq.identifiers import quote_identifier
 from omniq.models.config import PostgresConfig
 from omniq.models.event import TaskEvent
 from omniq.models.result import TaskResult
@@ -225,6 +227,8 @@ async def test_results_and_events_round_trip_or_are_refused(
 
 @SETTINGS
 @given(args=st.lists(json_values, max_size=3), queue=names, func=func_paths)
+@example(args=[], queue="\x00", func="m.f")  # hypothesis found it: refused by the model now
+@example(args=[], queue="q\x1fq", func="m.f")
 async def test_schedules_round_trip_or_are_refused(
     backend: PostgreSQLBackend, args: list[Any], queue: str, func: str
 ) -> None:
@@ -243,6 +247,58 @@ async def test_schedules_round_trip_or_are_refused(
     assert got is not None and got.func == func and got.queue_name == queue
     assert same_json(list(got.args), args)
     assert await backend.schedule_storage.delete_schedule(schedule.id)
+
+
+# -- the database refuses what the models refuse (issue 9, defect 6) ------------------------------
+
+
+async def test_the_database_refuses_ids_and_queue_names_the_models_refuse(
+    backend: PostgreSQLBackend, db: Database
+) -> None:
+    """omniq_enqueue used to accept a 400-character id; the worker's model then refused the
+    row when it read it back, and the worker exited. Now the database refuses it, from psql
+    as from Python, and stores nothing."""
+    for bad in (
+        {"id": "x" * 400, "func": "m.f"},
+        {"id": "has space", "func": "m.f"},
+        {"id": "a,b", "func": "m.f"},
+        {"queue_name": "   ", "func": "m.f"},
+        {"queue_name": "q\u001f", "func": "m.f"},
+        {"queue_name": "q" * 201, "func": "m.f"},
+    ):
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="task id|queue_name"):
+            await db.conn.fetch(
+                f"SELECT * FROM {quote_identifier(db.schema)}.omniq_enqueue($1::jsonb)",  # noqa: S608
+                [bad],  # this connection's codec writes the JSON
+            )
+    assert await db.count("tasks") == 0
+    with pytest.raises(ValueError, match="control characters"):
+        Schedule(func="m.f", queue_name="\x00", interval_seconds=60)
+    with pytest.raises(ValueError, match="schedule id"):
+        Schedule(func="m.f", id="s" * 201, interval_seconds=60)
+
+
+def test_a_row_the_models_refuse_is_read_as_stored() -> None:
+    """Rows written before the checks existed (or by hand, as the owner) must never stop a
+    worker that reads them: they are read as stored, and fail when they run."""
+    row = {
+        "id": "x" * 400, "queue_name": "q", "priority": 0, "status": "pending",
+        "func": "not a path", "args": [], "kwargs": {}, "created_at": None, "run_at": None,
+        "expires_at": None, "retry_count": 0, "max_retries": -1, "retry_delay": 1.0,
+        "dependencies": ["also bad, with a comma"], "callbacks": {"on_what": "x"},
+        "metadata": {}, "task_data": {"timeout": -5}, "started_at": None,
+        "finished_at": None, "worker_id": None, "attempts": 0,
+    }  # fmt: skip
+    task = task_from_row(row)
+    assert (task.id, task.func, task.timeout, task.max_retries) == ("x" * 400, "not a path", -5, -1)
+    schedule = schedule_from_row({
+        "id": "s", "schedule_type": "cron", "func": "m.f", "args": [], "kwargs": {},
+        "queue_name": "q", "cron_expression": "not cron", "interval_seconds": None,
+        "timestamp": None, "status": "active", "created_at": None, "last_run": None,
+        "next_run": None, "max_runs": None, "run_count": 0, "ttl_seconds": None,
+        "expires_at": None, "metadata": {}, "schedule_data": {},
+    })  # fmt: skip
+    assert schedule.cron_expression == "not cron"
 
 
 # -- single big examples --------------------------------------------------------------------------

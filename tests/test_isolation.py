@@ -150,6 +150,7 @@ async def test_an_existing_table_of_that_name_is_reported_not_touched(
         ("events_table", "omniq_migrations"),
         ("results_table", "tasks_pkey"),
         ("schedules_table", "tasks_dequeue_idx"),
+        ("schedules_table", "tasks_pending_idx"),  # an index made IF NOT EXISTS (migration 0004)
     ],
 )
 async def test_table_name_clashing_with_omniq_objects_is_reported(

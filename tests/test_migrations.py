@@ -8,6 +8,7 @@ pg_dump of the embedded PostgreSQL's bindir (scripts/schema-snapshot does the sa
 
 from __future__ import annotations
 
+import asyncio
 import importlib.machinery
 import importlib.util
 import json
@@ -26,6 +27,7 @@ from conftest import drop_schemas, unique_schema
 
 from omniq.backend.postgres import PostgreSQLBackend, schema, sqlfiles
 from omniq.backend.postgres.sqlfiles import Script, SQLFiles
+from omniq.errors import SchemaError
 from omniq.identifiers import quote_identifier
 from omniq.models.config import PostgresConfig
 
@@ -291,3 +293,42 @@ async def test_committed_snapshot_is_the_installed_schema(
         "sql/schema.snapshot.sql differs from the schema OmniQ installs: run "
         "scripts/schema-snapshot and commit the file (review its diff)"
     )
+
+
+async def test_migrations_wait_for_locks_a_bounded_time_and_retry(
+    pg_dsn: str, conn: asyncpg.Connection, schemas: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, defect 9: a migration stuck behind a long transaction waited without bound
+    (and queued every query of the queue behind its lock). It now gives up each lock wait
+    after lock_timeout, rolls back, and tries again; after the last attempt it says why."""
+    name = fresh_name(schemas, "mig_locked")
+    full = files_for(name)
+    release = files_for(name)
+    release.migration_scripts = full.migration_scripts[:3]  # an installation of an older release
+    await schema.migrate(conn, release, name)
+    monkeypatch.setattr(schema, "LOCK_TIMEOUT", "200ms")
+    monkeypatch.setattr(schema, "LOCK_RETRY_PAUSE", 0.1)
+    monkeypatch.setattr(schema, "LOCK_ATTEMPTS", 3)
+
+    holder = await asyncpg.connect(pg_dsn)
+    migrator = await asyncpg.connect(pg_dsn)
+    try:
+        reading = holder.transaction()
+        await reading.start()  # a long report reading the queue
+        await holder.execute(f"LOCK TABLE {quote_identifier(name)}.tasks IN ACCESS SHARE MODE")
+        with pytest.raises(SchemaError, match="lock timeout|lock_timeout"):
+            await asyncio.wait_for(schema.migrate(migrator, full, name), 60)
+        assert (await schema.plan(conn, full, name)).version == 3  # nothing was changed
+
+        monkeypatch.setattr(schema, "LOCK_ATTEMPTS", 50)
+        attempt = asyncio.create_task(asyncio.wait_for(schema.migrate(migrator, full, name), 60))
+        await asyncio.sleep(0.5)  # a few attempts time out meanwhile
+        await reading.rollback()  # the report ends
+        applied = await attempt
+        assert [s.name for s in applied.scripts if s.name.startswith("migrations/")] == [
+            s.name for s in full.migration_scripts[3:]
+        ]
+    finally:
+        await holder.close()
+        await migrator.close()
+    assert (await schema.plan(conn, full, name)).scripts == []

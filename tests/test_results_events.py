@@ -10,6 +10,7 @@ import pytest
 from conftest import Database
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.errors import TaskNotFoundError
 from omniq.models.event import TaskEvent
 from omniq.models.result import TaskResult
 from omniq.models.task import Task
@@ -121,6 +122,7 @@ async def test_wait_returns_as_soon_as_a_final_result_is_stored(
         await other.result_storage.set(TaskResult(task_id="w1", status="success", result=7))
         return time.perf_counter()
 
+    await backend.task_queue.enqueue(Task(func="m.f", id="w1"))  # wait() needs a task or a result
     writer = asyncio.ensure_future(store_later())
     result = await rs.wait("w1", timeout=10)
     woke = time.perf_counter()
@@ -135,8 +137,9 @@ async def test_wait_times_out_with_none(backend: PostgreSQLBackend) -> None:
     await backend.result_storage.set(TaskResult(task_id="slow", status="running"))
     started = time.perf_counter()
     assert await backend.result_storage.wait("slow", timeout=0.3) is None
-    assert await backend.result_storage.wait("never-stored", timeout=0.2) is None
-    assert time.perf_counter() - started >= 0.45
+    assert time.perf_counter() - started >= 0.3
+    with pytest.raises(TaskNotFoundError):  # nothing to wait for: says so at once
+        await backend.result_storage.wait("never-stored", timeout=10)
 
 
 async def test_wait_is_woken_by_a_finished_task(backend: PostgreSQLBackend) -> None:
@@ -163,7 +166,8 @@ def test_result_sync_methods(sync_backend: PostgreSQLBackend) -> None:
     assert rs.get_sync("s1") == result
     assert [r.task_id for r in rs.list_results_sync(status="success", limit=10)] == ["s1"]
     assert rs.wait_sync("s1", timeout=1) == result
-    assert rs.wait_sync("missing", timeout=0.1) is None
+    with pytest.raises(TaskNotFoundError):
+        rs.wait_sync("missing", timeout=0.1)
     rs.set_sync(TaskResult(task_id="s2", expires_at=now() - timedelta(seconds=1)))
     assert rs.cleanup_expired_results_sync() == 1
     assert rs.delete_sync("s1") is True

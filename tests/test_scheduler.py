@@ -262,3 +262,29 @@ async def test_expiry_ends_schedules(backend, db, omniq) -> None:
         with_ttl.created_at + timedelta(seconds=0.4 * k) for k in (1, 2)
     ]
     assert (await db.row("schedules", with_ttl.id))["run_count"] == 2
+
+
+@pytest.mark.parametrize("command", ["scheduler", "worker"])
+async def test_one_bad_schedule_stops_neither_the_scheduler_nor_the_others(
+    backend, db, omniq, command: str
+) -> None:
+    """Issue 9, defect 4: a schedule that cannot fire used to kill `omniq scheduler` with a
+    traceback, and to end the scheduler inside `omniq worker` silently (the worker kept
+    running; no schedule fired again). Now it is paused with its error, logged, and every
+    other schedule keeps firing."""
+    broken = Schedule(func="jobs.noop", interval_seconds=3600, next_run=utcnow())
+    await backend.schedule_storage.save_schedule(broken)
+    await db.execute(
+        "UPDATE {schedules} SET schedule_type = 'cron', cron_expression = 'at dawn',"
+        " interval_seconds = NULL WHERE id = $1",
+        broken.id,
+    )
+    process = omniq.start(command)
+    await wait_schedule(db, broken.id, "paused", 20, process)
+    await process.logged(f"schedule {broken.id} could not fire and was paused", 20)
+    fine = Schedule(func="jobs.noop", interval_seconds=0.3, max_runs=2)
+    await backend.schedule_storage.save_schedule(fine)
+    await wait_schedule(db, fine.id, "completed", 20, process)
+    assert len(await fired(db, fine.id)) == 2
+    assert process.alive(), process.output()
+    assert "Traceback" not in process.output()

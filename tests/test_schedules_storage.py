@@ -9,6 +9,7 @@ import pytest
 from conftest import Database
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.identifiers import quote_identifier
 from omniq.models.schedule import Schedule
 
 
@@ -197,6 +198,97 @@ async def test_concurrent_firing_fires_each_due_time_once(
     assert total == 20
     assert await db.count("tasks") == 20
     assert await db.count("schedules", "run_count = 1") == 20
+
+
+# -- issue 9, defect 4: one bad schedule never jams itself or the others ----------------------
+
+
+def fire_id(schedule: Schedule) -> str:
+    assert schedule.next_run is not None
+    return f"{schedule.id}@{schedule.next_run.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
+
+
+async def test_a_fire_id_taken_already_does_not_jam_the_schedule(
+    backend: PostgreSQLBackend, db: Database
+) -> None:
+    """A repeated due time, or a row that took the fired task's id first, used to raise a
+    duplicate key: every schedule of the batch failed and next_run never moved again."""
+    ss = backend.schedule_storage
+    taken, other = due_interval(60), due_interval(60)
+    for schedule in (taken, other):
+        await ss.save_schedule(schedule)
+    await db.execute(
+        "INSERT INTO {tasks} (id, queue_name, func, args, kwargs, created_at, task_data)"
+        " VALUES ($1, 'default', 'm.squat', '[]', '{{}}', now(), '{{}}')",
+        fire_id(taken),
+    )
+    assert await ss.fire_due_schedules() == 1  # `other` fired; `taken`'s due time was there
+    for schedule in (taken, other):
+        after = await ss.get_schedule(schedule.id)
+        assert after is not None and after.status == "active" and after.run_count == 1
+        assert after.next_run is not None and after.next_run > now()
+    assert (await db.row("tasks", fire_id(taken)))["func"] == "m.squat"  # type: ignore[index]
+    assert await ss.fire_due_schedules() == 0
+
+
+async def test_a_schedule_that_cannot_fire_is_paused_and_the_others_fire(
+    backend: PostgreSQLBackend, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row no next time can be computed for (a cron expression written by hand) used to
+    raise in Python and fail the whole batch: no schedule fired again."""
+    ss = backend.schedule_storage
+    broken, fine = due_interval(60), due_interval(60)
+    for schedule in (broken, fine):
+        await ss.save_schedule(schedule)
+    await db.execute(
+        "UPDATE {schedules} SET schedule_type = 'cron', cron_expression = 'every full moon',"
+        " interval_seconds = NULL WHERE id = $1",
+        broken.id,
+    )
+    assert await ss.fire_due_schedules() == 1
+    paused = await ss.get_schedule(broken.id)
+    assert paused is not None and paused.status == "paused" and paused.run_count == 0
+    assert "cannot compute its next run" in paused.schedule_data["last_error"]
+    assert f"schedule {broken.id} could not fire and was paused" in caplog.text
+    assert (await ss.get_schedule(fine.id)).run_count == 1  # type: ignore[union-attr]
+    assert await ss.resume_schedule(broken.id)  # resumed: the error is forgotten
+    assert "last_error" not in (await ss.get_schedule(broken.id)).schedule_data  # type: ignore[union-attr]
+
+
+async def test_the_database_refuses_a_next_run_not_later_than_the_due_time(
+    backend: PostgreSQLBackend, db: Database
+) -> None:
+    ss = backend.schedule_storage
+    schedule = due_interval(60)
+    await ss.save_schedule(schedule)
+    sql = f"SELECT * FROM {quote_identifier(db.schema)}.omniq_fire_schedules($1, $2)"  # noqa: S608
+    async with db.conn.transaction():
+        rows = await db.conn.fetch(sql, [schedule.id], [schedule.next_run])
+    assert [(r["schedule_id"], r["task_id"]) for r in rows] == [(schedule.id, None)]
+    assert "not later than the due time" in rows[0]["error"]
+    assert (await ss.get_schedule(schedule.id)).status == "paused"  # type: ignore[union-attr]
+    assert await db.count("tasks") == 0
+
+
+async def test_next_run_comes_from_the_database_clock(
+    backend: PostgreSQLBackend, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the scheduler host's clock two hours behind the database's, the following cron
+    time used to be computed from the host's clock: two hours in the past."""
+    import omniq.backend.postgres.schedules as storage_module
+    import omniq.models.schedule as schedule_module
+
+    behind = lambda: datetime.now(UTC) - timedelta(hours=2)  # noqa: E731
+    ss = backend.schedule_storage
+    schedule = Schedule(func="m.tick", cron_expression="*/5 * * * *",
+                        next_run=now() - timedelta(seconds=1))  # fmt: skip
+    await ss.save_schedule(schedule)
+    monkeypatch.setattr(storage_module, "utcnow", behind, raising=False)
+    monkeypatch.setattr(schedule_module, "utcnow", behind)
+    assert await ss.fire_due_schedules() == 1
+    after = await ss.get_schedule(schedule.id)
+    assert after is not None and after.next_run is not None
+    assert now() < after.next_run <= now() + timedelta(minutes=5)
 
 
 async def test_cleanup_expired_schedules_by_ttl(backend: PostgreSQLBackend, db: Database) -> None:

@@ -10,7 +10,9 @@ from croniter import croniter
 
 from ._common import as_utc, new_id, utcnow
 from .enums import ScheduleStatus, ScheduleType
-from .task import check_queue_name, func_path
+from .task import TASK_ID, check_queue_name, func_path
+
+SCHEDULE_ID_MAX = 200  # a fired task's id is '<schedule id>@<due time>', at most 255 characters
 
 
 @dataclass(kw_only=True, slots=True, eq=True)
@@ -48,6 +50,15 @@ class Schedule:
     schedule_data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if (
+            not isinstance(self.id, str)
+            or len(self.id) > SCHEDULE_ID_MAX
+            or not TASK_ID.match(self.id)
+        ):
+            raise ValueError(
+                f"a schedule id must be 1-{SCHEDULE_ID_MAX} printable characters without spaces "
+                f"or commas, got {self.id!r}"
+            )
         self.func = func_path(self.func)
         self.queue_name = check_queue_name(self.queue_name)
         self.args = tuple(self.args)

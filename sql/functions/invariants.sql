@@ -26,9 +26,9 @@ LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
 --                          start); the rescue of any live worker should have taken it back
 --   schedule_next_run      an active schedule without a next_run later than its last_run
 --   schedule_fired_twice   one due time of a schedule fired twice
---   invalid_row            a task or schedule row outside the input constraints (migration
---                          0005), among recent rows, while a constraint is not validated
---   constraint_not_validated  such a constraint that a DBA has yet to VALIDATE
+--   invalid_row            a task (among those looked at) or schedule whose id or queue name
+--                          the models would refuse (omniq_valid_id, omniq_valid_queue_name)
+--   constraint_not_validated  a CHECK constraint of migration 0005 a DBA has yet to VALIDATE
 -- Bounds: waiting tasks, at most p_limit (tasks_waiting_ids_idx); finished tasks created
 -- within p_window or with a final event within p_window, at most p_limit of each
 -- (tasks_finished_idx, events_timestamp_idx), each checked by primary key and
@@ -132,25 +132,19 @@ BEGIN
     FROM pg_constraint AS c
     WHERE c.conrelid IN (SELECT y.typrelid FROM pg_type AS y
                          WHERE y.oid IN (pg_typeof(NULL::"tasks"), pg_typeof(NULL::"schedules")))
-      AND c.contype = 'c'
-      AND NOT c.convalidated;
+      AND c.contype = 'c' AND NOT c.convalidated;
 
-    IF FOUND THEN  -- older rows may break the rules: look at the recent ones
-        RETURN QUERY
-        SELECT 'invalid_row', t.id, NULL::text, 'task id, queue_name or func outside the rules'
-        FROM "tasks" AS t
-        WHERE t.created_at > now() - p_window
-          AND NOT (length(t.id) BETWEEN 1 AND 255 AND t.id !~ '[\s,\x01-\x1f\x7f]'
-                   AND length(t.queue_name) <= 200 AND t.queue_name ~ '\S'
-                   AND t.queue_name !~ '[\x01-\x1f\x7f]')
-        LIMIT p_limit;
-        RETURN QUERY
-        SELECT 'invalid_row', NULL::text, s.id, 'schedule id or queue_name outside the rules'
-        FROM "schedules" AS s
-        WHERE NOT (length(s.id) BETWEEN 1 AND 200 AND s.id !~ '[\s,\x01-\x1f\x7f]'
-                   AND length(s.queue_name) <= 200 AND s.queue_name ~ '\S'
-                   AND s.queue_name !~ '[\x01-\x1f\x7f]')
-        LIMIT p_limit;
-    END IF;
+    RETURN QUERY
+    SELECT 'invalid_row', t.id, NULL::text,
+           'task id or queue_name outside the rules: ' || left(quote_literal(t.queue_name), 60)
+    FROM "tasks" AS t
+    WHERE t.id = ANY (v_recent)
+      AND NOT (omniq_valid_id(t.id, 255) AND omniq_valid_queue_name(t.queue_name));
+    RETURN QUERY
+    SELECT 'invalid_row', NULL::text, s.id,
+           'schedule id or queue_name outside the rules: ' || left(quote_literal(s.queue_name), 60)
+    FROM "schedules" AS s
+    WHERE NOT (omniq_valid_id(s.id, 200) AND omniq_valid_queue_name(s.queue_name))
+    LIMIT p_limit;
 END
 $$;

@@ -1,36 +1,17 @@
--- The bodies of the triggers that send NOTIFY wake-ups (the triggers themselves are created by
--- migration 0001): workers on the 'tasks' channel, result waiters on 'results'. They replace
--- the first versions of migration 0001 (same names), so these are the ones that run.
+-- The bodies of two triggers that send NOTIFY wake-ups (the triggers themselves, and the
+-- other trigger functions, are in migration 0001): workers on the 'tasks' channel when a task
+-- becomes pending again, result waiters on 'results'. They replace the first versions of
+-- migration 0001 (same names), so these are the ones that run.
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_notify#
-CREATE OR REPLACE FUNCTION omniq_notify_tasks_inserted() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Trigger tasks_notify_inserted, once per INSERT statement: one NOTIFY per queue that got a
--- ready task, whatever the number of rows. A queue that got only delayed tasks is woken only
--- when one of them is due before every delayed task already there: a sleeping worker wakes
--- at the earliest due time it knows of, and then sees the later ones itself.
--- Index: tasks_delayed_until_idx.
-BEGIN
-    PERFORM pg_notify(omniq_channel('tasks'), q.queue_name)
-    FROM (SELECT n.queue_name, bool_or(NOT n.delayed) AS ready,
-                 min(n.run_at) FILTER (WHERE n.delayed) AS first_due
-          FROM new_tasks AS n WHERE n.status = 'pending'
-          GROUP BY n.queue_name) AS q
-    WHERE q.ready
-       OR NOT EXISTS (SELECT 1 FROM "tasks" AS t
-                      WHERE t.status = 'pending' AND t.delayed AND t.queue_name = q.queue_name
-                        AND t.run_at > now() AND t.run_at < q.first_due);
-    RETURN NULL;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION omniq_notify_task_ready() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Trigger tasks_notify_ready, per row that becomes pending again (retry, rescue, release,
 -- dependency met): wakes its queue; identical notifications in one transaction are folded
 -- into one by PostgreSQL. A retry delayed into the future wakes nobody unless it is now the
--- queue's earliest due time (see omniq_notify_tasks_inserted). Index: tasks_delayed_until_idx.
+-- queue's earliest due time: a sleeping worker wakes at the earliest due time it knows of
+-- (next_due_at) and then sees the later ones itself. Index: tasks_delayed_until_idx.
 BEGIN
     IF NEW.delayed AND EXISTS (SELECT 1 FROM "tasks" AS t
                                WHERE t.status = 'pending' AND t.delayed

@@ -34,8 +34,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- cannot fire (an error from the caller, a following time not later than the due time, a
 -- row that makes an invalid task) is paused with the error in schedule_data.last_error and a
 -- WARNING, and the others fire; transient errors (deadlock, serialization, lock timeout)
--- abort the batch, to be retried. One row per schedule: the task id when it fired, the error
--- when it was paused, neither when it expired. Index: schedules_pkey, tasks_pkey.
+-- abort the batch, to be retried. One row per schedule: the id of the task enqueued, the
+-- error when it was paused, neither when it expired or its due time had fired already.
+-- Index: schedules_pkey, tasks_pkey.
 #variable_conflict use_column
 DECLARE
     s RECORD;
@@ -82,6 +83,8 @@ BEGIN
                 IF v_inserted > 0 THEN
                     INSERT INTO "events" (task_id, event_type, timestamp, queue_name, schedule_id, message)
                     VALUES (v_task, 'scheduled', now(), s.queue_name, s.id, 'fired for ' || s.next_run);
+                ELSE
+                    v_task := NULL;  -- this due time fired already: nothing enqueued now
                 END IF;
                 UPDATE "schedules" AS sc
                 SET last_run = now(), run_count = sc.run_count + 1, next_run = s.following,

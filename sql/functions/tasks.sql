@@ -15,6 +15,21 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT p_id ~ '@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z|on_success|on_failure|on_complete)$'
 $$;
 
+CREATE OR REPLACE FUNCTION omniq_valid_id(p_id TEXT, p_max INTEGER) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE AS $$
+-- A task (p_max 255) or schedule (200) id as the Python models accept it: 1 to p_max
+-- characters, no whitespace, commas or control characters.
+    SELECT length(p_id) BETWEEN 1 AND p_max AND p_id !~ '[\s,\x01-\x1f\x7f]'
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_valid_queue_name(p_queue_name TEXT) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE AS $$
+-- A queue name as the Python models accept it: at most 200 characters, not blank, no
+-- control characters.
+    SELECT length(p_queue_name) <= 200 AND p_queue_name ~ '\S'
+           AND p_queue_name !~ '[\x01-\x1f\x7f]'
+$$;
+
 CREATE OR REPLACE FUNCTION omniq_callback_id(p_task_id TEXT, p_kind TEXT) RETURNS TEXT
 LANGUAGE sql IMMUTABLE AS $$
 -- The id of the callback task of kind p_kind (on_success, ...) of a task: one per task and
@@ -32,26 +47,12 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- 'pending' after enqueue (waiting, or cancelled because a dependency already failed).
 -- Ids in OmniQ's reserved namespace (omniq_reserved_id) are refused; an id that exists
 -- raises unique_violation. Nothing is stored when anything is refused. Index: tasks_pkey.
+-- The work is omniq_insert_tasks'.
 -- SECURITY DEFINER: runs with its owner's rights, so a producer role needs EXECUTE on this
 -- function and no write privilege on any table (sql/roles.sql).
 DECLARE
-    v_bad TEXT;
     v_waiting TEXT[];
 BEGIN
-    IF jsonb_typeof(p_tasks) IS DISTINCT FROM 'array' THEN
-        RAISE EXCEPTION 'omniq_enqueue takes a JSON array of tasks, got %', left(p_tasks::text, 200)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- A cheap text test first: the usual id has no '@', and the regex runs only when one has.
-    IF strpos(p_tasks::text, '@') > 0 THEN
-        SELECT x.id INTO v_bad FROM jsonb_to_recordset(p_tasks) AS x(id TEXT)
-        WHERE omniq_reserved_id(x.id) LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'task id % is reserved for OmniQ''s own tasks (schedule fires and callbacks)',
-                quote_literal(v_bad) USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Ids ending in ''@<UTC timestamp>'', ''@on_success'', ''@on_failure'' or ''@on_complete'' are reserved; choose another id.';
-        END IF;
-    END IF;
     SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
     IF v_waiting IS NOT NULL THEN
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
@@ -60,24 +61,40 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_enqueue(JSONB) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION omniq_insert_tasks(p_tasks JSONB, p_if_absent BOOLEAN,
+CREATE OR REPLACE FUNCTION omniq_insert_tasks(p_tasks JSONB, p_internal BOOLEAN,
     OUT inserted INTEGER, OUT waiting TEXT[])
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Insert a JSON array of tasks with an 'enqueued' event each. With p_if_absent, a task whose
--- id exists is skipped (OmniQ's own fires and callbacks, whose reserved ids only OmniQ
--- writes, under a lock that serialises writers of one id); else it raises unique_violation.
--- Tasks with dependencies start 'waiting' and are
--- resolved at once (omniq_resolve_waiting, strict: an unknown dependency raises) and again
--- when the transaction commits (trigger tasks_waiting_committed). A task whose run_at has
--- not come is pending and delayed: it stays off the ready path until the dequeue clears
--- delayed. Returns how many were inserted, and the ids of those inserted waiting (resolved
--- since: pending, cancelled or still waiting). Index: tasks_pkey.
+-- Insert a JSON array of tasks with an 'enqueued' event each. Ids and queue names are checked
+-- as the Python model checks them (omniq_refuse_id, omniq_refuse_queue_name: this is the one
+-- way tasks enter the table for every role but the owner). From a producer (p_internal
+-- false) an id in OmniQ's reserved namespace is refused and an id that exists raises
+-- unique_violation. OmniQ's own fires and callbacks
+-- (p_internal) may use reserved ids and skip an id that exists: only OmniQ writes those ids,
+-- under a lock that serialises the writers of one id, so firing again is harmless.
+-- Tasks with dependencies start 'waiting' and are resolved at once (strict: an unknown
+-- dependency raises) and again when the transaction commits (trigger
+-- tasks_waiting_committed). A task whose run_at has not come is pending and delayed: it stays
+-- off the ready path until the dequeue clears delayed. Returns how many were inserted, and
+-- the ids of those inserted waiting (resolved since: pending, cancelled or still waiting).
+-- Index: tasks_pkey.
 BEGIN
+    IF p_internal THEN
+        SELECT coalesce(jsonb_agg(e.doc), '[]') INTO p_tasks
+        FROM jsonb_array_elements(p_tasks) AS e(doc)
+        WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = e.doc ->> 'id');
+    END IF;
     WITH new_rows AS (
         INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
             created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
             dependencies, callbacks, metadata, task_data)
-        SELECT coalesce(r.id, gen_random_uuid()::text), coalesce(r.queue_name, 'default'),
+        SELECT CASE WHEN r.id IS NULL THEN gen_random_uuid()::text
+                    WHEN omniq_valid_id(r.id, 255)
+                         AND (p_internal OR strpos(r.id, '@') = 0 OR NOT omniq_reserved_id(r.id))
+                    THEN r.id
+                    ELSE omniq_refuse_id(r.id) END,
+               CASE WHEN r.queue_name IS NULL THEN 'default'
+                    WHEN omniq_valid_queue_name(r.queue_name) THEN r.queue_name
+                    ELSE omniq_refuse_queue_name(r.queue_name) END,
                coalesce(r.priority, 0),
                CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
                     THEN 'waiting' ELSE 'pending' END,
@@ -89,7 +106,6 @@ BEGIN
                coalesce(r.dependencies, '[]'), coalesce(r.callbacks, '{}'),
                coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
         FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
-        WHERE NOT p_if_absent OR NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = r.id)
         RETURNING t.id, t.status, t.queue_name
     ), logged AS (
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
@@ -103,6 +119,32 @@ BEGIN
         PERFORM omniq_check_new_dependencies(waiting);
         PERFORM omniq_resolve_waiting(waiting, false);
     END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_refuse_id(p_id TEXT) RETURNS TEXT
+LANGUAGE plpgsql AS $$
+-- Raise the error for a task id omniq_insert_tasks refuses: not 1-255 printable characters
+-- without spaces or commas (what the Python model checks), or in OmniQ's reserved namespace.
+BEGIN
+    IF omniq_reserved_id(p_id) THEN
+        RAISE EXCEPTION 'task id % is reserved for OmniQ''s own tasks (schedule fires and callbacks)',
+            quote_literal(p_id) USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ids ending in ''@<UTC timestamp>'', ''@on_success'', ''@on_failure'' or ''@on_complete'' are reserved; choose another id.';
+    END IF;
+    RAISE EXCEPTION 'a task id must be 1-255 printable characters without spaces or commas, got %',
+        quote_literal(left(p_id, 300)) USING ERRCODE = 'invalid_parameter_value',
+        HINT = 'Omit the id to get a generated one.';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION omniq_refuse_queue_name(p_queue_name TEXT) RETURNS TEXT
+LANGUAGE plpgsql AS $$
+-- Raise the error for a queue name that is blank, longer than 200 characters, or holds
+-- control characters (what the Python model checks).
+BEGIN
+    RAISE EXCEPTION 'queue_name must be a non-empty string of at most 200 characters without control characters, got %',
+        quote_literal(left(p_queue_name, 300)) USING ERRCODE = 'invalid_parameter_value';
 END
 $$;
 
@@ -678,6 +720,9 @@ BEGIN
         RAISE EXCEPTION 'task %: dependencies cannot change after enqueue', p_id
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Cancel the task and enqueue a new one with the dependencies you want.';
+    END IF;
+    IF NOT omniq_valid_queue_name(p_queue_name) THEN
+        PERFORM omniq_refuse_queue_name(p_queue_name);
     END IF;
     UPDATE "tasks" AS t
     SET queue_name = p_queue_name, priority = p_priority, func = p_func, args = p_args,

@@ -25,5 +25,18 @@ CREATE INDEX IF NOT EXISTS tasks_pending_idx
 CREATE INDEX IF NOT EXISTS tasks_delayed_until_idx
     ON "tasks" (queue_name, run_at) WHERE status = 'pending' AND delayed;
 
+-- IF NOT EXISTS would also skip a table of that name (a configured table name): refuse it.
+DO $check$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class AS c
+               WHERE c.relnamespace = (SELECT n.oid FROM pg_namespace AS n WHERE n.nspname = current_schema())
+                 AND c.relkind <> 'i'
+                 AND c.relname IN ('tasks_pending_idx', 'tasks_delayed_until_idx')) THEN
+        RAISE EXCEPTION 'relation "tasks_pending_idx" or "tasks_delayed_until_idx" already exists and is not an index'
+            USING ERRCODE = 'duplicate_table';
+    END IF;
+END
+$check$;
+
 DROP INDEX IF EXISTS tasks_dequeue_idx;
 DROP INDEX IF EXISTS tasks_delayed_idx;
