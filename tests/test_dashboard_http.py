@@ -300,3 +300,35 @@ async def test_stops_at_once_with_streams_open(
         await process.exited(timeout=15)
     finally:
         await stream.close()
+
+
+async def test_the_hours_throughput_is_read_once_then_by_the_minute(
+    backend: PostgreSQLBackend,
+) -> None:
+    from omniq.dashboard.app import RecentThroughput
+
+    seen: list[datetime] = []
+    monitor = backend.monitor
+    original = monitor.throughput
+
+    async def recorded(since: datetime) -> list[dict[str, Any]]:
+        seen.append(since)
+        return await original(since)
+
+    monitor.throughput = recorded  # type: ignore[method-assign]
+    await backend.task_queue.enqueue_many([Task(func="app.t", queue_name="t") for _ in range(3)])
+    for _ in range(2):
+        (task,) = await backend.task_queue.dequeue_many("t", 1, worker_id="w")
+        await backend.task_queue.finish_tasks(
+            [{"id": task.id, "attempt": 1, "outcome": "success"}], "w"
+        )
+    recent = RecentThroughput()
+    assert sum(r["tasks"] for r in await recent.rows(monitor)) == 2
+    (task,) = await backend.task_queue.dequeue_many("t", 1, worker_id="w")
+    await backend.task_queue.finish_tasks(
+        [{"id": task.id, "attempt": 1, "outcome": "success"}], "w"
+    )
+    assert sum(r["tasks"] for r in await recent.rows(monitor)) == 3
+    first, second = seen
+    assert first <= datetime.now(UTC) - timedelta(minutes=59)  # the whole hour, once
+    assert second >= datetime.now(UTC) - timedelta(minutes=2, seconds=5)  # then the last minutes

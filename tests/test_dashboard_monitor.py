@@ -114,18 +114,29 @@ async def test_pages_visit_every_task_once_newest_first(backend: PostgreSQLBacke
         await backend.monitor.task_page(status="done")
 
 
-async def test_a_search_reads_a_bounded_number_of_tasks(
+async def test_a_narrowed_page_reads_a_bounded_number_of_tasks(
     backend: PostgreSQLBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(monitor_module, "SEARCH_SCAN", 10)
-    old = Task(func="app.needle", created_at=NOW - timedelta(days=1))
-    await backend.task_queue.enqueue_many([old] + [Task(func="app.hay") for _ in range(20)])
-    page = await backend.monitor.task_page(search="needle", limit=5)
-    assert page.rows == [] and page.searched == 10  # beyond the newest 10: not looked at
-    older = await backend.monitor.task_page(
-        search="needle", created_before=NOW - timedelta(hours=1)
-    )
-    assert [r["id"] for r in older.rows] == [old.id]
+    """A rare match past SCAN tasks: pages stop at the bound and carry on, losing nothing."""
+    monkeypatch.setattr(monitor_module, "SCAN", 10)
+    needles = [
+        Task(func="app.needle", created_at=NOW - timedelta(days=1, seconds=i)) for i in range(3)
+    ]
+    hay = [Task(func="app.hay", created_at=NOW - timedelta(seconds=i)) for i in range(25)]
+    await backend.task_queue.enqueue_many(needles + hay)
+    await backend.task_queue.cancel_tasks([t.id for t in hay[::2]])  # two statuses to merge
+    pages, before = [], None
+    while True:
+        page = await backend.monitor.task_page(search="NEEDLE", before=before, limit=2)
+        pages.append(page)
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert [r["id"] for p in pages for r in p.rows] == [t.id for t in needles]
+    assert pages[0].rows == [] and pages[0].reached is not None and pages[0].scanned == 10
+    assert len(pages) <= 1 + 25 // 5 + 2  # no page read more than its bound
+    by_queue = await backend.monitor.task_page(queue_name="default", limit=100)
+    assert by_queue.reached is None and len(by_queue.rows) == 28  # under the bound: all of them
 
 
 async def test_task_detail_has_attempts_links_and_callbacks(
@@ -203,16 +214,12 @@ SELECT 'done-' || g, 'q' || (g % 5), 0,
             WHEN g % 100 = 2 THEN jsonb_build_object('schedule_id', 'sched-' || (g % 10))
             ELSE '{}' END
 FROM generate_series(1, 100000) AS g;
-INSERT INTO tasks (id, queue_name, status, func, args, kwargs, created_at, task_data, run_at)
+INSERT INTO tasks (id, queue_name, status, func, args, kwargs, created_at, task_data, run_at,
+    delayed)
 SELECT 'todo-' || g, 'q' || (g % 5), 'pending', 'app.jobs.work', '[]', '{}',
-       now() - g * interval '1 second', '{}', CASE WHEN g % 10 = 0 THEN now() + interval '1 hour' END
+       now() - g * interval '1 second', '{}', CASE WHEN g % 10 = 0 THEN now() + interval '1 hour' END,
+       g % 10 = 0
 FROM generate_series(1, 3000) AS g;
-DO $$ BEGIN  -- delayed tasks are flagged where the schema has the flag (migration 0004)
-    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-               AND table_name = 'tasks' AND column_name = 'delayed') THEN
-        EXECUTE 'UPDATE tasks SET delayed = true WHERE status = ''pending'' AND run_at > now()';
-    END IF;
-END $$;
 INSERT INTO omniq_workers (id, hostname, pid, queues, concurrency)
 SELECT 'w-' || g, 'host', g, ARRAY['q0', 'q1'], 8 FROM generate_series(0, 3) AS g;
 INSERT INTO tasks (id, queue_name, status, func, args, kwargs, created_at, task_data,
@@ -256,7 +263,10 @@ CASES = {
                                       "before_id": MID}),
     "pending": ("task_page", {**PAGE, "statuses": ["pending"]}),
     "search": ("task_page", {**PAGE, "statuses": ["completed", "failed"], "search": "full",
-                             "scan": 10_000}),
+                             "scan": 5_000}),
+    "rare queue": ("task_page", {**PAGE, "statuses": ["completed", "failed"], "queue_name": "q9",
+                                 "scan": 5_000}),
+    "page rows": ("task_rows", {"ids": ["done-7", "todo-7", "run-7"]}),
     "a day": ("task_page", {**PAGE, "statuses": ["completed"],
                             "created_after": NOW - timedelta(days=3),
                             "created_before": NOW - timedelta(days=2)}),

@@ -6,10 +6,12 @@ Pages are rendered on the server from ``backend.monitor`` (the read model); a sm
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -33,7 +35,7 @@ from ..backend.postgres.monitor import ALL_STATUSES
 from ..models._common import utcnow
 from . import actions as registry
 from .filters import BadFilter, TaskFilter, decode_cursor, encode_cursor
-from .format import FILTERS, iso
+from .format import FILTERS, call
 from .live import Hub
 from .metrics import exposition
 from .security import (
@@ -65,6 +67,34 @@ class Settings:
     tick: float = 10.0
 
 
+class RecentThroughput:
+    """The last hour's finished tasks per minute, kept between reads: a minute that is over
+    does not change, so each refresh reads only the last two minutes from the database (a
+    result is stamped with its transaction's start, so one committed a little late still
+    lands in the minute re-read). Retries that delete old results show once the minute
+    leaves the window."""
+
+    def __init__(self, window: timedelta = timedelta(hours=1)) -> None:
+        self.window = window
+        self._minutes: dict[datetime, list[dict[str, Any]]] = {}
+        self._complete_before: datetime | None = None
+        self._lock = asyncio.Lock()
+
+    async def rows(self, monitor: Any) -> list[dict[str, Any]]:
+        async with self._lock:
+            now = utcnow()
+            start = (now - self.window).replace(second=0, microsecond=0)
+            since = start
+            if self._complete_before is not None:
+                since = max(start, self._complete_before - timedelta(minutes=1))
+            fresh = await monitor.throughput(since)
+            self._minutes = {m: r for m, r in self._minutes.items() if start <= m < since}
+            for row in fresh:
+                self._minutes.setdefault(row["minute"], []).append(row)
+            self._complete_before = now.replace(second=0, microsecond=0)
+            return [row for rows in self._minutes.values() for row in rows]
+
+
 class Dashboard:
     """The routes' shared state: settings, templates, the live hub."""
 
@@ -87,8 +117,14 @@ class Dashboard:
             schema=self.backend.config.schema,
             read_only=self.read_only,
             now_utc=utcnow,
+            call=call,
         )
         self.hub = Hub(self.backend, self.fragments, debounce=settings.debounce, tick=settings.tick)
+        self.recent = RecentThroughput()
+
+    async def overview_now(self) -> Any:
+        monitor = self.backend.monitor
+        return await monitor.overview(self.recent.window, finished=await self.recent.rows(monitor))
 
     def actions_for(self, target: str, state: str | None = None) -> list[registry.Action]:
         """The actions to offer for a target (in a state); none on a read-only dashboard."""
@@ -123,7 +159,7 @@ class Dashboard:
         """The live parts of a screen, rendered once per refresh for every browser on it."""
         monitor = self.backend.monitor
         if view == "overview":
-            ov = await monitor.overview()
+            ov = await self.overview_now()
             return {
                 "queues": self.macro("_overview.html", "queue_table", ov=ov),
                 "chart": self.macro("_overview.html", "chart", ov=ov),
@@ -141,7 +177,7 @@ class Dashboard:
     # -- pages ----------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        ov = await self.backend.monitor.overview()
+        ov = await self.overview_now()
         return self.html(request, "overview.html", page="overview", ov=ov, views="overview")
 
     async def tasks(self, request: Request) -> Response:
@@ -151,7 +187,8 @@ class Dashboard:
         except BadFilter as exc:
             gauges = await self.backend.monitor.gauges()
             return self.html(request, "tasks.html", 400, page="tasks", f=TaskFilter(),
-                             error=str(exc), rows=[], gauges=gauges, next_url=None)  # fmt: skip
+                             error=str(exc), rows=[], gauges=gauges, next_url=None,
+                             first_page=True, listing=None)  # fmt: skip
         monitor = self.backend.monitor
         if f.search and before is None and await monitor.task_states([f.search]):
             return RedirectResponse(f"{request.scope.get('root_path', '')}/tasks/"
@@ -165,7 +202,7 @@ class Dashboard:
             )
         return self.html(
             request, "tasks.html", page="tasks", f=f, rows=page.rows, gauges=gauges,
-            next_url=next_url, first_page=before is None, searched=page.searched,
+            next_url=next_url, first_page=before is None, listing=page,
             watch=[r["id"] for r in page.rows],
         )  # fmt: skip
 
@@ -306,4 +343,4 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
-__all__ = ["Dashboard", "Settings", "create_app", "iso"]
+__all__ = ["Dashboard", "Settings", "create_app"]

@@ -35,9 +35,9 @@ if [ "$(basename "$0")" = test ] && ! command -v pgbouncer >/dev/null && [ ! -x 
 fi
 
 # Chromium for the dashboard's browser tests (tests/test_dashboard_browser.py) and
-# scripts/screenshots: Debian's package, driven headless by Playwright through its
+# scripts/screenshots/take: Debian's package, driven headless by Playwright through its
 # executable (no browser download). Without it those tests fail, saying how to install it.
-case "$(basename "$0")" in test|screenshots)
+case "$(basename "$0")" in test|take)
     if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing Chromium with apt-get" >&2
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \

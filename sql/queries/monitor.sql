@@ -7,8 +7,8 @@
 -- name: queue_gauges()
 -- Per queue: tasks ready, due later, waiting, running and failed, with the oldest due time of
 -- each (for ready tasks: how long the oldest has waited); then workers alive and stale.
--- Index: tasks_pending_idx (tasks_dequeue_idx before migration 0004), tasks_waiting_ids_idx,
--- tasks_running_idx, tasks_failed_idx (an index-only count); omniq_workers is read whole.
+-- Index: tasks_pending_idx, tasks_waiting_ids_idx, tasks_running_idx, tasks_failed_idx (an
+-- index-only count); omniq_workers is small and read whole.
 SELECT 'queue' AS kind, live.queue_name, live.state, count(*) AS tasks, min(live.due_at) AS oldest_due
 FROM (
     SELECT t.queue_name, CASE WHEN t.run_at > now() THEN 'later' ELSE 'ready' END AS state,
@@ -32,13 +32,23 @@ GROUP BY 3;
 -- name: finished_per_minute(since)
 -- Tasks that finished (success or failure) since :since, per minute, queue and outcome: the
 -- throughput chart and the "done in the last hour" counts. A result's created_at is when its
--- task finished, so only that time range is read.
+-- task finished, so only that time range is read. Each task's queue is looked up by its key
+-- (a subquery, so the planner cannot trade the lookups for a hash of the whole tasks table);
+-- it is NULL for a task purged since.
 -- Index: results_status_created_idx, then tasks_pkey for each task's queue.
-SELECT date_trunc('minute', r.created_at) AS minute, t.queue_name, r.status, count(*) AS tasks
+SELECT date_trunc('minute', r.created_at) AS minute,
+       (SELECT t.queue_name FROM "public"."tasks" AS t WHERE t.id = r.task_id) AS queue_name,
+       r.status, count(*) AS tasks
 FROM "public"."results" AS r
-JOIN "public"."tasks" AS t ON t.id = r.task_id
 WHERE r.status IN ('success', 'failure') AND r.created_at >= :since::timestamptz
 GROUP BY 1, 2, 3;
+
+-- name: without_jit()!
+-- JIT compilation off for the rest of the transaction, for finished_per_minute: many cheap key
+-- lookups whose estimated cost would start JIT, which then costs more than the reading itself
+-- (measured with 100,000 tasks finished in the hour: 590 ms compiling for 180 ms of work).
+-- Index: none (a setting).
+SET LOCAL jit = off;
 
 -- name: workers()
 -- Registered workers: heartbeat, whether silent for longer than their own stale_after, and
@@ -78,18 +88,27 @@ LIMIT :limit::int;
 
 -- name: task_page(statuses, queue_name, func, created_after, created_before, search, scan, before_created_at, before_id, limit)
 -- One page of tasks, newest first (created_at DESC, id DESC), strictly after the keyset cursor
--- (:before_created_at, :before_id), filtered by the statuses in :statuses, queue, func and
--- creation time, and by :search: a piece of the func or of the final error, any case. Each
--- status reads at most :scan tasks past the cursor (with those tied on created_at): the page
--- size, or a search's bound. Live tasks come from their partial indexes (a bitmap OR);
--- finished ones from tasks_finished_idx, read backwards one status at a time and stopping
--- there, so a page costs the same at any depth of history.
--- Index: tasks_pending_idx (tasks_dequeue_idx before migration 0004), tasks_running_idx,
--- tasks_waiting_ids_idx, tasks_finished_idx; tasks_pkey and results_pkey for the page's rows.
-WITH page AS (
-    SELECT c.id, c.created_at
+-- (:before_created_at, :before_id), by the statuses in :statuses, creation time, queue, func
+-- and :search (a piece of the func, or of the error of a task that ended badly, any case).
+-- Each status reads at most :scan tasks past the cursor, in index order (with those tied on
+-- created_at): the page size when nothing narrows the page, a bound when something does. A
+-- status that reached its bound also returns the oldest task it read, as a boundary row
+-- (matched false): the caller shows only matches newer than the newest boundary and carries
+-- on from there, so a rare filter costs a bounded read per page instead of the whole history.
+-- Live tasks come from their partial indexes (a bitmap OR, queue and func as conditions);
+-- finished ones from tasks_finished_idx, read backwards one status at a time.
+-- Index: tasks_pending_idx, tasks_running_idx, tasks_waiting_ids_idx, tasks_finished_idx;
+-- results_pkey when searching errors.
+SELECT c.id, c.created_at, c.matched, c.boundary
+FROM (
+    SELECT k.id, k.created_at, k.matched,
+           count(*) OVER () >= :scan::int
+               AND row_number() OVER (ORDER BY k.created_at, k.id) = 1 AS boundary,
+           row_number() OVER (PARTITION BY k.matched ORDER BY k.created_at DESC, k.id DESC) AS nth
     FROM (
-        SELECT t.id, t.created_at, t.func FROM "public"."tasks" AS t
+        SELECT t.id, t.created_at,
+               :search::text IS NULL OR strpos(lower(t.func), lower(:search::text)) > 0 AS matched
+        FROM "public"."tasks" AS t
         WHERE ((t.status = 'pending' AND 'pending' = ANY (:statuses::text[]))
             OR (t.status = 'running' AND 'running' = ANY (:statuses::text[]))
             OR (t.status = 'waiting' AND 'waiting' = ANY (:statuses::text[])))
@@ -102,21 +121,30 @@ WITH page AS (
                OR t.created_at < :before_created_at::timestamptz OR t.id < :before_id::text)
         ORDER BY t.created_at DESC
         FETCH FIRST (:scan::int) ROWS WITH TIES
-    ) AS c
-    WHERE :search::text IS NULL
-       OR strpos(lower(c.func), lower(:search::text)) > 0
-       OR strpos(lower((SELECT concat_ws(': ', r.error_type, r.error) FROM "public"."results" AS r
-                        WHERE r.task_id = c.id)), lower(:search::text)) > 0
-    UNION ALL
-    SELECT f.id, f.created_at
-    FROM unnest('{completed,failed,cancelled,expired}'::text[]) AS s(status)
-    CROSS JOIN LATERAL (
-        SELECT c.id, c.created_at
+    ) AS k
+) AS c
+WHERE (c.matched AND c.nth <= :limit::int) OR c.boundary
+UNION ALL
+SELECT f.id, f.created_at, f.matched, f.boundary
+FROM unnest('{completed,failed,cancelled,expired}'::text[]) AS s(status)
+CROSS JOIN LATERAL (
+    SELECT c.id, c.created_at, c.matched, c.boundary
+    FROM (
+        SELECT k.id, k.created_at, k.matched,
+               count(*) OVER () >= :scan::int
+                   AND row_number() OVER (ORDER BY k.created_at, k.id) = 1 AS boundary,
+               row_number() OVER (PARTITION BY k.matched ORDER BY k.created_at DESC, k.id DESC) AS nth
         FROM (
-            SELECT t.id, t.created_at, t.func FROM "public"."tasks" AS t
+            SELECT t.id, t.created_at,
+                   (:queue_name::text IS NULL OR t.queue_name = :queue_name::text)
+                   AND (:func::text IS NULL OR t.func = :func::text)
+                   AND (:search::text IS NULL OR strpos(lower(t.func), lower(:search::text)) > 0
+                        OR (t.status <> 'completed' AND strpos(lower(
+                                (SELECT concat_ws(': ', r.error_type, r.error)
+                                 FROM "public"."results" AS r WHERE r.task_id = t.id)),
+                            lower(:search::text)) > 0)) AS matched
+            FROM "public"."tasks" AS t
             WHERE t.status = s.status AND t.status IN ('completed', 'failed', 'cancelled', 'expired')
-              AND (:queue_name::text IS NULL OR t.queue_name = :queue_name::text)
-              AND (:func::text IS NULL OR t.func = :func::text)
               AND t.created_at >= coalesce(:created_after::timestamptz, '-infinity')
               AND t.created_at < coalesce(:created_before::timestamptz, 'infinity')
               AND t.created_at <= coalesce(:before_created_at::timestamptz, 'infinity')
@@ -124,23 +152,21 @@ WITH page AS (
                    OR t.created_at < :before_created_at::timestamptz OR t.id < :before_id::text)
             ORDER BY t.created_at DESC
             FETCH FIRST (:scan::int) ROWS WITH TIES
-        ) AS c
-        WHERE :search::text IS NULL
-           OR strpos(lower(c.func), lower(:search::text)) > 0
-           OR strpos(lower((SELECT concat_ws(': ', r.error_type, r.error) FROM "public"."results" AS r
-                            WHERE r.task_id = c.id)), lower(:search::text)) > 0
-        ORDER BY c.created_at DESC, c.id DESC
-        LIMIT :limit::int
-    ) AS f
-    WHERE s.status = ANY (:statuses::text[])
-)
+        ) AS k
+    ) AS c
+    WHERE (c.matched AND c.nth <= :limit::int) OR c.boundary
+) AS f
+WHERE s.status = ANY (:statuses::text[]);
+
+-- name: task_rows(ids)
+-- The list columns of these tasks, with the error of those that ended badly (a page of
+-- task_page). Index: tasks_pkey, results_pkey.
 SELECT t.id, t.queue_name, t.func, t.status, t.priority, t.created_at, t.run_at, t.started_at,
        t.finished_at, t.attempts, t.retry_count, t.max_retries, t.worker_id,
        r.error_type, left(r.error, 300) AS error
-FROM (SELECT p.id FROM page AS p ORDER BY p.created_at DESC, p.id DESC LIMIT :limit::int) AS p
-JOIN "public"."tasks" AS t ON t.id = p.id
+FROM "public"."tasks" AS t
 LEFT JOIN "public"."results" AS r ON r.task_id = t.id
-ORDER BY t.created_at DESC, t.id DESC;
+WHERE t.id = ANY (:ids::text[]);
 
 -- name: task_detail(id)^
 -- One task with its result; the result alone when the task row was purged (no row: neither).

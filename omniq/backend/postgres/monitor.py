@@ -30,7 +30,7 @@ ATTEMPT_END = {  # event type -> how the attempt ended
     "expired": "expired",
     "cancelled": "cancelled",
 }
-SEARCH_SCAN = 10_000  # a search reads at most this many tasks per status, past the cursor
+SCAN = 5_000  # tasks a page narrowed by queue, func or search reads per status, at most
 
 
 @dataclass
@@ -84,7 +84,8 @@ class TaskPage:
 
     rows: list[dict[str, Any]]
     next_before: tuple[datetime, str] | None
-    searched: int | None = None  # the scan bound of a search, per status
+    scanned: int | None = None  # a narrowed page's bound: tasks read per status, at most
+    reached: datetime | None = None  # the bound stopped the read here (next_before goes on)
 
 
 @dataclass
@@ -124,7 +125,8 @@ class AsyncPostgresMonitor(Component):
 
     async def throughput(self, since: datetime) -> list[dict[str, Any]]:
         """Tasks finished since ``since``: rows of minute, queue_name, status, tasks."""
-        async with self._conn() as conn:
+        async with self._conn() as conn, conn.transaction():
+            await self._sql.monitor.without_jit(conn)
             rows = await self._sql.monitor.finished_per_minute(conn, since=as_utc(since))
         return [dict(row) for row in rows]
 
@@ -140,12 +142,20 @@ class AsyncPostgresMonitor(Component):
         return [_schedule(dict(row)) for row in rows]
 
     async def overview(
-        self, window: timedelta = timedelta(hours=1), schedules: int = 5
+        self,
+        window: timedelta = timedelta(hours=1),
+        schedules: int = 5,
+        finished: Sequence[dict[str, Any]] | None = None,
     ) -> Overview:
-        """Queues, a per-minute chart of the last ``window``, workers and schedules due next."""
+        """Queues, a per-minute chart of the last ``window``, workers and schedules due next.
+
+        ``finished``: rows of :meth:`throughput` for the window that the caller kept (the
+        dashboard re-reads only the last minutes); read here when None.
+        """
         since = utcnow() - window
         gauges = await self.gauges()
-        finished = await self.throughput(since)
+        if finished is None:
+            finished = await self.throughput(since)
         workers = await self.workers()
         due = await self.schedules(limit=schedules, runs=1)
         queues = dict(gauges.queues)
@@ -153,14 +163,16 @@ class AsyncPostgresMonitor(Component):
             queues[name] = QueueStats(name)  # a queue a worker serves, with nothing in it now
         per_minute: dict[datetime, dict[str, Any]] = {}
         for row in finished:
-            stats = queues.setdefault(row["queue_name"], QueueStats(row["queue_name"]))
+            outcome = "completed" if row["status"] == "success" else "failed"
             bucket = per_minute.setdefault(row["minute"], {"completed": 0, "failed": 0})
-            if row["status"] == "success":
+            bucket[outcome] += row["tasks"]
+            if row["queue_name"] is None:
+                continue  # the task was purged since: in the chart, in no queue
+            stats = queues.setdefault(row["queue_name"], QueueStats(row["queue_name"]))
+            if outcome == "completed":
                 stats.done_recently += row["tasks"]
-                bucket["completed"] += row["tasks"]
             else:
                 stats.failed_recently += row["tasks"]
-                bucket["failed"] += row["tasks"]
         return Overview(
             at=gauges.at,
             window=window,
@@ -186,17 +198,21 @@ class AsyncPostgresMonitor(Component):
     ) -> TaskPage:
         """Tasks newest first, after the cursor ``before`` (created_at, id) of the last page.
 
-        ``search`` matches a piece of the func or of the final error, in any case; it reads at
-        most ``SEARCH_SCAN`` tasks per status past the cursor, so it never scans all history.
+        ``search`` matches a piece of the func, or of the error of a task that ended badly,
+        in any case. A page narrowed by queue, func or search reads at most ``SCAN`` tasks per
+        status; when that bound stops it before ``limit`` matches, the page holds what it
+        found and ``next_before`` carries on from where it stopped (``reached``).
         """
         statuses = _statuses(status)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError(f"limit must be a whole number from 1 to 1000, got {limit!r}")
         search = search.strip() if search else None
-        scan = max(SEARCH_SCAN, limit + 1) if search else limit + 1
+        narrowed = bool(queue_name or func or search)
+        scan = max(SCAN, limit + 1) if narrowed else limit + 1
         before_at, before_id = before if before is not None else (None, None)
+        sql = self._sql.monitor
         async with self._conn() as conn:
-            rows = await self._sql.monitor.task_page(
+            found = await sql.task_page(
                 conn,
                 statuses=statuses,
                 queue_name=queue_name or None,
@@ -209,12 +225,19 @@ class AsyncPostgresMonitor(Component):
                 before_id=before_id,
                 limit=limit + 1,
             )
-        page = [dict(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        last = page[-1] if more else None
-        return TaskPage(
-            page, (last["created_at"], last["id"]) if last else None, scan if search else None
-        )
+            # A status that hit its bound was read only down to its boundary row: show the
+            # matches from the newest boundary up, and continue from there.
+            bounds = [(r["created_at"], r["id"]) for r in found if r["boundary"]]
+            cut = max(bounds) if bounds else None
+            keys = sorted(((r["created_at"], r["id"]) for r in found if r["matched"]), reverse=True)
+            keys = [k for k in keys if cut is None or k >= cut]
+            shown = keys[:limit]
+            next_before = shown[-1] if len(keys) > limit else cut
+            rows = await sql.task_rows(conn, ids=[i for _, i in shown]) if shown else []
+        by_id = {row["id"]: dict(row) for row in rows}
+        page = [by_id[i] for _, i in shown if i in by_id]  # one deleted in between is left out
+        reached = cut[0] if cut is not None and len(keys) <= limit else None
+        return TaskPage(page, next_before, scan if narrowed else None, reached)
 
     async def task_detail(
         self, task_id: str, events: int = 500, related: int = 100
