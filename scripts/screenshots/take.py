@@ -66,11 +66,11 @@ WITH spec AS (
         started_at, completed_at, worker_id, execution_time, result_data)
     SELECT t.id, CASE t.status WHEN 'completed' THEN 'success' ELSE 'failure' END,
            CASE WHEN t.status = 'completed' THEN '{"ok": true}'::jsonb END,
-           CASE WHEN t.status = 'failed' THEN 'connection refused by mail.example.com:25' END,
+           CASE WHEN t.status = 'failed' THEN '[Errno 111] Connection refused' END,
            CASE WHEN t.status = 'failed' THEN 'ConnectionRefusedError' END,
            CASE WHEN t.status = 'failed' THEN 'Traceback (most recent call last):' || chr(10)
-                || '  File "app/mail.py", line 42, in send' || chr(10)
-                || 'ConnectionRefusedError: connection refused by mail.example.com:25' END,
+                || '  File "app/storage.py", line 42, in upload' || chr(10)
+                || 'ConnectionRefusedError: [Errno 111] Connection refused' END,
            t.finished_at, t.started_at, t.finished_at, t.worker_id, 1.0, '{}'
     FROM new_tasks AS t
 )

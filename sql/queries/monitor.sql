@@ -99,12 +99,8 @@ LIMIT :limit::int;
 -- finished ones from tasks_finished_idx, read backwards one status at a time.
 -- Index: tasks_pending_idx, tasks_running_idx, tasks_waiting_ids_idx, tasks_finished_idx;
 -- results_pkey when searching errors.
-SELECT c.id, c.created_at, c.matched, c.boundary
-FROM (
-    SELECT k.id, k.created_at, k.matched,
-           count(*) OVER () >= :scan::int
-               AND row_number() OVER (ORDER BY k.created_at, k.id) = 1 AS boundary,
-           row_number() OVER (PARTITION BY k.matched ORDER BY k.created_at DESC, k.id DESC) AS nth
+WITH candidates AS (
+    SELECT 'live' AS part, k.id, k.created_at, k.matched
     FROM (
         SELECT t.id, t.created_at,
                :search::text IS NULL OR strpos(lower(t.func), lower(:search::text)) > 0 AS matched
@@ -122,41 +118,40 @@ FROM (
         ORDER BY t.created_at DESC
         FETCH FIRST (:scan::int) ROWS WITH TIES
     ) AS k
+    UNION ALL
+    SELECT s.status, k.id, k.created_at, k.matched
+    FROM unnest('{completed,failed,cancelled,expired}'::text[]) AS s(status)
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.created_at,
+               (:queue_name::text IS NULL OR t.queue_name = :queue_name::text)
+               AND (:func::text IS NULL OR t.func = :func::text)
+               AND (:search::text IS NULL OR strpos(lower(t.func), lower(:search::text)) > 0
+                    OR (t.status <> 'completed' AND strpos(lower(
+                            (SELECT concat_ws(': ', r.error_type, r.error)
+                             FROM "public"."results" AS r WHERE r.task_id = t.id)),
+                        lower(:search::text)) > 0)) AS matched
+        FROM "public"."tasks" AS t
+        WHERE t.status = s.status AND t.status IN ('completed', 'failed', 'cancelled', 'expired')
+          AND t.created_at >= coalesce(:created_after::timestamptz, '-infinity')
+          AND t.created_at < coalesce(:created_before::timestamptz, 'infinity')
+          AND t.created_at <= coalesce(:before_created_at::timestamptz, 'infinity')
+          AND (:before_created_at::timestamptz IS NULL
+               OR t.created_at < :before_created_at::timestamptz OR t.id < :before_id::text)
+        ORDER BY t.created_at DESC
+        FETCH FIRST (:scan::int) ROWS WITH TIES
+    ) AS k
+    WHERE s.status = ANY (:statuses::text[])
+)
+SELECT c.id, c.created_at, c.matched, c.boundary
+FROM (
+    SELECT k.id, k.created_at, k.matched,
+           count(*) OVER (PARTITION BY k.part) >= :scan::int
+               AND row_number() OVER (PARTITION BY k.part ORDER BY k.created_at, k.id) = 1 AS boundary,
+           row_number() OVER (PARTITION BY k.part, k.matched
+                              ORDER BY k.created_at DESC, k.id DESC) AS nth
+    FROM candidates AS k
 ) AS c
-WHERE (c.matched AND c.nth <= :limit::int) OR c.boundary
-UNION ALL
-SELECT f.id, f.created_at, f.matched, f.boundary
-FROM unnest('{completed,failed,cancelled,expired}'::text[]) AS s(status)
-CROSS JOIN LATERAL (
-    SELECT c.id, c.created_at, c.matched, c.boundary
-    FROM (
-        SELECT k.id, k.created_at, k.matched,
-               count(*) OVER () >= :scan::int
-                   AND row_number() OVER (ORDER BY k.created_at, k.id) = 1 AS boundary,
-               row_number() OVER (PARTITION BY k.matched ORDER BY k.created_at DESC, k.id DESC) AS nth
-        FROM (
-            SELECT t.id, t.created_at,
-                   (:queue_name::text IS NULL OR t.queue_name = :queue_name::text)
-                   AND (:func::text IS NULL OR t.func = :func::text)
-                   AND (:search::text IS NULL OR strpos(lower(t.func), lower(:search::text)) > 0
-                        OR (t.status <> 'completed' AND strpos(lower(
-                                (SELECT concat_ws(': ', r.error_type, r.error)
-                                 FROM "public"."results" AS r WHERE r.task_id = t.id)),
-                            lower(:search::text)) > 0)) AS matched
-            FROM "public"."tasks" AS t
-            WHERE t.status = s.status AND t.status IN ('completed', 'failed', 'cancelled', 'expired')
-              AND t.created_at >= coalesce(:created_after::timestamptz, '-infinity')
-              AND t.created_at < coalesce(:created_before::timestamptz, 'infinity')
-              AND t.created_at <= coalesce(:before_created_at::timestamptz, 'infinity')
-              AND (:before_created_at::timestamptz IS NULL
-                   OR t.created_at < :before_created_at::timestamptz OR t.id < :before_id::text)
-            ORDER BY t.created_at DESC
-            FETCH FIRST (:scan::int) ROWS WITH TIES
-        ) AS k
-    ) AS c
-    WHERE (c.matched AND c.nth <= :limit::int) OR c.boundary
-) AS f
-WHERE s.status = ANY (:statuses::text[]);
+WHERE (c.matched AND c.nth <= :limit::int) OR c.boundary;
 
 -- name: task_rows(ids)
 -- The list columns of these tasks, with the error of those that ended badly (a page of
