@@ -61,6 +61,19 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION public.omniq_after_deadlock(p_tries integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF p_tries >= 9 THEN
+        RAISE EXCEPTION 'deadlock detected 10 times in a row; giving up'
+            USING ERRCODE = 'deadlock_detected';
+    END IF;
+    PERFORM pg_sleep(random() * 0.02 * (p_tries + 1));
+    RETURN p_tries + 1;
+END
+$$;
+
 CREATE FUNCTION public.omniq_callback_id(p_task_id text, p_kind text) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -130,10 +143,7 @@ BEGIN
             END IF;
             RETURN v_n;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
 END
@@ -227,6 +237,15 @@ BEGIN
                ELSE w.last_heartbeat < now() - w.stale_after - p_grace END;
 
     RETURN QUERY
+    SELECT 'held_but_not_running', t.id, NULL::text,
+           'running under live worker ' || w.id || ' since ' || t.started_at
+           || ', missing from the tasks it said it holds at ' || w.held_at
+    FROM omniq_workers AS w
+    JOIN "tasks" AS t ON t.status = 'running' AND t.worker_id = w.id
+    WHERE w.last_heartbeat >= now() - w.stale_after AND w.held_at IS NOT NULL
+      AND t.started_at < w.held_at - p_grace AND NOT (t.id = ANY (w.held));
+
+    RETURN QUERY
     SELECT 'schedule_next_run', NULL::text, s.id,
            'next_run ' || coalesce(s.next_run::text, 'NULL') || ', last_run '
            || coalesce(s.last_run::text, 'NULL')
@@ -247,26 +266,20 @@ BEGIN
     FROM pg_constraint AS c
     WHERE c.conrelid IN (SELECT y.typrelid FROM pg_type AS y
                          WHERE y.oid IN (pg_typeof(NULL::"tasks"), pg_typeof(NULL::"schedules")))
-      AND c.contype = 'c'
-      AND NOT c.convalidated;
+      AND c.contype = 'c' AND NOT c.convalidated;
 
-    IF FOUND THEN  -- older rows may break the rules: look at the recent ones
-        RETURN QUERY
-        SELECT 'invalid_row', t.id, NULL::text, 'task id, queue_name or func outside the rules'
-        FROM "tasks" AS t
-        WHERE t.created_at > now() - p_window
-          AND NOT (length(t.id) BETWEEN 1 AND 255 AND t.id !~ '[\s,\x01-\x1f\x7f]'
-                   AND length(t.queue_name) <= 200 AND t.queue_name ~ '\S'
-                   AND t.queue_name !~ '[\x01-\x1f\x7f]')
-        LIMIT p_limit;
-        RETURN QUERY
-        SELECT 'invalid_row', NULL::text, s.id, 'schedule id or queue_name outside the rules'
-        FROM "schedules" AS s
-        WHERE NOT (length(s.id) BETWEEN 1 AND 200 AND s.id !~ '[\s,\x01-\x1f\x7f]'
-                   AND length(s.queue_name) <= 200 AND s.queue_name ~ '\S'
-                   AND s.queue_name !~ '[\x01-\x1f\x7f]')
-        LIMIT p_limit;
-    END IF;
+    RETURN QUERY
+    SELECT 'invalid_row', t.id, NULL::text,
+           'task id or queue_name outside the rules: ' || left(quote_literal(t.queue_name), 60)
+    FROM "tasks" AS t
+    WHERE t.id = ANY (v_recent)
+      AND NOT (omniq_valid_id(t.id, 255) AND omniq_valid_queue_name(t.queue_name));
+    RETURN QUERY
+    SELECT 'invalid_row', NULL::text, s.id,
+           'schedule id or queue_name outside the rules: ' || left(quote_literal(s.queue_name), 60)
+    FROM "schedules" AS s
+    WHERE NOT (omniq_valid_id(s.id, 200) AND omniq_valid_queue_name(s.queue_name))
+    LIMIT p_limit;
 END
 $$;
 
@@ -515,11 +528,6 @@ CREATE TABLE public.tasks (
     worker_id text,
     attempts integer DEFAULT 0 NOT NULL,
     delayed boolean DEFAULT false NOT NULL,
-    CONSTRAINT tasks_func_check CHECK ((func ~ '^[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*[.:][A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*$'::text)),
-    CONSTRAINT tasks_id_check CHECK ((((length(id) >= 1) AND (length(id) <= 255)) AND (id !~ '[\s,\x01-\x1f\x7f]'::text))),
-    CONSTRAINT tasks_json_check CHECK (((jsonb_typeof(args) = 'array'::text) AND (jsonb_typeof(kwargs) = 'object'::text) AND (jsonb_typeof(dependencies) = 'array'::text) AND (jsonb_typeof(callbacks) = 'object'::text) AND ((callbacks - '{on_success,on_failure,on_complete}'::text[]) = '{}'::jsonb) AND (jsonb_typeof(metadata) = 'object'::text) AND (jsonb_typeof(task_data) = 'object'::text))),
-    CONSTRAINT tasks_numbers_check CHECK ((((max_retries >= 0) AND (max_retries <= 10000)) AND (retry_count >= 0) AND (retry_delay >= (0)::double precision) AND (retry_delay <> 'NaN'::real))),
-    CONSTRAINT tasks_queue_name_check CHECK (((length(queue_name) <= 200) AND (queue_name ~ '\S'::text) AND (queue_name !~ '[\x01-\x1f\x7f]'::text))),
     CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'waiting'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05');
@@ -680,22 +688,8 @@ CREATE FUNCTION public.omniq_enqueue(p_tasks jsonb) RETURNS TABLE(id text, statu
     SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
-    v_bad TEXT;
     v_waiting TEXT[];
 BEGIN
-    IF jsonb_typeof(p_tasks) IS DISTINCT FROM 'array' THEN
-        RAISE EXCEPTION 'omniq_enqueue takes a JSON array of tasks, got %', left(p_tasks::text, 200)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF strpos(p_tasks::text, '@') > 0 THEN
-        SELECT x.id INTO v_bad FROM jsonb_to_recordset(p_tasks) AS x(id TEXT)
-        WHERE omniq_reserved_id(x.id) LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'task id % is reserved for OmniQ''s own tasks (schedule fires and callbacks)',
-                quote_literal(v_bad) USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Ids ending in ''@<UTC timestamp>'', ''@on_success'', ''@on_failure'' or ''@on_complete'' are reserved; choose another id.';
-        END IF;
-    END IF;
     SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
     IF v_waiting IS NOT NULL THEN
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
@@ -722,16 +716,13 @@ BEGIN
                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
                     AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))
                   ORDER BY t.id
-                  FOR NO KEY UPDATE SKIP LOCKED) AS l;
+                  FOR NO KEY UPDATE) AS l;
             IF v_ends IS NOT NULL THEN
                 SELECT count(*) INTO v_n FROM omniq_end_tasks(v_ends, '{pending,waiting}');
             END IF;
             RETURN v_n;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
 END
@@ -750,7 +741,7 @@ BEGIN
         BEGIN
             v_ids := NULL;
             v_statuses := NULL;
-            IF strpos(p_outcomes::text, '"failure"') > 0 THEN
+            IF p_outcomes @> '[{"outcome": "failure"}]' THEN  -- any failure in the batch?
                 WITH o AS (
                     SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER,
                         outcome TEXT, error TEXT, error_type TEXT, traceback TEXT,
@@ -790,10 +781,7 @@ BEGIN
             FROM omniq_end_tasks(p_outcomes, '{running}', p_worker_id) AS e;
             EXIT;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
     RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
@@ -850,6 +838,8 @@ BEGIN
                 IF v_inserted > 0 THEN
                     INSERT INTO "events" (task_id, event_type, timestamp, queue_name, schedule_id, message)
                     VALUES (v_task, 'scheduled', now(), s.queue_name, s.id, 'fired for ' || s.next_run);
+                ELSE
+                    v_task := NULL;  -- this due time fired already: nothing enqueued now
                 END IF;
                 UPDATE "schedules" AS sc
                 SET last_run = now(), run_count = sc.run_count + 1, next_run = s.following,
@@ -888,13 +878,14 @@ CREATE FUNCTION public.omniq_heartbeat(p_worker_id text, p_hostname text, p_pid 
     AS $$
 BEGIN
     INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after,
-        stuck_threads)
+        stuck_threads, held, held_at)
     VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after,
-        greatest(p_stuck_threads, 0))
+        greatest(p_stuck_threads, 0), coalesce(p_held, '{}'), now())
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
         queues = excluded.queues, concurrency = excluded.concurrency,
-        stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads;
+        stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads,
+        held = excluded.held, held_at = excluded.held_at;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
@@ -902,16 +893,28 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_insert_tasks(p_tasks jsonb, p_if_absent boolean, OUT inserted integer, OUT waiting text[]) RETURNS record
+CREATE FUNCTION public.omniq_insert_tasks(p_tasks jsonb, p_internal boolean, OUT inserted integer, OUT waiting text[]) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
 BEGIN
+    IF p_internal THEN
+        SELECT coalesce(jsonb_agg(e.doc), '[]') INTO p_tasks
+        FROM jsonb_array_elements(p_tasks) AS e(doc)
+        WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = e.doc ->> 'id');
+    END IF;
     WITH new_rows AS (
         INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
             created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
             dependencies, callbacks, metadata, task_data)
-        SELECT coalesce(r.id, gen_random_uuid()::text), coalesce(r.queue_name, 'default'),
+        SELECT CASE WHEN r.id IS NULL THEN gen_random_uuid()::text
+                    WHEN omniq_valid_id(r.id, 255)
+                         AND (p_internal OR strpos(r.id, '@') = 0 OR NOT omniq_reserved_id(r.id))
+                    THEN r.id
+                    ELSE omniq_refuse_id(r.id) END,
+               CASE WHEN r.queue_name IS NULL THEN 'default'
+                    WHEN omniq_valid_queue_name(r.queue_name) THEN r.queue_name
+                    ELSE omniq_refuse_queue_name(r.queue_name) END,
                coalesce(r.priority, 0),
                CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
                     THEN 'waiting' ELSE 'pending' END,
@@ -923,7 +926,6 @@ BEGIN
                coalesce(r.dependencies, '[]'), coalesce(r.callbacks, '{}'),
                coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
         FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
-        WHERE NOT p_if_absent OR NOT EXISTS (SELECT 1 FROM "tasks" AS x WHERE x.id = r.id)
         RETURNING t.id, t.status, t.queue_name
     ), logged AS (
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
@@ -997,14 +999,7 @@ CREATE FUNCTION public.omniq_notify_tasks_inserted() RETURNS trigger
     AS $$
 BEGIN
     PERFORM pg_notify(omniq_channel('tasks'), q.queue_name)
-    FROM (SELECT n.queue_name, bool_or(NOT n.delayed) AS ready,
-                 min(n.run_at) FILTER (WHERE n.delayed) AS first_due
-          FROM new_tasks AS n WHERE n.status = 'pending'
-          GROUP BY n.queue_name) AS q
-    WHERE q.ready
-       OR NOT EXISTS (SELECT 1 FROM "tasks" AS t
-                      WHERE t.status = 'pending' AND t.delayed AND t.queue_name = q.queue_name
-                        AND t.run_at > now() AND t.run_at < q.first_due);
+    FROM (SELECT DISTINCT queue_name FROM new_tasks WHERE status = 'pending') AS q;
     RETURN NULL;
 END
 $$;
@@ -1137,6 +1132,30 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_refuse_id(p_id text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF omniq_reserved_id(p_id) THEN
+        RAISE EXCEPTION 'task id % is reserved for OmniQ''s own tasks (schedule fires and callbacks)',
+            quote_literal(p_id) USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ids ending in ''@<UTC timestamp>'', ''@on_success'', ''@on_failure'' or ''@on_complete'' are reserved; choose another id.';
+    END IF;
+    RAISE EXCEPTION 'a task id must be 1-255 printable characters without spaces or commas, got %',
+        quote_literal(left(p_id, 300)) USING ERRCODE = 'invalid_parameter_value',
+        HINT = 'Omit the id to get a generated one.';
+END
+$$;
+
+CREATE FUNCTION public.omniq_refuse_queue_name(p_queue_name text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'queue_name must be a non-empty string of at most 200 characters without control characters, got %',
+        quote_literal(left(p_queue_name, 300)) USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
 CREATE FUNCTION public.omniq_release_dependents(p_completed text[]) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -1265,10 +1284,7 @@ BEGIN
             PERFORM omniq_recheck_waiting();
             EXIT;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
     RETURN QUERY
@@ -1302,10 +1318,7 @@ BEGIN
             END IF;
             RETURN;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
 END
@@ -1429,6 +1442,9 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Cancel the task and enqueue a new one with the dependencies you want.';
     END IF;
+    IF NOT omniq_valid_queue_name(p_queue_name) THEN
+        PERFORM omniq_refuse_queue_name(p_queue_name);
+    END IF;
     UPDATE "tasks" AS t
     SET queue_name = p_queue_name, priority = p_priority, func = p_func, args = p_args,
         kwargs = p_kwargs, run_at = p_run_at, expires_at = p_expires_at,
@@ -1449,6 +1465,19 @@ BEGIN
     END IF;
     RETURN true;
 END
+$$;
+
+CREATE FUNCTION public.omniq_valid_id(p_id text, p_max integer) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT length(p_id) BETWEEN 1 AND p_max AND p_id !~ '[\s,\x01-\x1f\x7f]'
+$$;
+
+CREATE FUNCTION public.omniq_valid_queue_name(p_queue_name text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT length(p_queue_name) <= 200 AND p_queue_name ~ '\S'
+           AND p_queue_name !~ '[\x01-\x1f\x7f]'
 $$;
 
 CREATE FUNCTION public.omniq_waiting_committed() RETURNS trigger
@@ -1538,6 +1567,8 @@ CREATE TABLE public.omniq_workers (
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     last_heartbeat timestamp with time zone DEFAULT now() NOT NULL,
     stale_after interval DEFAULT '00:00:30'::interval NOT NULL,
+    held text[] DEFAULT '{}'::text[] NOT NULL,
+    held_at timestamp with time zone,
     stuck_threads integer DEFAULT 0 NOT NULL
 );
 

@@ -54,6 +54,12 @@ async def test_every_invariant_is_reported_with_its_ids(
     await queue.enqueue_many([waiting_ready, waiting_dead, running])
     await queue.heartbeat("ghost", hostname="h", pid=1, queues=["r"], concurrency=1)
     assert (await queue.dequeue("r", worker_id="ghost")).id == running.id  # type: ignore[union-attr]
+    forgotten = Task(func="m.r", queue_name="f")
+    await queue.enqueue(forgotten)
+    register = dict(hostname="h", pid=2, queues=["f"], concurrency=1)
+    await queue.heartbeat("forgetful", **register)  # type: ignore[arg-type]
+    assert (await queue.dequeue("f", worker_id="forgetful")).id == forgotten.id  # type: ignore[union-attr]
+    await queue.heartbeat("forgetful", held=[forgotten.id], **register)  # type: ignore[arg-type]
     jammed = Schedule(func="m.s", interval_seconds=60)
     await backend.schedule_storage.save_schedule(jammed)
     assert await violations(db) == set()
@@ -95,6 +101,11 @@ async def test_every_invariant_is_reported_with_its_ids(
         jammed.id,
     )
     await breaking.commit()
+    # A live worker that no longer lists a task it holds (a lost reply, a bug): never rescued.
+    await db.execute(
+        "UPDATE {tasks} SET started_at = now() - interval '5 minutes' WHERE id = $1", forgotten.id
+    )
+    await queue.heartbeat("forgetful", held=[], **register)  # type: ignore[arg-type]
 
     found = await violations(db)
     assert found == {
@@ -108,6 +119,7 @@ async def test_every_invariant_is_reported_with_its_ids(
         ("ended_twice", twice.id, None),
         ("callback_missing", no_callback.id, None),
         ("running_on_dead_worker", running.id, None),
+        ("held_but_not_running", forgotten.id, None),
         ("schedule_next_run", None, jammed.id),
         ("schedule_fired_twice", fire, jammed.id),
     }

@@ -304,29 +304,29 @@ async def test_migrations_wait_for_locks_a_bounded_time_and_retry(
     name = fresh_name(schemas, "mig_locked")
     full = files_for(name)
     release = files_for(name)
-    release.migration_scripts = full.migration_scripts[:3]  # an installation of an older release
+    release.migration_scripts = full.migration_scripts[:2]  # an installation of an older release
     await schema.migrate(conn, release, name)
-    monkeypatch.setattr(schema, "LOCK_TIMEOUT", "200ms")
-    monkeypatch.setattr(schema, "LOCK_RETRY_PAUSE", 0.1)
-    monkeypatch.setattr(schema, "LOCK_ATTEMPTS", 3)
+    monkeypatch.setattr(schema, "LOCK_TIMEOUT", "200ms", raising=False)
+    monkeypatch.setattr(schema, "LOCK_RETRY_PAUSE", 0.1, raising=False)
+    monkeypatch.setattr(schema, "LOCK_ATTEMPTS", 3, raising=False)
 
     holder = await asyncpg.connect(pg_dsn)
     migrator = await asyncpg.connect(pg_dsn)
     try:
-        reading = holder.transaction()
-        await reading.start()  # a long report reading the queue
-        await holder.execute(f"LOCK TABLE {quote_identifier(name)}.tasks IN ACCESS SHARE MODE")
+        writing = holder.transaction()
+        await writing.start()  # a long transaction writing to the queue
+        await holder.execute(f"LOCK TABLE {quote_identifier(name)}.tasks IN ROW EXCLUSIVE MODE")
         with pytest.raises(SchemaError, match="lock timeout|lock_timeout"):
-            await asyncio.wait_for(schema.migrate(migrator, full, name), 60)
-        assert (await schema.plan(conn, full, name)).version == 3  # nothing was changed
+            await asyncio.wait_for(schema.migrate(migrator, full, name), 30)
+        assert (await schema.plan(conn, full, name)).version == 2  # nothing was changed
 
-        monkeypatch.setattr(schema, "LOCK_ATTEMPTS", 50)
-        attempt = asyncio.create_task(asyncio.wait_for(schema.migrate(migrator, full, name), 60))
+        monkeypatch.setattr(schema, "LOCK_ATTEMPTS", 50, raising=False)
+        attempt = asyncio.create_task(asyncio.wait_for(schema.migrate(migrator, full, name), 30))
         await asyncio.sleep(0.5)  # a few attempts time out meanwhile
-        await reading.rollback()  # the report ends
+        await writing.rollback()  # the transaction ends
         applied = await attempt
         assert [s.name for s in applied.scripts if s.name.startswith("migrations/")] == [
-            s.name for s in full.migration_scripts[3:]
+            s.name for s in full.migration_scripts[2:]
         ]
     finally:
         await holder.close()

@@ -6,7 +6,9 @@ PermissionDeniedError (Python) or `permission denied` (SQL).
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from conftest import ExternalServer, drop_schemas, unique_schema
+from processes import child_env
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.embedded import find_bindir
@@ -369,3 +372,17 @@ async def test_fresh_install_revokes_enqueue_from_public(pg_dsn: str) -> None:
     finally:
         await conn.close()
         await drop_schemas(pg_dsn, name)
+
+
+async def test_doctor_recognises_the_roles(inst: Installation) -> None:
+    """A worker or producer role writes no table: `omniq doctor` says so, not FAIL."""
+    for who in ("worker", "producer"):
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "omniq", "doctor", "--dsn", inst.dsn_of(who), "--schema",
+             inst.schema],
+            capture_output=True, text=True, timeout=120, env=child_env(), check=False,
+        )  # fmt: skip
+        assert f"OK    privileges  acts through OmniQ's functions as a {who} role" in proc.stdout, (
+            proc.stdout + proc.stderr
+        )

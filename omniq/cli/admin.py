@@ -135,6 +135,8 @@ def script_text(
         "\\set ON_ERROR_STOP on\nBEGIN;",  # psql: stop at the first error (all is rolled back)
         "-- Wait for any OmniQ process migrating this schema right now.\n"
         + bind(m.lock_installation, schema_name=cfg.schema),
+        "-- Give up any other lock wait after a while, rather than hold up the queue behind it.\n"
+        + bind(m.bound_lock_waits, timeout=schema_module.LOCK_TIMEOUT),
         *([] if schema_exists else [bind(m.create_schema)]),
         bind(m.use_schema),
         "-- Bookkeeping: what is applied, and the table names of this installation.\n"

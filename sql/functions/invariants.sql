@@ -24,6 +24,9 @@ LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
 --   running_on_dead_worker a task running under a worker silent for longer than its
 --                          stale_after plus p_grace (an unregistered worker id: 30 s from the
 --                          start); the rescue of any live worker should have taken it back
+--   held_but_not_running   a task running under a live worker, started more than p_grace
+--                          before that worker's last heartbeat, which did not list it: the
+--                          worker does not run it, and no rescue takes it back while it lives
 --   schedule_next_run      an active schedule without a next_run later than its last_run
 --   schedule_fired_twice   one due time of a schedule fired twice
 --   invalid_row            a task (among those looked at) or schedule whose id or queue name
@@ -110,6 +113,15 @@ BEGIN
     WHERE t.status = 'running' AND t.worker_id IS NOT NULL
       AND CASE WHEN w.id IS NULL THEN t.started_at < now() - interval '30 seconds' - p_grace
                ELSE w.last_heartbeat < now() - w.stale_after - p_grace END;
+
+    RETURN QUERY
+    SELECT 'held_but_not_running', t.id, NULL::text,
+           'running under live worker ' || w.id || ' since ' || t.started_at
+           || ', missing from the tasks it said it holds at ' || w.held_at
+    FROM omniq_workers AS w
+    JOIN "tasks" AS t ON t.status = 'running' AND t.worker_id = w.id
+    WHERE w.last_heartbeat >= now() - w.stale_after AND w.held_at IS NOT NULL
+      AND t.started_at < w.held_at - p_grace AND NOT (t.id = ANY (w.held));
 
     RETURN QUERY
     SELECT 'schedule_next_run', NULL::text, s.id,

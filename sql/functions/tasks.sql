@@ -39,6 +39,21 @@ LANGUAGE sql IMMUTABLE AS $$
            || '@' || p_kind
 $$;
 
+CREATE OR REPLACE FUNCTION omniq_after_deadlock(p_tries INTEGER) RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+-- Called where a function caught a deadlock (its subtransaction rolled back, its locks let
+-- go): wait a little, longer each time, and return the attempts so far; after 10, give up.
+-- The entry points that lock tasks retry this way, so no deadlock reaches their caller.
+BEGIN
+    IF p_tries >= 9 THEN
+        RAISE EXCEPTION 'deadlock detected 10 times in a row; giving up'
+            USING ERRCODE = 'deadlock_detected';
+    END IF;
+    PERFORM pg_sleep(random() * 0.02 * (p_tries + 1));
+    RETURN p_tries + 1;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION omniq_enqueue(p_tasks JSONB)
 RETURNS TABLE (id TEXT, status TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
@@ -295,7 +310,7 @@ BEGIN
         BEGIN
             v_ids := NULL;
             v_statuses := NULL;
-            IF strpos(p_outcomes::text, '"failure"') > 0 THEN
+            IF p_outcomes @> '[{"outcome": "failure"}]' THEN  -- any failure in the batch?
                 WITH o AS (
                     SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER,
                         outcome TEXT, error TEXT, error_type TEXT, traceback TEXT,
@@ -335,10 +350,7 @@ BEGIN
             FROM omniq_end_tasks(p_outcomes, '{running}', p_worker_id) AS e;
             EXIT;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
     RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
@@ -583,10 +595,7 @@ BEGIN
             END IF;
             RETURN;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
 END
@@ -644,10 +653,7 @@ BEGIN
             END IF;
             RETURN v_n;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
 END
@@ -659,8 +665,8 @@ RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- End unstarted tasks past expires_at as 'expired', in the given queues or all, through
 -- omniq_end_tasks. Called by omniq_dequeue (when its index probe found one), so an expired
--- task is never handed out. Rows another caller holds are skipped (it expires them).
--- A deadlock in the cascade is retried here. Index: tasks_expiry_idx.
+-- task is never handed out. The rows are locked in id order (a concurrent caller waits, then
+-- finds them expired); a deadlock in the cascade is retried here. Index: tasks_expiry_idx.
 DECLARE
     v_ends JSONB;
     v_n INTEGER := 0;
@@ -676,16 +682,13 @@ BEGIN
                   WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
                     AND (p_queues IS NULL OR t.queue_name = ANY (p_queues))
                   ORDER BY t.id
-                  FOR NO KEY UPDATE SKIP LOCKED) AS l;
+                  FOR NO KEY UPDATE) AS l;
             IF v_ends IS NOT NULL THEN
                 SELECT count(*) INTO v_n FROM omniq_end_tasks(v_ends, '{pending,waiting}');
             END IF;
             RETURN v_n;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
 END

@@ -13,17 +13,18 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- tasks are rescued, p_stuck_threads how many of its threads still run task functions it
 -- gave up (timed out). A worker whose row is gone (it was rescued as dead while alive)
 -- registers again in full. Returns the ids among p_held that this worker no longer holds
--- (rescued or cancelled meanwhile): the worker stops caring about them.
--- Index: tasks_pkey (one probe per held id).
+-- (rescued or cancelled meanwhile): the worker stops caring about them. p_held is kept
+-- (held, held_at) for omniq_check_invariants. Index: tasks_pkey (one probe per held id).
 BEGIN
     INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after,
-        stuck_threads)
+        stuck_threads, held, held_at)
     VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after,
-        greatest(p_stuck_threads, 0))
+        greatest(p_stuck_threads, 0), coalesce(p_held, '{}'), now())
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
         queues = excluded.queues, concurrency = excluded.concurrency,
-        stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads;
+        stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads,
+        held = excluded.held, held_at = excluded.held_at;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
@@ -126,10 +127,7 @@ BEGIN
             PERFORM omniq_recheck_waiting();
             EXIT;
         EXCEPTION WHEN deadlock_detected THEN
-            v_try := v_try + 1;
-            IF v_try >= 10 THEN
-                RAISE;
-            END IF;
+            v_try := omniq_after_deadlock(v_try);
         END;
     END LOOP;
     RETURN QUERY

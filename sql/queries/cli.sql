@@ -45,6 +45,17 @@ FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = :schema_name::text AND c.relname = ANY (:tables::text[]) AND c.relkind = 'r'
 ORDER BY c.relname;
 
+-- name: protocol_privileges(schema_name)^
+-- Whether the user may call the worker's and the producer's SECURITY DEFINER functions (what
+-- the least-privilege roles of sql/roles.sql act through). Index: none (catalog).
+SELECT coalesce(bool_and(has_function_privilege(p.oid, 'EXECUTE'))
+                    FILTER (WHERE p.proname IN ('omniq_dequeue', 'omniq_finish_tasks')), false) AS worker,
+       coalesce(bool_and(has_function_privilege(p.oid, 'EXECUTE'))
+                    FILTER (WHERE p.proname = 'omniq_enqueue'), false) AS producer
+FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+WHERE n.nspname = :schema_name::text
+  AND p.proname IN ('omniq_dequeue', 'omniq_finish_tasks', 'omniq_enqueue');
+
 -- name: table_health(schema_name, tables)
 -- Live and dead rows, vacuums and scans of each table of :tables. Index: none (statistics view).
 SELECT relname AS name, n_live_tup AS live, n_dead_tup AS dead, seq_scan,
