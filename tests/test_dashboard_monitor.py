@@ -68,6 +68,7 @@ async def test_gauges_count_each_live_state_per_queue(backend: PostgreSQLBackend
     assert sum(m["failed"] for m in overview.minutes) == 1
     assert 60 <= len(overview.minutes) <= 62
     assert {w["id"]: w["held"] for w in overview.workers} == {"w-1": 1, "w-gone": 0}
+    assert [w["stuck_threads"] for w in overview.workers] == [0, 0]
     assert next(w for w in overview.workers if w["id"] == "w-1")["held_ids"] == [first.id]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,7 +48,6 @@ from .security import (
     origin_ok,
 )
 
-log = logging.getLogger("omniq.dashboard")
 HERE = Path(__file__).parent
 FLASH_COOKIE = "omniq_flash"
 MAX_IDS = 1000  # ids one form may carry

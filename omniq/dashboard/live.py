@@ -132,7 +132,12 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: the next look will tell
-                log.warning("dashboard live updates paused (%s); retrying in %.1fs", exc, delay)
+                log.warning(
+                    "dashboard live updates paused (%s); retrying in %.1fs",
+                    exc,
+                    delay,
+                    exc_info=log.isEnabledFor(logging.DEBUG),  # the traceback with --debug
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:

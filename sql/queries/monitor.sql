@@ -51,11 +51,12 @@ GROUP BY 1, 2, 3;
 SET LOCAL jit = off;
 
 -- name: workers()
--- Registered workers: heartbeat, whether silent for longer than their own stale_after, and
--- the tasks each holds (how many, and the 20 held longest).
+-- Registered workers: heartbeat, whether silent for longer than their own stale_after, the
+-- threads still running task functions it gave up on, and the tasks each holds (how many, and
+-- the 20 held longest).
 -- Index: tasks_running_idx, twice per worker; omniq_workers is small and read whole.
 SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.last_heartbeat,
-       w.stale_after, now() - w.last_heartbeat > w.stale_after AS stale,
+       w.stale_after, now() - w.last_heartbeat > w.stale_after AS stale, w.stuck_threads,
        (SELECT count(*) FROM "public"."tasks" AS t
         WHERE t.status = 'running' AND t.worker_id = w.id) AS held,
        ARRAY(SELECT t.id FROM "public"."tasks" AS t
