@@ -204,15 +204,15 @@ async def test_stale_postmaster_pid_of_a_reused_pid_is_recovered_without_signall
         pid_file.chmod(0o600)
 
         server = EmbeddedPostgres(data_dir)
-        assert server.stale_pid() == stranger.pid
+        stopped = _omniq("embedded", "stop", data_dir=data_dir)
+        assert stranger.poll() is None, "the stranger was signalled"
+        assert stopped.stdout.strip() == "not running", (stopped.stdout, stopped.stderr)
         assert not server.is_running()
         shown = _omniq("embedded", "status", data_dir=data_dir)
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith("stopped"), shown.stdout
         assert f"names pid {stranger.pid}" in shown.stdout
-        stopped = _omniq("embedded", "stop", data_dir=data_dir)
-        assert stopped.stdout.strip() == "not running", (stopped.stdout, stopped.stderr)
-        assert stranger.poll() is None, "the stranger was signalled"
+        assert server.stale_pid() == stranger.pid
 
         dsn = ensure_running(data_dir)  # recovers: the stale file goes, the server starts
         assert await fetchval(dsn, "SELECT 1") == 1

@@ -24,7 +24,7 @@ import pytest
 from conftest import Database, unique_schema
 from fault_jobs import runs
 from processes import Processes, wait_until
-from test_faults import enqueue_with_retry, report, tasks_of
+from test_faults import produce_through, report
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.embedded import EmbeddedPostgres, find_bindir
@@ -98,29 +98,14 @@ async def test_failover_to_a_promoted_standby_completes_every_acknowledged_task_
             await processes.worker("--concurrency", "4", "--no-scheduler", *LIVENESS)
             for _ in range(2)
         ]
-        acked: dict[str, str] = {}
-        errors: list[Exception] = []
-        replies_lost = 0
-        failing_over = asyncio.Event()
 
-        async def produce() -> None:
-            nonlocal replies_lost
-            for i in range(total):
-                (task,) = tasks_of([f"t{i}"], path, 0.02, max_retries=10)
-                replies_lost += await enqueue_with_retry(producer, task, errors)
-                acked[task.id] = f"t{i}"
-                if i == fail_over_after:
-                    failing_over.set()
-                await asyncio.sleep(0.01)
+        def fail_over() -> None:
+            primary.stop("immediate")
+            standby.promote()
 
-        async def fail_over() -> float:
-            await failing_over.wait()
-            t0 = time.monotonic()
-            await asyncio.to_thread(primary.stop, "immediate")
-            await asyncio.to_thread(standby.promote)
-            return time.monotonic() - t0
-
-        _, switch = await asyncio.wait_for(asyncio.gather(produce(), fail_over()), 180)
+        acked, errors, replies_lost, switch = await produce_through(
+            producer, path, total, fail_over_after, fail_over
+        )
         assert errors, "the producer never noticed the failover"
         assert all(isinstance(e, ConnectionError) for e in errors), errors
 

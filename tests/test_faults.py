@@ -253,6 +253,37 @@ async def enqueue_with_retry(
             delay = min(delay * 2, max_delay)
 
 
+async def produce_through(
+    producer: PostgreSQLBackend, path: str, total: int, fault_after: int, fault: Any
+) -> tuple[dict[str, str], list[Exception], int, float]:
+    """Enqueue ``total`` tasks one at a time with the README's retry policy; after the
+    ``fault_after``-th, run ``fault()`` (blocking, in a thread) while enqueueing goes on.
+    Returns (acknowledged id -> key, errors seen, replies lost, seconds the fault took)."""
+    acked: dict[str, str] = {}
+    errors: list[Exception] = []
+    replies_lost = 0
+    due = asyncio.Event()
+
+    async def produce() -> None:
+        nonlocal replies_lost
+        for i in range(total):
+            (task,) = tasks_of([f"t{i}"], path, 0.02, max_retries=10)
+            replies_lost += await enqueue_with_retry(producer, task, errors)
+            acked[task.id] = f"t{i}"
+            if i == fault_after:
+                due.set()
+            await asyncio.sleep(0.01)
+
+    async def strike() -> float:
+        await due.wait()
+        t0 = time.monotonic()
+        await asyncio.to_thread(fault)
+        return time.monotonic() - t0
+
+    _, took = await asyncio.wait_for(asyncio.gather(produce(), strike()), 180)
+    return acked, errors, replies_lost, took
+
+
 async def test_postgres_restart_immediate_while_producing_and_working(
     own_server: EmbeddedPostgres, tmp_path: Path, record_property
 ) -> None:
@@ -270,28 +301,9 @@ async def test_postgres_restart_immediate_while_producing_and_working(
                 await processes.worker("--concurrency", "4", "--no-scheduler", *LIVENESS)
                 for _ in range(2)
             ]
-            acked: dict[str, str] = {}
-            errors: list[Exception] = []
-            replies_lost = 0
-            crash = asyncio.Event()
-
-            async def produce() -> None:
-                nonlocal replies_lost
-                for i in range(total):
-                    (task,) = tasks_of([f"t{i}"], path, 0.02, max_retries=10)
-                    replies_lost += await enqueue_with_retry(producer, task, errors)
-                    acked[task.id] = f"t{i}"
-                    if i == crash_after:
-                        crash.set()
-                    await asyncio.sleep(0.01)
-
-            async def crash_server() -> float:
-                await crash.wait()
-                t0 = time.monotonic()
-                await asyncio.to_thread(own_server.restart, "immediate")
-                return time.monotonic() - t0
-
-            _, outage = await asyncio.wait_for(asyncio.gather(produce(), crash_server()), 180)
+            acked, errors, replies_lost, outage = await produce_through(
+                producer, path, total, crash_after, lambda: own_server.restart("immediate")
+            )
             assert errors, "the producer never noticed the crash"
             assert all(isinstance(e, ConnectionError) for e in errors)
             assert all(own_server.dsn.split("@")[1].split("/")[0] in str(e) for e in errors), errors

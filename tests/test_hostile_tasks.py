@@ -90,29 +90,39 @@ async def test_sync_timeouts_count_from_the_start_and_stuck_threads_show(
     await wait_until(lambda: read_trace(path), 10, "the slow task to start", worker)
     await backend.task_queue.enqueue_many(quick)
 
-    async def stuck_registered() -> bool:
-        return any(r["stuck_threads"] == 1 for r in await db.rows("omniq_workers"))
+    async def watch_status() -> tuple[dict, str] | None:
+        """While the thread is stuck: what omniq_workers and `omniq status` say."""
+        workers = backend.task_queue.list_workers  # the pool: db.conn is busy meanwhile
+        while not any(r.get("stuck_threads") == 1 for r in await workers()):
+            await asyncio.sleep(0.1)
+        where = ("--dsn", omniq.dsn, "--schema", omniq.schema)
+        shown = [
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "omniq", "status", *extra, *where],
+                capture_output=True,
+                text=True,
+                cwd=TESTS_DIR,
+                env=child_env(),
+                timeout=60,
+            )  # fmt: skip
+            for extra in (["--json"], [])
+        ]
+        assert all(p.returncode == 0 for p in shown), [p.stderr for p in shown]
+        return json.loads(shown[0].stdout)["workers"][0], shown[1].stdout
 
-    await wait_until(stuck_registered, 8, "omniq_workers.stuck_threads = 1", worker, 0.1)
-    status = subprocess.run(
-        [sys.executable, "-m", "omniq", "status", "--json", "--dsn", omniq.dsn,
-         "--schema", omniq.schema],
-        capture_output=True, text=True, cwd=TESTS_DIR, env=child_env(), timeout=60,
-    )  # fmt: skip
-    assert status.returncode == 0, status.stderr
-    (shown,) = json.loads(status.stdout)["workers"]
+    watching = asyncio.ensure_future(watch_status())
+    try:
+        await wait_final(db, [slow, *quick], 40, worker)
+        for task in quick:
+            result = await db.row("results", task.id)
+            assert result["status"] == "success", result  # ran, not timed out in a queue
+            assert result["execution_time"] < 3
+        shown, table = await asyncio.wait_for(watching, 30)
+    finally:
+        watching.cancel()
     assert shown["stuck_threads"] == 1, shown
-    table = subprocess.run(
-        [sys.executable, "-m", "omniq", "status", "--dsn", omniq.dsn, "--schema", omniq.schema],
-        capture_output=True, text=True, cwd=TESTS_DIR, env=child_env(), timeout=60,
-    )  # fmt: skip
-    assert "STUCK" in table.stdout and "cannot interrupt a thread" in table.stdout, table.stdout
-
-    await wait_final(db, [slow, *quick], 40, worker)
-    for task in quick:
-        result = await db.row("results", task.id)
-        assert result["status"] == "success", result  # ran, instead of timing out in a queue
-        assert result["execution_time"] < 3
+    assert "STUCK" in table and "cannot interrupt a thread" in table, table
     row = await db.row("tasks", slow.id)
     assert row["status"] == "completed" and row["attempts"] == 2  # timed out once, then quick
     events = await db.rows("events", "task_id = $1 AND event_type = 'retry'", slow.id)

@@ -382,12 +382,11 @@ class AsyncWorker:
         running = _Running(task)
         running.future = asyncio.create_task(self._execute(running), name=f"omniq-task-{task.id}")
         self._running[task.id] = running
-        running.future.add_done_callback(self._finished)
+        running.future.add_done_callback(lambda _f: self._finished(running))
 
-    def _finished(self, future: asyncio.Task[None]) -> None:
-        task_id = future.get_name().removeprefix("omniq-task-")
-        running = self._running.get(task_id)
-        if running is not None and running.future is future:  # not a later attempt's entry
+    def _finished(self, running: _Running) -> None:
+        task_id = running.task.id
+        if self._running.get(task_id) is running:  # not the entry of a later attempt
             del self._running[task_id]
         assert self._slot_free is not None
         self._slot_free.set()
