@@ -257,7 +257,11 @@ class Chaos:
                 held = await queue.dequeue_many(QUEUE, 2, worker_id=worker_id)
                 self.counts.manual_deaths += 1
                 await asyncio.sleep(rng.uniform(0, 3))
-                late = [{"id": t.id, "attempt": t.attempts, "outcome": "success"} for t in held]
+                late = [
+                    {"id": t.id, "attempt": t.attempts,
+                     "outcome": "failure" if t.args[0] == "fail" else "success"}
+                    for t in held
+                ]  # fmt: skip
                 if late:  # a zombie's late outcome: ignored when the task was taken back
                     await queue.finish_tasks(late, worker_id)
             await queue.worker_stopped(worker_id)
