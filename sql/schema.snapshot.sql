@@ -167,7 +167,7 @@ DECLARE
 BEGIN
     RETURN QUERY
     SELECT CASE WHEN st.dead IS NOT NULL THEN 'waiting_on_dead' ELSE 'waiting_ready' END,
-           w.id, NULL::text, coalesce(st.dead, 'every dependency completed; still waiting')
+           w.id, NULL::text, coalesce(st.dead, 'its dependencies all completed (or it has none), yet it waits')
     FROM (SELECT t.id FROM "tasks" AS t WHERE t.status = 'waiting'
           ORDER BY t.id LIMIT p_limit) AS k
     JOIN "tasks" AS w ON w.id = k.id

@@ -241,11 +241,8 @@ class Chaos:
                     await queue.release_tasks([t.id for t in held], worker_id, "chaos release")
                     continue
                 outcomes = [
-                    {"id": t.id, "attempt": t.attempts,
-                     "outcome": "failure" if t.args[0] == "fail" or rng.random() < 0.1 else "success",
-                     "error": "chaos", "error_type": "RuntimeError"}
-                    for t in held
-                ]  # fmt: skip
+                    self.outcome(t, t.args[0] == "fail" or rng.random() < 0.1) for t in held
+                ]
                 if outcomes:
                     await queue.finish_tasks(outcomes, worker_id)
                     self.counts.manual_finishes += len(outcomes)
@@ -257,14 +254,18 @@ class Chaos:
                 held = await queue.dequeue_many(QUEUE, 2, worker_id=worker_id)
                 self.counts.manual_deaths += 1
                 await asyncio.sleep(rng.uniform(0, 3))
-                late = [
-                    {"id": t.id, "attempt": t.attempts,
-                     "outcome": "failure" if t.args[0] == "fail" else "success"}
-                    for t in held
-                ]  # fmt: skip
+                late = [self.outcome(t, t.args[0] == "fail") for t in held]
                 if late:  # a zombie's late outcome: ignored when the task was taken back
                     await queue.finish_tasks(late, worker_id)
             await queue.worker_stopped(worker_id)
+
+    @staticmethod
+    def outcome(task: Task, failed: bool) -> dict[str, Any]:
+        """What the manual worker reports, as a worker would: a failure carries its error."""
+        if failed:
+            return {"id": task.id, "attempt": task.attempts, "outcome": "failure",
+                    "error": "chaos", "error_type": "RuntimeError"}  # fmt: skip
+        return {"id": task.id, "attempt": task.attempts, "outcome": "success"}
 
     async def canceller(self) -> None:
         rng = self.rng("canceller")
