@@ -119,7 +119,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if worker.threads_busy or left:
         named = ", ".join(sorted({t.name for t in left})) or "task threads"
         log.warning(
-            "exiting without waiting for %d thread(s) tasks left running: %s", len(left), named
+            "exiting without waiting for %d thread(s) still running task code: %s", len(left), named
         )
         sys.stdout.flush()
         sys.stderr.flush()
