@@ -83,9 +83,15 @@ class OutcomeRecorder:
         self._flush_interval = flush_interval
         self._flush_size = flush_size
         self._batch = _Batch()
+        self._writing: list[dict[str, Any]] = []  # the outcomes of the write under way
         self._lock = asyncio.Lock()
         self._due = asyncio.Event()
         self._abandoned = asyncio.Event()
+
+    def unwritten_ids(self) -> list[str]:
+        """Ids of the outcomes not yet recorded: their tasks are still held (read by the
+        heartbeat thread; a plain copy, since the loop may append meanwhile)."""
+        return [o["id"] for o in [*self._writing, *self._batch.outcomes]]
 
     @property
     def idle(self) -> bool:
@@ -131,7 +137,11 @@ class OutcomeRecorder:
         async with self._lock:
             outcomes, self._batch = self._batch.outcomes, _Batch()
             if outcomes:
-                statuses = await self._write(outcomes)
+                self._writing = outcomes
+                try:
+                    statuses = await self._write(outcomes)
+                finally:
+                    self._writing = []
                 for outcome in outcomes:
                     self._count(outcome, statuses.get(outcome["id"]))
 

@@ -564,10 +564,12 @@ class AsyncWorker:
     # -- liveness -------------------------------------------------------------------------
 
     def _held_ids(self) -> list[str]:
-        """The ids of the tasks held now (read by the heartbeat thread)."""
+        """The ids of the tasks held now, running or with an outcome not yet recorded (read
+        by the heartbeat thread)."""
+        unwritten = self._outcomes.unwritten_ids() if self._outcomes is not None else []
         while True:
             try:
-                return list(self._running)
+                return list(dict.fromkeys([*self._running, *unwritten]))
             except RuntimeError:  # changed while copied: copy again
                 continue
 
