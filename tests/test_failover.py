@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,10 +23,10 @@ import pytest
 from conftest import Database, unique_schema
 from fault_jobs import runs
 from processes import Processes, wait_until
-from test_faults import produce_through, report
+from test_faults import produce_through, report, server_base
 
 from omniq.backend.postgres import PostgreSQLBackend
-from omniq.embedded import EmbeddedPostgres, find_bindir
+from omniq.embedded import EmbeddedPostgres
 from omniq.models.config import PostgresConfig
 
 pytestmark = pytest.mark.timeout(240)
@@ -38,12 +37,7 @@ LIVENESS = ("--heartbeat", "0.5", "--worker-timeout", "5")
 @pytest.fixture
 def pair() -> Iterator[tuple[EmbeddedPostgres, EmbeddedPostgres]]:
     """A primary and its synchronous streaming standby, both running."""
-    try:
-        find_bindir()
-    except RuntimeError as exc:
-        pytest.skip(f"needs PostgreSQL server binaries: {exc}")
-    base = Path(tempfile.mkdtemp(prefix="omniq-failover-", dir="/tmp"))
-    base.chmod(0o755)
+    base = server_base("omniq-failover-")
     primary = EmbeddedPostgres(base / "primary", durable=True)
     standby: EmbeddedPostgres | None = None
     try:

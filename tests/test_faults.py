@@ -90,17 +90,23 @@ async def status_counts(db: Database) -> Counter[str]:
 # -- a server of our own, for the tests that crash it --------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def own_server() -> Iterator[EmbeddedPostgres]:
-    """A durable PostgreSQL only these tests use; it may be restarted or killed."""
+def server_base(prefix: str) -> Path:
+    """A fresh directory for servers of a test's own (skips without server binaries). As root
+    the servers run as `postgres`, which must be able to enter it."""
     try:
         find_bindir()
     except RuntimeError as exc:
         pytest.skip(f"needs PostgreSQL server binaries for a server of its own: {exc}")
-    # An explicit data dir, not a throwaway one: a failed start after kill -9 must not delete it.
-    # As root the server runs as `postgres`, which must be able to enter the parent.
-    base = Path(tempfile.mkdtemp(prefix="omniq-faults-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
+    return base
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EmbeddedPostgres]:
+    """A durable PostgreSQL only these tests use; it may be restarted or killed."""
+    # An explicit data dir, not a throwaway one: a failed start after kill -9 must not delete it.
+    base = server_base("omniq-faults-")
     server = EmbeddedPostgres(base / "data", durable=True)
     server.start()
     try:
