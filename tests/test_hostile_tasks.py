@@ -164,6 +164,34 @@ async def test_blocking_async_task_runs_once_and_the_stall_is_logged(
     assert first.alive() and other.alive()
 
 
+async def test_second_signal_ends_a_worker_whose_loop_a_task_blocks(
+    backend, db, omniq, tmp_path
+) -> None:
+    """Signal handlers that run on the event loop wait for it: a task blocking the loop for a
+    minute kept the worker deaf to SIGTERM. Now a second signal ends it within seconds, and
+    the task goes back to pending through the rescue, as after a crash."""
+    path = str(tmp_path / "windows")
+    task = Task(func="jobs.async_block", args=(60, path, "deaf"), max_retries=3)
+    worker = await omniq.worker(*FAST_LIVENESS)
+    await backend.task_queue.enqueue(task)
+    await wait_until(lambda: read_windows(path), 10, "the task to start", worker)
+    worker.send(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    worker.send(signal.SIGTERM)
+    started = time.monotonic()
+    assert await worker.exited(20) == 130, worker.output()
+    took = time.monotonic() - started
+    print(f"\nsecond signal with the loop blocked: exited after {took:.1f}s")
+    assert "did not stop within 5s of the second signal" in worker.output()
+    assert f"task {task.id} (jobs.async_block)" in worker.output()  # what held the loop
+    rescuer = await omniq.worker(*FAST_LIVENESS)
+
+    async def rescued() -> bool:
+        return "rescued" in await db.events(task.id)
+
+    await wait_until(rescued, 20, "the rescue of the task", rescuer)
+
+
 # -- issue 10, defect 3: sys.exit and KeyboardInterrupt fail the task, not the worker --------
 
 
