@@ -1470,13 +1470,13 @@ $$;
 CREATE FUNCTION public.omniq_valid_id(p_id text, p_max integer) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     AS $$
-    SELECT length(p_id) BETWEEN 1 AND p_max AND p_id !~ '[\s,\x01-\x1f\x7f]'
+    SELECT p_id <> '' AND length(p_id) <= p_max AND p_id !~ '[ ,\x01-\x1f\x7f]'
 $$;
 
 CREATE FUNCTION public.omniq_valid_queue_name(p_queue_name text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     AS $$
-    SELECT length(p_queue_name) <= 200 AND p_queue_name ~ '\S'
+    SELECT length(p_queue_name) <= 200 AND btrim(p_queue_name, ' ') <> ''
            AND p_queue_name !~ '[\x01-\x1f\x7f]'
 $$;
 

@@ -18,15 +18,17 @@ $$;
 CREATE OR REPLACE FUNCTION omniq_valid_id(p_id TEXT, p_max INTEGER) RETURNS BOOLEAN
 LANGUAGE sql IMMUTABLE AS $$
 -- A task (p_max 255) or schedule (200) id as the Python models accept it: 1 to p_max
--- characters, no whitespace, commas or control characters.
-    SELECT length(p_id) BETWEEN 1 AND p_max AND p_id !~ '[\s,\x01-\x1f\x7f]'
+-- characters, no space, comma or control character (tab, newline... are control characters;
+-- the models also refuse Unicode spaces, which the database lets through: a task with one is
+-- read as stored). Written without character classes: this runs for every task enqueued.
+    SELECT p_id <> '' AND length(p_id) <= p_max AND p_id !~ '[ ,\x01-\x1f\x7f]'
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_valid_queue_name(p_queue_name TEXT) RETURNS BOOLEAN
 LANGUAGE sql IMMUTABLE AS $$
 -- A queue name as the Python models accept it: at most 200 characters, not blank, no
 -- control characters.
-    SELECT length(p_queue_name) <= 200 AND p_queue_name ~ '\S'
+    SELECT length(p_queue_name) <= 200 AND btrim(p_queue_name, ' ') <> ''
            AND p_queue_name !~ '[\x01-\x1f\x7f]'
 $$;
 
