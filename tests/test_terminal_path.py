@@ -89,6 +89,15 @@ async def blocked_on_lock(db: Database, conn: asyncpg.Connection) -> bool:
 # -- defect 1: dependencies against transactional enqueue ------------------------------------
 
 
+async def running_task(backend: PostgreSQLBackend) -> Task:
+    """A task enqueued and taken by a worker: the dependency the producer races with."""
+    task = Task(func="m.a")
+    await backend.task_queue.enqueue(task)
+    running = await backend.task_queue.dequeue("default")
+    assert running is not None and running.id == task.id
+    return running
+
+
 async def test_dependent_enqueued_in_a_transaction_while_its_dependency_finishes(
     backend: PostgreSQLBackend, db: Database, raw: Any
 ) -> None:
@@ -96,10 +105,7 @@ async def test_dependent_enqueued_in_a_transaction_while_its_dependency_finishes
     waiting for A, is still open: the worker cannot see B. At the producer's commit B must
     still become pending (before the fix it waited for a completed task forever)."""
     queue = backend.task_queue
-    a = Task(func="m.a")
-    await queue.enqueue(a)
-    running = await queue.dequeue("default")
-    assert running is not None and running.id == a.id
+    a = running = await running_task(backend)
 
     producer = await raw()
     tx = producer.transaction()
@@ -121,10 +127,7 @@ async def test_producer_commit_waits_for_the_finish_that_holds_the_dependency(
     The producer's commit-time check locks A FOR SHARE, waits for the worker's commit, then
     sees A completed."""
     queue = backend.task_queue
-    a = Task(func="m.a")
-    await queue.enqueue(a)
-    running = await queue.dequeue("default")
-    assert running is not None
+    a = running = await running_task(backend)
 
     producer, worker = await raw(), await raw()
     b = Task(func="m.b", dependencies=[a.id])
@@ -155,10 +158,7 @@ async def test_finish_waits_for_a_producer_committing_a_dependent(
     """And the third order: the producer's commit-time check holds A FOR SHARE when the
     worker ends A; the worker waits for that commit, then finds B among A's dependents."""
     queue = backend.task_queue
-    a = Task(func="m.a")
-    await queue.enqueue(a)
-    running = await queue.dequeue("default")
-    assert running is not None
+    a = running = await running_task(backend)
 
     producer, locker = await raw(), await raw()
     b = Task(func="m.b", dependencies=[a.id])
