@@ -53,7 +53,7 @@ class Schedule:
         if (
             not isinstance(self.id, str)
             or len(self.id) > SCHEDULE_ID_MAX
-            or not TASK_ID.match(self.id)
+            or not TASK_ID.fullmatch(self.id)
         ):
             raise ValueError(
                 f"a schedule id must be 1-{SCHEDULE_ID_MAX} printable characters without spaces "

@@ -130,7 +130,7 @@ class Task:
 
 def check_task_id(value: Any) -> str:
     """Task ids are 1-255 printable characters without spaces or commas."""
-    if not isinstance(value, str) or not TASK_ID.match(value):
+    if not isinstance(value, str) or not TASK_ID.fullmatch(value):
         raise ValueError(
             f"a task id must be 1-255 printable characters without spaces or commas, got {value!r}"
         )

@@ -22,8 +22,9 @@ from .sync import with_sync_methods
 
 def _with_hint(exc: asyncpg.PostgresError) -> str:
     """The database's message and its hint, as one line for a Python exception."""
+    message = getattr(exc, "message", None) or str(exc)  # str(exc) adds DETAIL and HINT lines
     hint = getattr(exc, "hint", None)
-    return f"{exc}. {hint}" if hint else str(exc)
+    return f"{message}. {hint}" if hint else message
 
 
 def _outcome_id(outcome: dict[str, Any]) -> str:
