@@ -596,6 +596,7 @@ $$;
 CREATE FUNCTION public.omniq_end_tasks(p_ends jsonb, p_from text[], p_worker_id text DEFAULT NULL::text) RETURNS TABLE(id text, status text)
     LANGUAGE plpgsql
     SET search_path TO 'public'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_ids TEXT[];
@@ -604,7 +605,7 @@ DECLARE
     v_dead TEXT[];
     v_callbacks JSONB;
 BEGIN
-    WITH o AS (
+    WITH o AS MATERIALIZED (
         SELECT x.*, coalesce(x.status, CASE x.outcome WHEN 'success' THEN 'completed'
                                                       WHEN 'failure' THEN 'failed'
                                                       ELSE x.outcome END) AS final
@@ -731,18 +732,20 @@ $$;
 CREATE FUNCTION public.omniq_finish_tasks(p_outcomes jsonb, p_worker_id text) RETURNS TABLE(id text, status text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_ids TEXT[];
     v_statuses TEXT[];
     v_try INTEGER := 0;
+    v_running CONSTANT TEXT := 'running';  -- a parameter, not a literal: see omniq_end_tasks
 BEGIN
     LOOP
         BEGIN
             v_ids := NULL;
             v_statuses := NULL;
             IF p_outcomes @> '[{"outcome": "failure"}]' THEN  -- any failure in the batch?
-                WITH o AS (
+                WITH o AS MATERIALIZED (
                     SELECT * FROM jsonb_to_recordset(p_outcomes) AS x(id TEXT, attempt INTEGER,
                         outcome TEXT, error TEXT, error_type TEXT, traceback TEXT,
                         started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, execution_time REAL)
@@ -754,7 +757,7 @@ BEGIN
                         delayed = t.retry_delay > 0, finished_at = NULL,
                         started_at = coalesce(o.started_at, t.started_at)
                     FROM o
-                    WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = 'running'
+                    WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = v_running
                       AND t.retry_count < t.max_retries
                     RETURNING t.id, t.queue_name, t.run_at, t.retry_count, t.started_at,
                               o.error, o.error_type, o.traceback, o.finished_at, o.execution_time
