@@ -185,6 +185,13 @@ def generator_exit() -> None:
     raise GeneratorExit
 
 
+def generator_exit_later() -> None:
+    """Raises GeneratorExit once the worker is already awaiting the thread (the case where
+    asyncio throws the exception into the awaiting coroutine)."""
+    time.sleep(0.3)
+    raise GeneratorExit
+
+
 async def async_cancelled() -> None:
     """Raises CancelledError without being cancelled (the worker did not ask it to stop)."""
     raise asyncio.CancelledError()

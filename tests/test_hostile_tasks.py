@@ -204,6 +204,7 @@ async def test_sys_exit_and_keyboard_interrupt_fail_the_task_not_the_worker(
         "jobs.interrupt": "KeyboardInterrupt",
         "jobs.async_interrupt": "KeyboardInterrupt",
         "jobs.generator_exit": "GeneratorExit",
+        "jobs.generator_exit_later": "GeneratorExit",
         "jobs.async_cancelled": "CancelledError",
     }
     tasks = {f: Task(func=f, max_retries=1, retry_delay=0.05) for f in cases}
@@ -220,6 +221,9 @@ async def test_sys_exit_and_keyboard_interrupt_fail_the_task_not_the_worker(
         assert await final_events(db, task.id) == ["failed"]
     assert "sys.exit(3)" in (await db.row("results", tasks["jobs.exit_now"].id))["error"]
     assert worker.alive(), worker.output()
+    # Each failure went through the task's own path, not the worker's last-resort handler
+    # (which a GeneratorExit thrown into the awaiting coroutine used to reach, twice recorded).
+    assert "failed inside the worker" not in worker.output()
     later = Task(func="jobs.add", args=(1, 2))
     await backend.task_queue.enqueue(later)
     assert (await backend.result_storage.wait(later.id, 15)).result == 3

@@ -497,6 +497,8 @@ class AsyncWorker:
                 f"task exceeded its timeout of {timeout:g}s "
                 "(its thread keeps running until the function returns)"
             )
+        except _RaisedInThread as carried:
+            raise carried.exc from None  # raised here, in this frame: every except sees it
         finally:
             if not thread_future.done() and not thread_future.cancel():
                 self._keep_thread(running, thread_future)
@@ -514,6 +516,11 @@ class AsyncWorker:
             if started is not None:
                 _call_soon(loop, _resolve, started, time.monotonic())
             return call()
+        except BaseException as exc:
+            # Carried, not raised: asyncio delivers a future's exception by throwing it into
+            # the awaiting coroutine, and a thrown GeneratorExit closes the coroutines below
+            # the await point instead of reaching their except clauses.
+            raise _RaisedInThread(exc) from None
         finally:
             with self._threads_lock:
                 self._threads_running -= 1
@@ -713,6 +720,14 @@ class Worker(AsyncWorker):
             return await AsyncWorker.run(self, burst)
         finally:
             await backend.close()
+
+
+class _RaisedInThread(Exception):
+    """Carries whatever a task function raised in its thread back to the event loop."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
