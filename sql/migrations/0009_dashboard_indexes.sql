@@ -1,4 +1,4 @@
--- Migration 0030: small partial indexes for the dashboard's read model (sql/queries/monitor.sql),
+-- Migration 0009: small partial indexes for the dashboard's read model (sql/queries/monitor.sql),
 -- so that no screen of it scans task history. Each holds only the rows it is about: a plain task
 -- (no dependencies, not a callback, not fired by a schedule, not failed) enters none of them, so
 -- the worker's hot path writes nothing more.
@@ -15,7 +15,7 @@
 -- CREATE INDEX IF NOT EXISTS: on a big installation, build them CONCURRENTLY under the same names
 -- before upgrading (see sql/README.md, "Migrations").
 
--- name: migration_0030#
+-- name: migration_0009#
 CREATE INDEX IF NOT EXISTS tasks_failed_idx ON "tasks" (queue_name, created_at)
     WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS tasks_dependents_idx ON "tasks" USING gin (dependencies)
