@@ -95,6 +95,23 @@ def _has_tools(bindir: Path) -> bool:
     return all(os.access(bindir / tool, os.X_OK) for tool in _TOOLS)
 
 
+def has_module(bindir: Path, name: str) -> bool:
+    """Whether the server in ``bindir`` can load the module ``name`` (``pg_stat_statements``,
+    ``auto_explain``): contrib modules come with Debian's packages, not with every build
+    (pgserver's wheel has none). Looks in ``pg_config --pkglibdir`` of that bindir, else in
+    ``lib/postgresql`` and ``lib`` beside it."""
+    return any((libdir / f"{name}.so").is_file() for libdir in _libdirs(bindir))
+
+
+def _libdirs(bindir: Path) -> list[Path]:
+    pg_config = bindir / "pg_config"
+    if os.access(pg_config, os.X_OK):
+        out = subprocess.run([pg_config, "--pkglibdir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            return [Path(out.stdout.strip())]
+    return [bindir.parent / "lib" / "postgresql", bindir.parent / "lib"]
+
+
 # --------------------------------------------------------------------------- root handling
 
 
@@ -235,8 +252,8 @@ class EmbeddedPostgres:
     deletes; otherwise the cluster in ``data_dir`` is created if missing and kept.
     ``port=None`` picks a free port (reusing the one of the previous start when free).
     ``durable=False`` turns off fsync and friends: fast, but a host crash loses data.
-    ``extra_settings`` go last into the config, so they override ours (e.g.
-    ``{"shared_preload_libraries": ""}`` if pg_stat_statements is not installed).
+    ``extra_settings`` go last into the config, so they override ours.
+    ``pg_stat_statements`` is preloaded when the binaries have it (see :func:`has_module`).
     As root, ``data_dir`` must be reachable by the ``postgres``/``nobody`` user (see module doc).
     """
 
@@ -435,8 +452,9 @@ class EmbeddedPostgres:
             "port": str(port),
             "unix_socket_directories": socket_dir,
             "max_connections": "200",
-            "shared_preload_libraries": "pg_stat_statements",
         }
+        if has_module(self.bindir, "pg_stat_statements"):  # for scripts/bench; not every build has it
+            settings["shared_preload_libraries"] = "pg_stat_statements"
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         return settings | self.extra_settings

@@ -24,6 +24,14 @@ if [ -z "${OMNIQ_TEST_DSN:-}" ] \
     fi
 fi
 
+# PostgreSQL 16 for the second run of scripts/test (--pg 16|all): the pgserver wheel's binaries
+# (PostgreSQL 16.2, no contrib modules), the path the README offers machines without a system
+# PostgreSQL. A wheel from PyPI, pinned; nothing else is downloaded.
+if [ "$(basename "$0")" = test ] && ! .venv/bin/python -c 'import pgserver' 2>/dev/null; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check 'pgserver==0.1.4' \
+        || echo "pgserver could not be installed; scripts/test --pg 16 cannot run" >&2
+fi
+
 # PgBouncer for tests/test_pgbouncer.py (scripts/test only; those tests skip, saying why, when
 # it cannot be had). Debian's package; its service is not started here, the tests start their own.
 if [ "$(basename "$0")" = test ] && ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
