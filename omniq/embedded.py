@@ -106,7 +106,9 @@ def has_module(bindir: Path, name: str) -> bool:
 def _libdirs(bindir: Path) -> list[Path]:
     pg_config = bindir / "pg_config"
     if os.access(pg_config, os.X_OK):
-        out = subprocess.run([pg_config, "--pkglibdir"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [pg_config, "--pkglibdir"], capture_output=True, text=True, check=False
+        )
         if out.returncode == 0 and out.stdout.strip():
             return [Path(out.stdout.strip())]
     return [bindir.parent / "lib" / "postgresql", bindir.parent / "lib"]
@@ -453,7 +455,8 @@ class EmbeddedPostgres:
             "unix_socket_directories": socket_dir,
             "max_connections": "200",
         }
-        if has_module(self.bindir, "pg_stat_statements"):  # for scripts/bench; not every build has it
+        # For scripts/bench's statement counts; not every build has it (pgserver's has none).
+        if has_module(self.bindir, "pg_stat_statements"):
             settings["shared_preload_libraries"] = "pg_stat_statements"
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
