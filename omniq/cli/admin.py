@@ -50,22 +50,30 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def run_migrate(args: argparse.Namespace) -> int:
     cfg = config(args)
 
-    async def main() -> tuple[list[str], schema_module.Plan]:
+    async def main() -> tuple[list[str], schema_module.Plan, list[str]]:
         applied = [] if args.dry_run else await PostgreSQLBackend(cfg).migrate()
         files = sql_files(cfg.schema, tuple(cfg.tables.items()))
         async with raw_connection(cfg) as conn:
-            return applied, await schema_module.plan(conn, files, cfg.schema)
+            plan = await schema_module.plan(conn, files, cfg.schema)
+            schema_module.check_compatible(plan, files)
+            return applied, plan, await schema_module.describe(conn, files, cfg.schema, plan)
 
-    applied, plan = run(main)
+    applied, plan, steps = run(main)
     name = quote_identifier(cfg.schema, "schema")
     for script in applied:
         print(f"applied {script}")
-    for script in plan.scripts:
-        print(f"would apply {script.name}")
+    for line in steps:  # each pending step, with the locks it takes
+        print(line)
     if plan.scripts:
         print(
             f"schema {name} is at version {plan.version}, the latest is {_latest(cfg)}: "
             "run `omniq migrate` to apply, or `omniq sql` to see the SQL"
+        )
+    elif plan.newer:
+        print(
+            f"schema {name} is at version {plan.version}, newer than this OmniQ's "
+            f"{plan.code_version}; it accepts this version (from {plan.min_code_version}): "
+            "nothing to apply, nothing changed"
         )
     elif applied:
         print(f"schema {name} is now at version {plan.version}, the latest")

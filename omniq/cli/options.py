@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..models.config import PostgresConfig, redact_dsn
+from ..models.config import MIGRATE_MODES, PostgresConfig, redact_dsn
 
 PG_ENV = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE")
 
@@ -28,6 +28,15 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("OMNIQ_SCHEMA", "public"),
         help="schema of the OmniQ tables (default: $OMNIQ_SCHEMA or public)",
     )
+    group.add_argument(
+        "--migrate",
+        choices=MIGRATE_MODES,
+        default=os.environ.get("OMNIQ_MIGRATE") or None,
+        help="what connecting does to the schema: auto creates or upgrades it, check only "
+        "verifies it (production, with `omniq migrate` as a deploy step), off trusts it "
+        "(default: $OMNIQ_MIGRATE, else auto for worker, scheduler, enqueue and dashboard, "
+        "check for the commands that read or manage what exists)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, **settings: object) -> PostgresConfig:
@@ -46,6 +55,8 @@ def config_from_args(args: argparse.Namespace, **settings: object) -> PostgresCo
                 f"{default_data_dir()}; stop it with `{command_name()} embedded stop`)",
                 file=sys.stderr,
             )
+    if getattr(args, "migrate", None):  # the user's choice wins over the command's default
+        settings = {**settings, "migrate": args.migrate}
     listen_dsn = getattr(args, "listen_dsn", None)
     if listen_dsn:  # the pool goes through a transaction pooler: no named prepared statements
         settings = {"statement_cache_size": 0, **settings}

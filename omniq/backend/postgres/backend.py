@@ -12,8 +12,6 @@ from typing import Any
 
 import asyncpg
 
-from ...errors import SchemaError
-from ...identifiers import quote_identifier
 from ...models.config import PostgresConfig
 from . import schema
 from .connection import Pooled, connect_listener, create_pool, translate_errors
@@ -87,32 +85,8 @@ class PostgreSQLBackend:
             self._pool, self._loop = pool, loop
 
     async def _prepare_schema(self, conn: asyncpg.Connection) -> None:
-        """``migrate="auto"``: create or upgrade; ``"check"``: refuse a missing or outdated
-        installation (a read-only command must not create one in a mistyped schema)."""
-        if self.config.migrate == "auto":
-            await schema.migrate(conn, self.sql, self.config.schema)
-            return
-        if self.config.migrate == "off":
-            return
-        name = quote_identifier(self.config.schema, "schema")
-        if not await self.sql.migrations.installed(conn, schema_name=self.config.schema):
-            raise SchemaError(
-                f"schema {name} has no OmniQ installation. Check the schema name (--schema, "
-                f"OMNIQ_SCHEMA); to install OmniQ there, run `omniq migrate --schema {name}`."
-            )
-        recorded = await self.sql.migrations.get_meta(conn, key=schema.TABLES_KEY)
-        wanted = ",".join(self.config.tables.values())
-        if recorded is not None and recorded != wanted:
-            raise SchemaError(
-                f"schema {name} holds an OmniQ installation with tables {recorded}, not {wanted}."
-            )
-        todo = (await schema.plan(conn, self.sql, self.config.schema)).scripts
-        if todo:
-            raise SchemaError(
-                f"schema {name} is not up to date: {len(todo)} script(s) to apply "
-                f"({', '.join(s.name for s in todo[:3])}{', ...' if len(todo) > 3 else ''}). "
-                f"Run `omniq migrate --schema {name}` (or connect with migrate='auto')."
-            )
+        """What ``config.migrate`` says connecting does to the schema (``schema.prepare``)."""
+        await schema.prepare(conn, self.sql, self.config.schema, self.config.migrate)
 
     def terminate(self) -> None:
         """Drop the LISTEN connection and the pool at once, without waiting for the server
@@ -249,6 +223,7 @@ class PostgreSQLBackend:
             async with Pooled(self.config, self.config.acquire_timeout, pool or self._pool) as conn:
                 if dry_run:
                     plan = await schema.plan(conn, self.sql, self.config.schema)
+                    schema.check_compatible(plan, self.sql)
                 else:
                     plan = await schema.migrate(conn, self.sql, self.config.schema)
         finally:
