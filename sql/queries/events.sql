@@ -15,7 +15,10 @@ FROM jsonb_populate_recordset(NULL::"public"."events", :events::jsonb) AS e;
 -- name: list_events(task_id, event_types, queue_name, worker_id, after, before, limit, offset)
 -- Events, newest first, by any of task, types, queue, worker and time range.
 -- Index: events_task_idx when task_id is given, else events_timestamp_idx.
-SELECT * FROM "public"."events"
+SELECT id, task_id, event_type, timestamp, message, details, worker_id, queue_name,
+       schedule_id, error_type, error_message, traceback, execution_time, memory_usage,
+       metadata, event_data
+FROM "public"."events"
 WHERE (:task_id::text IS NULL OR task_id = :task_id::text)
   AND (:event_types::text[] IS NULL OR event_type = ANY (:event_types::text[]))
   AND (:queue_name::text IS NULL OR queue_name = :queue_name::text)

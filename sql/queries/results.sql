@@ -20,13 +20,19 @@ ON CONFLICT (task_id) DO UPDATE SET status = excluded.status, result = excluded.
 
 -- name: get_result(task_id)^
 -- One result by task id. Index: results_pkey.
-SELECT * FROM "public"."results" WHERE task_id = :task_id::text;
+SELECT task_id, status, result, error, error_type, traceback, created_at, started_at,
+       completed_at, expires_at, worker_id, execution_time, memory_usage, metadata,
+       result_data
+FROM "public"."results" WHERE task_id = :task_id::text;
 
 -- name: list_results(statuses, worker_id, created_after, created_before, limit, offset)
 -- Results, newest first, by any of status list, worker and creation time.
 -- A single status is also spelled out so the planner reads that status's index in order.
 -- Index: results_status_created_idx when statuses is given.
-SELECT * FROM "public"."results"
+SELECT task_id, status, result, error, error_type, traceback, created_at, started_at,
+       completed_at, expires_at, worker_id, execution_time, memory_usage, metadata,
+       result_data
+FROM "public"."results"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
   AND (cardinality(:statuses::text[]) IS DISTINCT FROM 1 OR status = (:statuses::text[])[1])
   AND (:worker_id::text IS NULL OR worker_id = :worker_id::text)

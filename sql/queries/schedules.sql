@@ -21,12 +21,18 @@ ON CONFLICT (id) DO UPDATE SET schedule_type = excluded.schedule_type, func = ex
 
 -- name: get_schedule(id)^
 -- One schedule by id. Index: schedules_pkey.
-SELECT * FROM "public"."schedules" WHERE id = :id::text;
+SELECT id, schedule_type, func, args, kwargs, queue_name, cron_expression, interval_seconds,
+       timestamp, status, created_at, last_run, next_run, max_runs, run_count, ttl_seconds,
+       expires_at, metadata, schedule_data
+FROM "public"."schedules" WHERE id = :id::text;
 
 -- name: list_schedules(statuses, schedule_type, queue_name, func, limit, offset)
 -- Schedules by any of status list, type, queue and func, soonest next_run first.
 -- Index: schedules_due_idx when listing active schedules; else a scan (a small table).
-SELECT * FROM "public"."schedules"
+SELECT id, schedule_type, func, args, kwargs, queue_name, cron_expression, interval_seconds,
+       timestamp, status, created_at, last_run, next_run, max_runs, run_count, ttl_seconds,
+       expires_at, metadata, schedule_data
+FROM "public"."schedules"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
   AND (:schedule_type::text IS NULL OR schedule_type = :schedule_type::text)
   AND (:queue_name::text IS NULL OR queue_name = :queue_name::text)
@@ -36,7 +42,10 @@ LIMIT :limit::int OFFSET :offset::int;
 
 -- name: ready_schedules(limit)
 -- Active schedules that are due now, without claiming them. Index: schedules_due_idx.
-SELECT * FROM "public"."schedules"
+SELECT id, schedule_type, func, args, kwargs, queue_name, cron_expression, interval_seconds,
+       timestamp, status, created_at, last_run, next_run, max_runs, run_count, ttl_seconds,
+       expires_at, metadata, schedule_data
+FROM "public"."schedules"
 WHERE status = 'active' AND next_run <= now()
 ORDER BY next_run
 LIMIT :limit::int;

@@ -9,7 +9,10 @@ SELECT id, status FROM "public".omniq_enqueue(:tasks::jsonb);
 
 -- name: dequeue_tasks(queues, limit, worker_id)
 -- Hand out up to :limit ready tasks, marked running. Index: tasks_pending_idx.
-SELECT * FROM "public".omniq_dequeue(:queues::text[], :limit::int, :worker_id::text);
+SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,
+       retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data,
+       started_at, finished_at, worker_id, attempts
+FROM "public".omniq_dequeue(:queues::text[], :limit::int, :worker_id::text);
 
 -- name: finish_tasks(outcomes, worker_id)
 -- Record a batch of outcomes (success, failure with retry, expiry) in one transaction; the
@@ -34,14 +37,20 @@ SELECT "public".omniq_retry_tasks(:ids::text[], :queue_name::text, :func::text);
 
 -- name: get_task(id)^
 -- One task by id. Index: tasks_pkey.
-SELECT * FROM "public"."tasks" WHERE id = :id::text;
+SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,
+       retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data,
+       started_at, finished_at, worker_id, attempts
+FROM "public"."tasks" WHERE id = :id::text;
 
 -- name: list_tasks(statuses, queue_name, func, created_after, created_before, limit, offset)
 -- Tasks, newest first, filtered by any of status list, queue, func and creation time.
 -- A single status is also spelled out so the planner reads that status's index in order.
 -- Index: tasks_finished_idx for finished statuses, tasks_pending_idx for pending,
 -- tasks_running_idx for running; no status (or waiting): a scan of the table.
-SELECT * FROM "public"."tasks"
+SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,
+       retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data,
+       started_at, finished_at, worker_id, attempts
+FROM "public"."tasks"
 WHERE (:statuses::text[] IS NULL OR status = ANY (:statuses::text[]))
   AND (cardinality(:statuses::text[]) IS DISTINCT FROM 1 OR status = (:statuses::text[])[1])
   AND (:queue_name::text IS NULL OR queue_name = :queue_name::text)

@@ -23,11 +23,13 @@ SELECT "public".omniq_worker_stopped(:worker_id::text);
 -- Requeue tasks of workers (other than :caller) silent for longer than their stale_after;
 -- when to check next.
 -- Index: tasks_running_idx.
-SELECT * FROM "public".omniq_rescue_tasks(:caller::text);
+SELECT r.rescued, r.next_check_at FROM "public".omniq_rescue_tasks(:caller::text) AS r;
 
 -- name: list_workers()
 -- Registered workers and how many tasks each holds. Index: tasks_running_idx.
-SELECT w.*, (SELECT count(*) FROM "public"."tasks" AS t
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.last_heartbeat,
+       w.stale_after, w.held, w.held_at, w.stuck_threads,
+       (SELECT count(*) FROM "public"."tasks" AS t
              WHERE t.status = 'running' AND t.worker_id = w.id) AS running
 FROM "public".omniq_workers AS w
 ORDER BY w.started_at;

@@ -170,8 +170,15 @@ def result_params(result: TaskResult) -> dict[str, Any]:
     }
 
 
+def known_columns(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's values for the model's fields only. A later release may add columns (the
+    migrations only add), and a model built from a whole row would refuse them."""
+    values = dict(row)
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values}
+
+
 def result_from_row(row: Mapping[str, Any]) -> TaskResult:
-    return TaskResult(**dict(row))
+    return TaskResult(**known_columns(TaskResult, row))
 
 
 def events_json(events: Iterable[TaskEvent]) -> str:
@@ -185,7 +192,7 @@ def events_json(events: Iterable[TaskEvent]) -> str:
 
 
 def event_from_row(row: Mapping[str, Any]) -> TaskEvent:
-    return TaskEvent(**dict(row))
+    return TaskEvent(**known_columns(TaskEvent, row))
 
 
 def schedule_params(schedule: Schedule) -> dict[str, Any]:
@@ -206,8 +213,7 @@ def schedule_params(schedule: Schedule) -> dict[str, Any]:
 
 
 def schedule_from_row(row: Mapping[str, Any]) -> Schedule:
-    values = dict(row)
-    values.pop("db_now", None)  # the claim's database clock, not a schedule field
+    values = known_columns(Schedule, row)  # not the claim's db_now, nor a later release's columns
     data = dict(values.pop("schedule_data"))
     extra = {k: data.pop(k) for k in SCHEDULE_DATA_FIELDS if k in data}
     return _build(Schedule, {**values, **extra, "schedule_data": data})
