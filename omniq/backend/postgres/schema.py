@@ -338,7 +338,8 @@ async def _apply_transaction(
         migrations = [s for s in todo.scripts if s.name.startswith("migrations/")]
         for script in migrations:
             parts = steps(script)
-            await _execute(conn, files, script, parts.transactional)
+            if parts.transactional.strip():  # a migration may hold only index builds
+                await _execute(conn, files, script, parts.transactional)
             deferred = []
             for build in parts.builds:
                 if await _big(conn, files, schema, build.table):
