@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -237,3 +239,27 @@ def test_every_migration_parses_into_steps_and_declares_its_locks() -> None:
         assert parts.transactional.strip() or parts.builds, script.name
         for lock in schema.declared_locks(script):
             assert lock.mode in schema.LOCK_MODES
+
+
+async def test_dry_run_names_the_locks_of_each_step(
+    pg_dsn: str, conn: asyncpg.Connection, schema_name: str
+) -> None:
+    full = files_for(schema_name)
+    release = files_for(schema_name)
+    release.migration_scripts = full.migration_scripts[:8]  # an installation of release 8
+    await schema.migrate(conn, release, schema_name)
+    result = subprocess.run(
+        [sys.executable, "-m", "omniq", "migrate", "--dry-run", "--dsn", pg_dsn]
+        + ["--schema", schema_name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    print("\n" + result.stdout)
+    lines = result.stdout.splitlines()
+    step = lines.index("would apply migrations/0009_dashboard_indexes.sql")
+    assert lines[step + 1] == "    locks in the migration transaction: tasks SHARE"
+    assert "would apply functions/tasks.sql" in lines
+    assert (await schema.plan(conn, full, schema_name)).version == 8  # nothing was applied

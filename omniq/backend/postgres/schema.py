@@ -475,10 +475,6 @@ async def describe(
     for script in state.scripts:
         lines.append(f"would apply {script.name}")
         if script.name.startswith("functions/"):
-            lines.append(
-                "    locks: ROW SHARE at most on tables (while checking SQL function bodies); "
-                "ACCESS EXCLUSIVE on the views it replaces, for an instant"
-            )
             continue
         locks = ", ".join(f"{_table(files, lk.table)} {lk.mode}" for lk in declared_locks(script))
         lines.append(f"    locks in the migration transaction: {locks or 'none on tables'}")
@@ -494,6 +490,16 @@ async def describe(
                     f"    index {build.index}: built in the transaction ({table} is small): "
                     f"{table} SHARE, writes wait for the build"
                 )
+    if any(s.name.startswith("functions/") for s in state.scripts):
+        lines.append(
+            "    locks of the function files: at most ROW SHARE on tables (checking SQL "
+            "function bodies), ACCESS EXCLUSIVE for an instant on the views they replace"
+        )
+    if state.scripts:
+        lines.append(
+            "    and ROW EXCLUSIVE on omniq_migrations and omniq_meta (the bookkeeping), under "
+            "the schema's advisory migration lock (other migrators wait for it, the queue does not)"
+        )
     return lines
 
 
