@@ -32,17 +32,17 @@ if [ "$(basename "$0")" = test ] && ! .venv/bin/python -c 'import pgserver' 2>/d
         || echo "pgserver could not be installed; scripts/test --pg 16 cannot run" >&2
 fi
 
-# PgBouncer for tests/test_pgbouncer.py (scripts/test only; those tests skip, saying why, when
+# PgBouncer for tests/acceptance/test_pgbouncer.py (scripts/test only; those tests skip, saying why, when
 # it cannot be had). Debian's package; its service is not started here, the tests start their own.
 if [ "$(basename "$0")" = test ] && ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing PgBouncer with apt-get" >&2
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
-            || echo "PgBouncer could not be installed; tests/test_pgbouncer.py will skip" >&2
+            || echo "PgBouncer could not be installed; tests/acceptance/test_pgbouncer.py will skip" >&2
     fi
 fi
 
-# Chromium for the dashboard's browser tests (tests/test_dashboard_browser.py) and
+# Chromium for the dashboard's browser tests (tests/acceptance/test_dashboard_browser.py) and
 # scripts/screenshots/take: Debian's package, driven headless by Playwright through its
 # executable (no browser download). Without it those tests fail, saying how to install it.
 case "$(basename "$0")" in test|take)
