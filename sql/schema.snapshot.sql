@@ -118,7 +118,7 @@ $$;
 CREATE FUNCTION public.omniq_cancel_schedule(p_id text) RETURNS boolean
     LANGUAGE sql
     SET search_path TO 'public'
-    AS $$ SELECT omniq_set_schedule_status(p_id, 'cancelled') $$;
+    AS $$ SELECT omniq_set_schedule_status_v1(p_id, 'cancelled') $$;
 
 CREATE FUNCTION public.omniq_cancel_tasks(p_ids text[], p_reason text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -149,11 +149,25 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_cancel_tasks_v1(p_ids text[], p_reason text) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT omniq_cancel_tasks(p_ids, p_reason)
+$$;
+
 CREATE FUNCTION public.omniq_channel(kind text) RETURNS text
     LANGUAGE sql STABLE
     SET search_path TO 'public'
     AS $$
     SELECT 'omniq_' || kind || '_' || left(md5(current_schema()), 12)
+$$;
+
+CREATE FUNCTION public.omniq_channel_v1(p_kind text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'public'
+    AS $$
+    SELECT omniq_channel(p_kind)
 $$;
 
 CREATE FUNCTION public.omniq_check_invariants(p_window interval DEFAULT '01:00:00'::interval, p_limit integer DEFAULT 1000, p_grace interval DEFAULT '00:01:00'::interval) RETURNS TABLE(invariant text, task_id text, schedule_id text, detail text)
@@ -283,6 +297,14 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_check_invariants_v1(p_window interval, p_limit integer) RETURNS TABLE(invariant text, task_id text, schedule_id text, detail text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'public'
+    AS $$
+    SELECT c.invariant, c.task_id, c.schedule_id, c.detail
+    FROM omniq_check_invariants(p_window, p_limit) AS c
+$$;
+
 CREATE FUNCTION public.omniq_check_new_dependencies(p_ids text[]) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -324,42 +346,18 @@ BEGIN
 END
 $$;
 
-CREATE TABLE public.schedules (
-    id text NOT NULL,
-    schedule_type text NOT NULL,
-    func text NOT NULL,
-    args jsonb DEFAULT '[]'::jsonb NOT NULL,
-    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
-    queue_name text DEFAULT 'default'::text NOT NULL,
-    cron_expression text,
-    interval_seconds real,
-    "timestamp" timestamp with time zone,
-    status text DEFAULT 'active'::text NOT NULL,
-    created_at timestamp with time zone NOT NULL,
-    last_run timestamp with time zone,
-    next_run timestamp with time zone,
-    max_runs integer,
-    run_count integer DEFAULT 0 NOT NULL,
-    ttl_seconds real,
-    expires_at timestamp with time zone,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    schedule_data jsonb NOT NULL,
-    CONSTRAINT schedules_func_check CHECK ((func ~ '^[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*[.:][A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*$'::text)),
-    CONSTRAINT schedules_id_check CHECK ((((length(id) >= 1) AND (length(id) <= 200)) AND (id !~ '[\s,\x01-\x1f\x7f]'::text))),
-    CONSTRAINT schedules_queue_name_check CHECK (((length(queue_name) <= 200) AND (queue_name ~ '\S'::text) AND (queue_name !~ '[\x01-\x1f\x7f]'::text))),
-    CONSTRAINT schedules_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'completed'::text, 'expired'::text, 'cancelled'::text]))),
-    CONSTRAINT schedules_type_check CHECK ((schedule_type = ANY (ARRAY['cron'::text, 'interval'::text, 'timestamp'::text])))
-);
-
-CREATE FUNCTION public.omniq_claim_schedules(p_limit integer) RETURNS SETOF public.schedules
+CREATE FUNCTION public.omniq_claim_schedules_v1(p_limit integer) RETURNS TABLE(id text, schedule_type text, func text, args jsonb, kwargs jsonb, queue_name text, cron_expression text, interval_seconds real, "timestamp" timestamp with time zone, status text, created_at timestamp with time zone, last_run timestamp with time zone, next_run timestamp with time zone, max_runs integer, run_count integer, ttl_seconds real, expires_at timestamp with time zone, metadata jsonb, schedule_data jsonb)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT * FROM "schedules"
-    WHERE status = 'active' AND next_run <= now()
-    ORDER BY next_run
+    SELECT s.id, s.schedule_type, s.func, s.args, s.kwargs, s.queue_name, s.cron_expression,
+           s.interval_seconds, s.timestamp, s.status, s.created_at, s.last_run, s.next_run,
+           s.max_runs, s.run_count, s.ttl_seconds, s.expires_at, s.metadata, s.schedule_data
+    FROM "schedules" AS s
+    WHERE s.status = 'active' AND s.next_run <= now()
+    ORDER BY s.next_run
     LIMIT p_limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF s SKIP LOCKED
 $$;
 
 CREATE PROCEDURE public.omniq_cleanup(IN p_events_older_than interval DEFAULT NULL::interval, IN p_batch integer DEFAULT 5000)
@@ -423,6 +421,11 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_cleanup_expired_results_v1(p_batch integer) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_cleanup_expired_results(p_batch) $$;
+
 CREATE FUNCTION public.omniq_cleanup_expired_schedules(p_batch integer DEFAULT 10000) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -441,6 +444,11 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_cleanup_expired_schedules_v1(p_batch integer) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_cleanup_expired_schedules(p_batch) $$;
+
 CREATE FUNCTION public.omniq_cleanup_expired_tasks(p_batch integer DEFAULT 10000) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -456,6 +464,11 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_cleanup_expired_tasks_v1(p_batch integer) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_cleanup_expired_tasks(p_batch) $$;
+
 CREATE FUNCTION public.omniq_cleanup_old_events(p_before timestamp with time zone, p_batch integer DEFAULT 10000) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -470,7 +483,12 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_delete_task(p_id text) RETURNS boolean
+CREATE FUNCTION public.omniq_cleanup_old_events_v1(p_before timestamp with time zone, p_batch integer) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_cleanup_old_events(p_before, p_batch) $$;
+
+CREATE FUNCTION public.omniq_delete_task_v1(p_id text) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
@@ -505,37 +523,11 @@ CREATE FUNCTION public.omniq_dependencies_state(p_dependencies jsonb, OUT ready 
           FROM jsonb_array_elements_text(p_dependencies) AS d(dep)) AS s
 $$;
 
-CREATE TABLE public.tasks (
-    id text NOT NULL,
-    queue_name text NOT NULL,
-    priority integer DEFAULT 0 NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    func text NOT NULL,
-    args jsonb NOT NULL,
-    kwargs jsonb NOT NULL,
-    created_at timestamp with time zone NOT NULL,
-    run_at timestamp with time zone,
-    expires_at timestamp with time zone,
-    retry_count integer DEFAULT 0 NOT NULL,
-    max_retries integer DEFAULT 3 NOT NULL,
-    retry_delay real DEFAULT 1.0 NOT NULL,
-    dependencies jsonb DEFAULT '[]'::jsonb NOT NULL,
-    callbacks jsonb DEFAULT '{}'::jsonb NOT NULL,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    task_data jsonb NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    worker_id text,
-    attempts integer DEFAULT 0 NOT NULL,
-    delayed boolean DEFAULT false NOT NULL,
-    CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'waiting'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
-)
-WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05');
-
-CREATE FUNCTION public.omniq_dequeue(p_queues text[], p_limit integer, p_worker_id text) RETURNS SETOF public.tasks
+CREATE FUNCTION public.omniq_dequeue_v1(p_queues text[], p_limit integer, p_worker_id text) RETURNS TABLE(id text, queue_name text, priority integer, status text, func text, args jsonb, kwargs jsonb, created_at timestamp with time zone, run_at timestamp with time zone, expires_at timestamp with time zone, retry_count integer, max_retries integer, retry_delay real, dependencies jsonb, callbacks jsonb, metadata jsonb, task_data jsonb, started_at timestamp with time zone, finished_at timestamp with time zone, worker_id text, attempts integer)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+#variable_conflict use_column
 DECLARE
     v_queue TEXT;
     v_got INTEGER := 0;
@@ -576,13 +568,16 @@ BEGIN
             SET status = 'running', started_at = clock_timestamp(), finished_at = NULL,
                 worker_id = p_worker_id, attempts = t.attempts + 1
             FROM picked WHERE t.id = picked.id
-            RETURNING t.*
+            RETURNING t.id, t.queue_name, t.priority, t.status, t.func, t.args, t.kwargs,
+                t.created_at, t.run_at, t.expires_at, t.retry_count, t.max_retries,
+                t.retry_delay, t.dependencies, t.callbacks, t.metadata, t.task_data,
+                t.started_at, t.finished_at, t.worker_id, t.attempts
         ), logged AS (
             INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id)
             SELECT k.id, 'dequeued', k.started_at, k.queue_name, p_worker_id
             FROM taken AS k
         )
-        SELECT * FROM taken;
+        SELECT k.* FROM taken AS k;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_got := v_got + v_n;
         EXIT WHEN v_got >= p_limit;
@@ -685,6 +680,13 @@ END
 $$;
 
 CREATE FUNCTION public.omniq_enqueue(p_tasks jsonb) RETURNS TABLE(id text, status text)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT e.id, e.status FROM omniq_enqueue_v1(p_tasks) AS e
+$$;
+
+CREATE FUNCTION public.omniq_enqueue_v1(p_tasks jsonb) RETURNS TABLE(id text, status text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -729,7 +731,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_finish_tasks(p_outcomes jsonb, p_worker_id text) RETURNS TABLE(id text, status text)
+CREATE FUNCTION public.omniq_finish_tasks_v1(p_outcomes jsonb, p_worker_id text) RETURNS TABLE(id text, status text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
@@ -791,7 +793,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_fire_schedules(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[] DEFAULT NULL::text[]) RETURNS TABLE(schedule_id text, task_id text, error text)
+CREATE FUNCTION public.omniq_fire_schedules_v1(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[] DEFAULT NULL::text[]) RETURNS TABLE(schedule_id text, task_id text, error text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -875,7 +877,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_heartbeat(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer DEFAULT 0) RETURNS text[]
+CREATE FUNCTION public.omniq_heartbeat_v1(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer DEFAULT 0) RETURNS text[]
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1010,7 +1012,7 @@ $$;
 CREATE FUNCTION public.omniq_pause_schedule(p_id text) RETURNS boolean
     LANGUAGE sql
     SET search_path TO 'public'
-    AS $$ SELECT omniq_set_schedule_status(p_id, 'paused') $$;
+    AS $$ SELECT omniq_set_schedule_status_v1(p_id, 'paused') $$;
 
 CREATE PROCEDURE public.omniq_purge(IN p_older_than interval, IN p_batch integer DEFAULT 5000)
     LANGUAGE plpgsql
@@ -1071,6 +1073,11 @@ BEGIN
     RETURN v_n;
 END
 $$;
+
+CREATE FUNCTION public.omniq_purge_finished_tasks_v1(p_older_than interval, p_batch integer) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_purge_finished_tasks(p_older_than, p_batch) $$;
 
 CREATE FUNCTION public.omniq_purge_old_results(p_older_than interval, p_batch integer DEFAULT 10000) RETURNS integer
     LANGUAGE plpgsql
@@ -1174,7 +1181,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_release_tasks(p_ids text[], p_worker_id text, p_reason text) RETURNS integer
+CREATE FUNCTION public.omniq_release_tasks_v1(p_ids text[], p_worker_id text, p_reason text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1223,6 +1230,11 @@ BEGIN
     RETURN cardinality(v_ids);
 END
 $$;
+
+CREATE FUNCTION public.omniq_requeue_stalled_v1(p_older_than interval) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_requeue_stalled(p_older_than) $$;
 
 CREATE FUNCTION public.omniq_rescue_tasks(p_caller text DEFAULT NULL::text) RETURNS TABLE(rescued integer, next_check_at timestamp with time zone)
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1301,6 +1313,13 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_rescue_tasks_v1(p_caller text) RETURNS TABLE(rescued integer, next_check_at timestamp with time zone)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT r.rescued, r.next_check_at FROM omniq_rescue_tasks(p_caller) AS r
+$$;
+
 CREATE FUNCTION public.omniq_reserved_id(p_id text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     AS $_$
@@ -1366,7 +1385,7 @@ $$;
 CREATE FUNCTION public.omniq_resume_schedule(p_id text) RETURNS boolean
     LANGUAGE sql
     SET search_path TO 'public'
-    AS $$ SELECT omniq_set_schedule_status(p_id, 'active') $$;
+    AS $$ SELECT omniq_set_schedule_status_v1(p_id, 'active') $$;
 
 CREATE FUNCTION public.omniq_retry_delay(p_retry_delay real, p_retry_count integer) RETURNS interval
     LANGUAGE sql
@@ -1402,7 +1421,12 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_set_schedule_status(p_id text, p_status text) RETURNS boolean
+CREATE FUNCTION public.omniq_retry_tasks_v1(p_ids text[], p_queue text, p_func text) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO 'public'
+    AS $$ SELECT omniq_retry_tasks(p_ids, p_queue, p_func) $$;
+
+CREATE FUNCTION public.omniq_set_schedule_status_v1(p_id text, p_status text) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
@@ -1422,7 +1446,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_update_task(p_id text, p_queue_name text, p_priority integer, p_status text, p_func text, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_dependencies jsonb, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) RETURNS boolean
+CREATE FUNCTION public.omniq_update_task_v1(p_id text, p_queue_name text, p_priority integer, p_status text, p_func text, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_dependencies jsonb, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
@@ -1493,7 +1517,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.omniq_worker_stopped(p_worker_id text) RETURNS integer
+CREATE FUNCTION public.omniq_worker_stopped_v1(p_worker_id text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1506,7 +1530,7 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN omniq_release_tasks(v_ids, p_worker_id, 'worker ' || p_worker_id || ' stopped');
+    RETURN omniq_release_tasks_v1(v_ids, p_worker_id, 'worker ' || p_worker_id || ' stopped');
 END
 $$;
 
@@ -1547,6 +1571,33 @@ CREATE TABLE public.omniq_migrations (
     checksum text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+CREATE TABLE public.tasks (
+    id text NOT NULL,
+    queue_name text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    func text NOT NULL,
+    args jsonb NOT NULL,
+    kwargs jsonb NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    run_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    retry_count integer DEFAULT 0 NOT NULL,
+    max_retries integer DEFAULT 3 NOT NULL,
+    retry_delay real DEFAULT 1.0 NOT NULL,
+    dependencies jsonb DEFAULT '[]'::jsonb NOT NULL,
+    callbacks jsonb DEFAULT '{}'::jsonb NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    task_data jsonb NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    worker_id text,
+    attempts integer DEFAULT 0 NOT NULL,
+    delayed boolean DEFAULT false NOT NULL,
+    CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'waiting'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05');
 
 CREATE VIEW public.omniq_queue_overview AS
  SELECT t.queue_name,
@@ -1609,6 +1660,33 @@ CREATE TABLE public.results (
     result_data jsonb NOT NULL
 )
 WITH (autovacuum_vacuum_insert_scale_factor='0.05');
+
+CREATE TABLE public.schedules (
+    id text NOT NULL,
+    schedule_type text NOT NULL,
+    func text NOT NULL,
+    args jsonb DEFAULT '[]'::jsonb NOT NULL,
+    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
+    queue_name text DEFAULT 'default'::text NOT NULL,
+    cron_expression text,
+    interval_seconds real,
+    "timestamp" timestamp with time zone,
+    status text DEFAULT 'active'::text NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    last_run timestamp with time zone,
+    next_run timestamp with time zone,
+    max_runs integer,
+    run_count integer DEFAULT 0 NOT NULL,
+    ttl_seconds real,
+    expires_at timestamp with time zone,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    schedule_data jsonb NOT NULL,
+    CONSTRAINT schedules_func_check CHECK ((func ~ '^[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*[.:][A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*(\.[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_\u0080-\U0010FFFF]*)*$'::text)),
+    CONSTRAINT schedules_id_check CHECK ((((length(id) >= 1) AND (length(id) <= 200)) AND (id !~ '[\s,\x01-\x1f\x7f]'::text))),
+    CONSTRAINT schedules_queue_name_check CHECK (((length(queue_name) <= 200) AND (queue_name ~ '\S'::text) AND (queue_name !~ '[\x01-\x1f\x7f]'::text))),
+    CONSTRAINT schedules_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'completed'::text, 'expired'::text, 'cancelled'::text]))),
+    CONSTRAINT schedules_type_check CHECK ((schedule_type = ANY (ARRAY['cron'::text, 'interval'::text, 'timestamp'::text])))
+);
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
@@ -1677,22 +1755,28 @@ CREATE CONSTRAINT TRIGGER tasks_waiting_committed AFTER INSERT OR UPDATE OF stat
 
 REVOKE ALL ON FUNCTION public.omniq_cancel_tasks(p_ids text[], p_reason text) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_claim_schedules(p_limit integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_cancel_tasks_v1(p_ids text[], p_reason text) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_dequeue(p_queues text[], p_limit integer, p_worker_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_claim_schedules_v1(p_limit integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_dequeue_v1(p_queues text[], p_limit integer, p_worker_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_enqueue(p_tasks jsonb) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_finish_tasks(p_outcomes jsonb, p_worker_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_enqueue_v1(p_tasks jsonb) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_fire_schedules(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_finish_tasks_v1(p_outcomes jsonb, p_worker_id text) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_heartbeat(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_fire_schedules_v1(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[]) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_release_tasks(p_ids text[], p_worker_id text, p_reason text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_heartbeat_v1(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_release_tasks_v1(p_ids text[], p_worker_id text, p_reason text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_rescue_tasks(p_caller text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION public.omniq_rescue_tasks_v1(p_caller text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION public.omniq_waiting_committed() FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION public.omniq_worker_stopped(p_worker_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.omniq_worker_stopped_v1(p_worker_id text) FROM PUBLIC;

@@ -160,3 +160,11 @@ BEGIN
     LIMIT p_limit;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION omniq_check_invariants_v1(p_window INTERVAL, p_limit INTEGER)
+RETURNS TABLE (invariant TEXT, task_id TEXT, schedule_id TEXT, detail TEXT)
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+-- Protocol version 1 of omniq_check_invariants (what `omniq doctor --invariants` calls).
+    SELECT c.invariant, c.task_id, c.schedule_id, c.detail
+    FROM omniq_check_invariants(p_window, p_limit) AS c
+$$;

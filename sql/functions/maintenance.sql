@@ -300,3 +300,30 @@ SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.last_he
        (SELECT count(*) FROM "tasks" AS t
         WHERE t.status = 'running' AND t.worker_id = w.id) AS running
 FROM omniq_workers AS w;
+
+-- Protocol version 1 of the maintenance functions above: what the Python API and the CLI call.
+-- The names above are the psql API; these keep the Python code's calls fixed while a later
+-- release changes those (see sql/README.md, "The version contract").
+CREATE OR REPLACE FUNCTION omniq_cleanup_expired_tasks_v1(p_batch INTEGER) RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_cleanup_expired_tasks(p_batch) $$;
+
+CREATE OR REPLACE FUNCTION omniq_cleanup_expired_results_v1(p_batch INTEGER) RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_cleanup_expired_results(p_batch) $$;
+
+CREATE OR REPLACE FUNCTION omniq_cleanup_old_events_v1(p_before TIMESTAMPTZ, p_batch INTEGER)
+RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_cleanup_old_events(p_before, p_batch) $$;
+
+CREATE OR REPLACE FUNCTION omniq_cleanup_expired_schedules_v1(p_batch INTEGER) RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_cleanup_expired_schedules(p_batch) $$;
+
+CREATE OR REPLACE FUNCTION omniq_purge_finished_tasks_v1(p_older_than INTERVAL, p_batch INTEGER)
+RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_purge_finished_tasks(p_older_than, p_batch) $$;
+
+CREATE OR REPLACE FUNCTION omniq_requeue_stalled_v1(p_older_than INTERVAL) RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_requeue_stalled(p_older_than) $$;
+
+CREATE OR REPLACE FUNCTION omniq_retry_tasks_v1(p_ids TEXT[], p_queue TEXT, p_func TEXT)
+RETURNS INTEGER
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_retry_tasks(p_ids, p_queue, p_func) $$;

@@ -40,3 +40,11 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION omniq_channel_v1(p_kind TEXT) RETURNS TEXT
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+-- Protocol version 1 of omniq_channel (migration 0001): the channel a process LISTENs on for
+-- 'tasks', 'results' or 'schedules'. The channel names and payloads are part of the contract:
+-- every release's processes wake each other.
+    SELECT omniq_channel(p_kind)
+$$;

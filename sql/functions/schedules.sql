@@ -1,27 +1,34 @@
 -- Schedule advancement in PL/pgSQL. A scheduler, in one transaction, claims due schedules
--- (omniq_claim_schedules, SKIP LOCKED) with the database's clock (now()), computes each one's
--- following fire time from that clock (croniter, in Python) and calls omniq_fire_schedules,
+-- (omniq_claim_schedules_v1, SKIP LOCKED) with the database's clock (now()), computes each one's
+-- following fire time from that clock (croniter, in Python) and calls omniq_fire_schedules_v1,
 -- which enqueues the tasks and advances the rows. Each schedule fires in a subtransaction of
 -- its own: one that cannot fire is paused with its error, and the others fire.
 -- Pause, resume and cancel are here too, for Python and psql alike.
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_schedules#
-CREATE OR REPLACE FUNCTION omniq_claim_schedules(p_limit INTEGER)
-RETURNS SETOF "schedules"
+CREATE OR REPLACE FUNCTION omniq_claim_schedules_v1(p_limit INTEGER)
+RETURNS TABLE (id TEXT, schedule_type TEXT, func TEXT, args JSONB, kwargs JSONB,
+    queue_name TEXT, cron_expression TEXT, interval_seconds REAL, "timestamp" TIMESTAMPTZ,
+    status TEXT, created_at TIMESTAMPTZ, last_run TIMESTAMPTZ, next_run TIMESTAMPTZ,
+    max_runs INTEGER, run_count INTEGER, ttl_seconds REAL, expires_at TIMESTAMPTZ,
+    metadata JSONB, schedule_data JSONB)
 LANGUAGE sql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Lock up to p_limit due active schedules for this transaction; concurrent schedulers skip
 -- them, so each due time fires once. Due means next_run <= now(), the transaction's start:
 -- the caller computes the following times from that same now(). Index: schedules_due_idx.
-    SELECT * FROM "schedules"
-    WHERE status = 'active' AND next_run <= now()
-    ORDER BY next_run
+    SELECT s.id, s.schedule_type, s.func, s.args, s.kwargs, s.queue_name, s.cron_expression,
+           s.interval_seconds, s.timestamp, s.status, s.created_at, s.last_run, s.next_run,
+           s.max_runs, s.run_count, s.ttl_seconds, s.expires_at, s.metadata, s.schedule_data
+    FROM "schedules" AS s
+    WHERE s.status = 'active' AND s.next_run <= now()
+    ORDER BY s.next_run
     LIMIT p_limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF s SKIP LOCKED
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_claim_schedules(INTEGER) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION omniq_claim_schedules_v1(INTEGER) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION omniq_fire_schedules(p_ids TEXT[], p_next_runs TIMESTAMPTZ[],
+CREATE OR REPLACE FUNCTION omniq_fire_schedules_v1(p_ids TEXT[], p_next_runs TIMESTAMPTZ[],
     p_errors TEXT[] DEFAULT NULL)
 RETURNS TABLE (schedule_id TEXT, task_id TEXT, error TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
@@ -116,9 +123,9 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_fire_schedules(TEXT[], TIMESTAMPTZ[], TEXT[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION omniq_fire_schedules_v1(TEXT[], TIMESTAMPTZ[], TEXT[]) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION omniq_set_schedule_status(p_id TEXT, p_status TEXT)
+CREATE OR REPLACE FUNCTION omniq_set_schedule_status_v1(p_id TEXT, p_status TEXT)
 RETURNS BOOLEAN
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Pause ('paused'), resume ('active') or cancel ('cancelled') a schedule. Only active and
@@ -142,10 +149,10 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_pause_schedule(p_id TEXT) RETURNS BOOLEAN
-LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_set_schedule_status(p_id, 'paused') $$;
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_set_schedule_status_v1(p_id, 'paused') $$;
 
 CREATE OR REPLACE FUNCTION omniq_resume_schedule(p_id TEXT) RETURNS BOOLEAN
-LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_set_schedule_status(p_id, 'active') $$;
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_set_schedule_status_v1(p_id, 'active') $$;
 
 CREATE OR REPLACE FUNCTION omniq_cancel_schedule(p_id TEXT) RETURNS BOOLEAN
-LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_set_schedule_status(p_id, 'cancelled') $$;
+LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT omniq_set_schedule_status_v1(p_id, 'cancelled') $$;

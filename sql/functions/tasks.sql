@@ -56,7 +56,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_enqueue(p_tasks JSONB)
+CREATE OR REPLACE FUNCTION omniq_enqueue_v1(p_tasks JSONB)
 RETURNS TABLE (id TEXT, status TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Insert a JSON array of tasks (keys = tasks columns; omitted keys take the defaults).
@@ -75,6 +75,15 @@ BEGIN
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
     END IF;
 END
+$$;
+REVOKE EXECUTE ON FUNCTION omniq_enqueue_v1(JSONB) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION omniq_enqueue(p_tasks JSONB)
+RETURNS TABLE (id TEXT, status TEXT)
+LANGUAGE sql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+-- The psql API's name for omniq_enqueue_v1 (same argument, same rows): stable for SQL callers
+-- whatever protocol version the Python code speaks. SECURITY DEFINER, not executable by PUBLIC.
+    SELECT e.id, e.status FROM omniq_enqueue_v1(p_tasks) AS e
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_enqueue(JSONB) FROM PUBLIC;
 
@@ -211,9 +220,14 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_dequeue(p_queues TEXT[], p_limit INTEGER, p_worker_id TEXT)
-RETURNS SETOF "tasks"
+CREATE OR REPLACE FUNCTION omniq_dequeue_v1(p_queues TEXT[], p_limit INTEGER, p_worker_id TEXT)
+RETURNS TABLE (id TEXT, queue_name TEXT, priority INTEGER, status TEXT, func TEXT, args JSONB,
+    kwargs JSONB, created_at TIMESTAMPTZ, run_at TIMESTAMPTZ, expires_at TIMESTAMPTZ,
+    retry_count INTEGER, max_retries INTEGER, retry_delay REAL, dependencies JSONB,
+    callbacks JSONB, metadata JSONB, task_data JSONB, started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ, worker_id TEXT, attempts INTEGER)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+#variable_conflict use_column
 -- Hand out up to p_limit ready tasks, marked running, from the queues in the given order
 -- (the first queue is drained first); within a queue by priority DESC, created_at ASC.
 -- SKIP LOCKED: concurrent callers never receive the same task. Index: tasks_pending_idx (the
@@ -265,13 +279,16 @@ BEGIN
             SET status = 'running', started_at = clock_timestamp(), finished_at = NULL,
                 worker_id = p_worker_id, attempts = t.attempts + 1
             FROM picked WHERE t.id = picked.id
-            RETURNING t.*
+            RETURNING t.id, t.queue_name, t.priority, t.status, t.func, t.args, t.kwargs,
+                t.created_at, t.run_at, t.expires_at, t.retry_count, t.max_retries,
+                t.retry_delay, t.dependencies, t.callbacks, t.metadata, t.task_data,
+                t.started_at, t.finished_at, t.worker_id, t.attempts
         ), logged AS (
             INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id)
             SELECT k.id, 'dequeued', k.started_at, k.queue_name, p_worker_id
             FROM taken AS k
         )
-        SELECT * FROM taken;
+        SELECT k.* FROM taken AS k;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_got := v_got + v_n;
         EXIT WHEN v_got >= p_limit;
@@ -281,7 +298,7 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_dequeue(TEXT[], INTEGER, TEXT) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION omniq_dequeue_v1(TEXT[], INTEGER, TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_retry_delay(p_retry_delay REAL, p_retry_count INTEGER)
 RETURNS INTERVAL
@@ -292,7 +309,7 @@ LANGUAGE sql VOLATILE AS $$
         p_retry_delay * power(2, least(p_retry_count, 30)) * (0.75 + 0.5 * random())))
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_finish_tasks(p_outcomes JSONB, p_worker_id TEXT)
+CREATE OR REPLACE FUNCTION omniq_finish_tasks_v1(p_outcomes JSONB, p_worker_id TEXT)
 RETURNS TABLE (id TEXT, status TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
@@ -360,7 +377,7 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(v_ids, v_statuses);
 END
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_finish_tasks(JSONB, TEXT) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION omniq_finish_tasks_v1(JSONB, TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_end_tasks(p_ends JSONB, p_from TEXT[], p_worker_id TEXT DEFAULT NULL)
 RETURNS TABLE (id TEXT, status TEXT)
@@ -378,8 +395,8 @@ LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generi
 --   * its dependents: a waiting task whose dependencies all completed becomes pending; one
 --     with a dependency that did not complete is cancelled, with all the tasks waiting for it
 --     (omniq_cancel_dependents), through this same routine.
--- Callers: the worker (omniq_finish_tasks), rescue out of retries, expiry (dequeue and
--- cleanup), cancel (Python, CLI, psql), cascaded cancellation, omniq_update_task. A running
+-- Callers: the worker (omniq_finish_tasks_v1), rescue out of retries, expiry (dequeue and
+-- cleanup), cancel (Python, CLI, psql), cascaded cancellation, omniq_update_task_v1. A running
 -- task can be ended too (p_from '{running}'), as an abort will.
 -- p_ends: JSON array of {id, status: completed|failed|expired|cancelled, or outcome:
 -- success|failure|expired as a worker reports it, attempt, result, error, error_type,
@@ -610,7 +627,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_release_tasks(p_ids TEXT[], p_worker_id TEXT, p_reason TEXT)
+CREATE OR REPLACE FUNCTION omniq_release_tasks_v1(p_ids TEXT[], p_worker_id TEXT, p_reason TEXT)
 RETURNS INTEGER
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Give running tasks back to the queue unchanged (graceful shutdown): no retry is counted.
@@ -634,7 +651,7 @@ BEGIN
     RETURN v_n;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_release_tasks(TEXT[], TEXT, TEXT) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION omniq_release_tasks_v1(TEXT[], TEXT, TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_cancel_tasks(p_ids TEXT[], p_reason TEXT)
 RETURNS INTEGER
@@ -669,11 +686,18 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_cancel_tasks(TEXT[], TEXT) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION omniq_cancel_tasks_v1(p_ids TEXT[], p_reason TEXT) RETURNS INTEGER
+LANGUAGE sql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+-- Protocol version 1 of omniq_cancel_tasks (what Python calls). SECURITY DEFINER, not PUBLIC.
+    SELECT omniq_cancel_tasks(p_ids, p_reason)
+$$;
+REVOKE EXECUTE ON FUNCTION omniq_cancel_tasks_v1(TEXT[], TEXT) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION omniq_expire_tasks(p_queues TEXT[] DEFAULT NULL)
 RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- End unstarted tasks past expires_at as 'expired', in the given queues or all, through
--- omniq_end_tasks. Called by omniq_dequeue (when its index probe found one), so an expired
+-- omniq_end_tasks. Called by omniq_dequeue_v1 (when its index probe found one), so an expired
 -- task is never handed out. The rows are locked in id order (a concurrent caller waits, then
 -- finds them expired); a deadlock in the cascade is retried here. Index: tasks_expiry_idx.
 DECLARE
@@ -703,7 +727,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_update_task(p_id TEXT, p_queue_name TEXT, p_priority INTEGER,
+CREATE OR REPLACE FUNCTION omniq_update_task_v1(p_id TEXT, p_queue_name TEXT, p_priority INTEGER,
     p_status TEXT, p_func TEXT, p_args JSONB, p_kwargs JSONB, p_run_at TIMESTAMPTZ,
     p_expires_at TIMESTAMPTZ, p_retry_count INTEGER, p_max_retries INTEGER, p_retry_delay REAL,
     p_dependencies JSONB, p_callbacks JSONB, p_metadata JSONB, p_task_data JSONB)
@@ -758,7 +782,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION omniq_delete_task(p_id TEXT)
+CREATE OR REPLACE FUNCTION omniq_delete_task_v1(p_id TEXT)
 RETURNS BOOLEAN
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Delete one task (its result and events stay); false when there is no such task. Refused

@@ -4,7 +4,7 @@
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_workers#
-CREATE OR REPLACE FUNCTION omniq_heartbeat(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
+CREATE OR REPLACE FUNCTION omniq_heartbeat_v1(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
     p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[], p_stale_after INTERVAL,
     p_stuck_threads INTEGER DEFAULT 0)
 RETURNS TEXT[]
@@ -31,10 +31,10 @@ BEGIN
                           WHERE t.id = h AND t.status = 'running' AND t.worker_id = p_worker_id));
 END
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_heartbeat(TEXT, TEXT, INTEGER, TEXT[], INTEGER, TEXT[], INTERVAL, INTEGER)
+REVOKE EXECUTE ON FUNCTION omniq_heartbeat_v1(TEXT, TEXT, INTEGER, TEXT[], INTEGER, TEXT[], INTERVAL, INTEGER)
     FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION omniq_worker_stopped(p_worker_id TEXT)
+CREATE OR REPLACE FUNCTION omniq_worker_stopped_v1(p_worker_id TEXT)
 RETURNS INTEGER
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- A worker that shut down leaves the registry; any task it still holds goes back to pending
@@ -48,10 +48,10 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN omniq_release_tasks(v_ids, p_worker_id, 'worker ' || p_worker_id || ' stopped');
+    RETURN omniq_release_tasks_v1(v_ids, p_worker_id, 'worker ' || p_worker_id || ' stopped');
 END
 $$;
-REVOKE EXECUTE ON FUNCTION omniq_worker_stopped(TEXT) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION omniq_worker_stopped_v1(TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_rescue_tasks(p_caller TEXT DEFAULT NULL)
 RETURNS TABLE (rescued INTEGER, next_check_at TIMESTAMPTZ)
@@ -141,6 +141,14 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_rescue_tasks(TEXT) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION omniq_rescue_tasks_v1(p_caller TEXT)
+RETURNS TABLE (rescued INTEGER, next_check_at TIMESTAMPTZ)
+LANGUAGE sql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+-- Protocol version 1 of omniq_rescue_tasks (what workers call). SECURITY DEFINER, not PUBLIC.
+    SELECT r.rescued, r.next_check_at FROM omniq_rescue_tasks(p_caller) AS r
+$$;
+REVOKE EXECUTE ON FUNCTION omniq_rescue_tasks_v1(TEXT) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION omniq_recheck_at(p_state TEXT) RETURNS TIMESTAMPTZ
 LANGUAGE sql IMMUTABLE AS $$

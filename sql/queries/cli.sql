@@ -3,7 +3,9 @@
 
 -- name: queue_overview()
 -- Per-queue counts and oldest ready age from the omniq_queue_overview view. Index: none (scans tasks once).
-SELECT * FROM "public".omniq_queue_overview ORDER BY queue_name;
+SELECT queue_name, ready, scheduled_later, waiting, running, completed, failed,
+       cancelled_or_expired, oldest_ready_age
+FROM "public".omniq_queue_overview ORDER BY queue_name;
 
 -- name: recent_outcomes(since)
 -- Tasks completed and failed per queue since :since, from the event log. Index: events_timestamp_idx.
@@ -49,12 +51,12 @@ ORDER BY c.relname;
 -- Whether the user may call the worker's and the producer's SECURITY DEFINER functions (what
 -- the least-privilege roles of sql/roles.sql act through). Index: none (catalog).
 SELECT coalesce(bool_and(has_function_privilege(p.oid, 'EXECUTE'))
-                    FILTER (WHERE p.proname IN ('omniq_dequeue', 'omniq_finish_tasks')), false) AS worker,
+                    FILTER (WHERE p.proname IN ('omniq_dequeue_v1', 'omniq_finish_tasks_v1')), false) AS worker,
        coalesce(bool_and(has_function_privilege(p.oid, 'EXECUTE'))
-                    FILTER (WHERE p.proname = 'omniq_enqueue'), false) AS producer
+                    FILTER (WHERE p.proname = 'omniq_enqueue_v1'), false) AS producer
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = :schema_name::text
-  AND p.proname IN ('omniq_dequeue', 'omniq_finish_tasks', 'omniq_enqueue');
+  AND p.proname IN ('omniq_dequeue_v1', 'omniq_finish_tasks_v1', 'omniq_enqueue_v1');
 
 -- name: table_health(schema_name, tables)
 -- Live and dead rows, vacuums and scans of each table of :tables. Index: none (statistics view).
@@ -83,5 +85,5 @@ SELECT pg_notify(:channel::text, :payload::text);
 -- Index: tasks_waiting_ids_idx, tasks_finished_idx, events_timestamp_idx, events_task_idx,
 -- results_pkey, tasks_pkey, tasks_running_idx.
 SELECT invariant, task_id, schedule_id, detail
-FROM "public".omniq_check_invariants(:window::interval, :limit::int)
+FROM "public".omniq_check_invariants_v1(:window::interval, :limit::int)
 ORDER BY invariant, task_id, schedule_id;

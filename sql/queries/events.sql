@@ -30,4 +30,4 @@ LIMIT :limit::int OFFSET :offset::int;
 
 -- name: cleanup_old_events(before, batch)$
 -- Delete up to :batch events older than :before. Index: events_timestamp_idx.
-SELECT "public".omniq_cleanup_old_events(:before::timestamptz, :batch::int);
+SELECT "public".omniq_cleanup_old_events_v1(:before::timestamptz, :batch::int);

@@ -88,7 +88,7 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: channel(kind)$
 -- The NOTIFY channel of this installation for tasks, results or schedules.
-SELECT "public".omniq_channel(:kind::text);
+SELECT "public".omniq_channel_v1(:kind::text);
 
 -- name: relation_size(name)^
 -- How big a table is (the planner's row estimate, -1 when never analyzed, and its bytes), to
@@ -100,3 +100,11 @@ FROM pg_class AS c WHERE c.oid = to_regclass(:name::text) AND c.relkind IN ('r',
 -- Whether the index exists and is valid: NULL when absent, false when a CREATE INDEX
 -- CONCURRENTLY that failed or was interrupted left it INVALID (it must be dropped and rebuilt).
 SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass(:name::text);
+
+-- name: drop_index_statement(schema_name, index_name, concurrently)$
+-- The statement that drops an index a failed concurrent build left INVALID, names quoted by
+-- format(%I). DDL cannot take a name as a parameter and DROP INDEX CONCURRENTLY cannot run in
+-- a function or a DO block, so the migrator runs the text this returns, as psql's \gexec would.
+SELECT format('DROP INDEX %s IF EXISTS %I.%I',
+              CASE WHEN :concurrently::boolean THEN 'CONCURRENTLY' ELSE '' END,
+              :schema_name::text, :index_name::text);

@@ -1,5 +1,5 @@
 -- Named queries on the results table, loaded by aiosql. Workers write results through
--- omniq_finish_tasks; these serve the result-storage API.
+-- omniq_finish_tasks_v1; these serve the result-storage API.
 
 -- name: upsert_result(task_id, status, result, error, error_type, traceback, created_at, started_at, completed_at, expires_at, worker_id, execution_time, memory_usage, metadata, result_data)!
 -- Store a result, replacing any earlier one for the task. Index: results_pkey.
@@ -47,4 +47,4 @@ DELETE FROM "public"."results" WHERE task_id = :task_id::text RETURNING task_id;
 
 -- name: cleanup_expired_results(batch)$
 -- Delete up to :batch results past expires_at. Index: results_expires_idx.
-SELECT "public".omniq_cleanup_expired_results(:batch::int);
+SELECT "public".omniq_cleanup_expired_results_v1(:batch::int);

@@ -56,7 +56,7 @@ DELETE FROM "public"."schedules" WHERE id = :id::text RETURNING id;
 
 -- name: set_schedule_status(id, status)$
 -- Pause, resume or cancel a schedule; false when it could not change. Index: schedules_pkey.
-SELECT "public".omniq_set_schedule_status(:id::text, :status::text);
+SELECT "public".omniq_set_schedule_status_v1(:id::text, :status::text);
 
 -- name: claim_schedules(limit)
 -- Lock due schedules for this transaction (SKIP LOCKED), with the database's clock (db_now,
@@ -66,14 +66,14 @@ SELECT s.id, s.schedule_type, s.func, s.args, s.kwargs, s.queue_name, s.cron_exp
        s.interval_seconds, s.timestamp, s.status, s.created_at, s.last_run, s.next_run,
        s.max_runs, s.run_count, s.ttl_seconds, s.expires_at, s.metadata, s.schedule_data,
        now() AS db_now
-FROM "public".omniq_claim_schedules(:limit::int) AS s;
+FROM "public".omniq_claim_schedules_v1(:limit::int) AS s;
 
 -- name: fire_schedules(ids, next_runs, errors)
 -- Enqueue the claimed schedules' tasks and advance them, each in a subtransaction; one row
 -- per schedule: (schedule_id, task_id when fired, error when paused).
 -- Index: schedules_pkey, tasks_pkey.
 SELECT schedule_id, task_id, error
-FROM "public".omniq_fire_schedules(:ids::text[], :next_runs::timestamptz[], :errors::text[]);
+FROM "public".omniq_fire_schedules_v1(:ids::text[], :next_runs::timestamptz[], :errors::text[]);
 
 -- name: next_schedule_at()$
 -- When the earliest active schedule is due. Index: schedules_due_idx.
@@ -81,4 +81,4 @@ SELECT min(next_run) FROM "public"."schedules" WHERE status = 'active';
 
 -- name: cleanup_expired_schedules(batch)$
 -- Delete up to :batch expired schedules. Index: none (a scan of the small schedules table).
-SELECT "public".omniq_cleanup_expired_schedules(:batch::int);
+SELECT "public".omniq_cleanup_expired_schedules_v1(:batch::int);

@@ -3,37 +3,37 @@
 -- Optional filters are written (:x IS NULL OR col = :x) so one query serves every combination.
 
 -- name: enqueue_tasks(tasks)
--- Insert a JSON array of tasks; returns those not left 'pending' (see omniq_enqueue).
+-- Insert a JSON array of tasks; returns those not left 'pending' (see omniq_enqueue_v1).
 -- Index: tasks_pkey (the inserts), tasks_waiting_idx when tasks have dependencies.
-SELECT id, status FROM "public".omniq_enqueue(:tasks::jsonb);
+SELECT id, status FROM "public".omniq_enqueue_v1(:tasks::jsonb);
 
 -- name: dequeue_tasks(queues, limit, worker_id)
 -- Hand out up to :limit ready tasks, marked running. Index: tasks_pending_idx.
 SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,
        retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data,
        started_at, finished_at, worker_id, attempts
-FROM "public".omniq_dequeue(:queues::text[], :limit::int, :worker_id::text);
+FROM "public".omniq_dequeue_v1(:queues::text[], :limit::int, :worker_id::text);
 
 -- name: finish_tasks(outcomes, worker_id)
 -- Record a batch of outcomes (success, failure with retry, expiry) in one transaction; the
 -- endings go through omniq_end_tasks. Index: tasks_pkey or tasks_running_idx (whichever
 -- reads fewer running tasks), results_pkey for the upsert, tasks_waiting_idx for dependents.
-SELECT id, status FROM "public".omniq_finish_tasks(:outcomes::jsonb, :worker_id::text);
+SELECT id, status FROM "public".omniq_finish_tasks_v1(:outcomes::jsonb, :worker_id::text);
 
 -- name: release_tasks(ids, worker_id, reason)$
 -- Return running tasks to pending without counting a retry (graceful shutdown).
 -- Index: tasks_pkey.
-SELECT "public".omniq_release_tasks(:ids::text[], :worker_id::text, :reason::text);
+SELECT "public".omniq_release_tasks_v1(:ids::text[], :worker_id::text, :reason::text);
 
 -- name: cancel_tasks(ids, reason)$
 -- Cancel tasks that have not started (through omniq_end_tasks); returns how many.
 -- Index: tasks_pkey, then tasks_waiting_idx for the tasks depending on them.
-SELECT "public".omniq_cancel_tasks(:ids::text[], :reason::text);
+SELECT "public".omniq_cancel_tasks_v1(:ids::text[], :reason::text);
 
 -- name: retry_tasks(ids, queue_name, func)$
 -- Reset failed tasks to pending (by ids, queue or func).
 -- Index: tasks_finished_idx, or tasks_failed_idx for the failed tasks of one queue.
-SELECT "public".omniq_retry_tasks(:ids::text[], :queue_name::text, :func::text);
+SELECT "public".omniq_retry_tasks_v1(:ids::text[], :queue_name::text, :func::text);
 
 -- name: get_task(id)^
 -- One task by id. Index: tasks_pkey.
@@ -63,7 +63,7 @@ LIMIT :limit::int OFFSET :offset::int;
 -- name: update_task(id, queue_name, priority, status, func, args, kwargs, run_at, expires_at, retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data)$
 -- Overwrite a task's fields from the model; false when there is no such task. A final
 -- status ends the task through omniq_end_tasks. Index: tasks_pkey.
-SELECT "public".omniq_update_task(:id::text, :queue_name::text, :priority::int, :status::text,
+SELECT "public".omniq_update_task_v1(:id::text, :queue_name::text, :priority::int, :status::text,
     :func::text, :args::jsonb, :kwargs::jsonb, :run_at::timestamptz, :expires_at::timestamptz,
     :retry_count::int, :max_retries::int, :retry_delay::real, :dependencies::jsonb,
     :callbacks::jsonb, :metadata::jsonb, :task_data::jsonb);
@@ -71,7 +71,7 @@ SELECT "public".omniq_update_task(:id::text, :queue_name::text, :priority::int, 
 -- name: delete_task(id)$
 -- Delete one task (its result and events stay); false when absent; refused while a waiting
 -- task depends on it. Index: tasks_pkey, tasks_waiting_idx.
-SELECT "public".omniq_delete_task(:id::text);
+SELECT "public".omniq_delete_task_v1(:id::text);
 
 -- name: count_pending(queue_name)$
 -- Pending tasks in a queue, due now or later (delayed). Index: tasks_pending_idx (an
@@ -86,13 +86,13 @@ WHERE status = 'pending' AND delayed AND queue_name = ANY (:queues::text[]) AND 
 -- name: cleanup_expired_tasks(batch)$
 -- Expire overdue tasks and delete up to :batch expired ones.
 -- Index: tasks_expiry_idx, then tasks_finished_idx.
-SELECT "public".omniq_cleanup_expired_tasks(:batch::int);
+SELECT "public".omniq_cleanup_expired_tasks_v1(:batch::int);
 
 -- name: purge_finished_tasks(older_than, batch)$
 -- Delete up to :batch finished tasks older than :older_than, oldest first per status.
 -- Index: tasks_finished_idx, and tasks_waiting_idx to keep tasks others depend on.
-SELECT "public".omniq_purge_finished_tasks(:older_than::interval, :batch::int);
+SELECT "public".omniq_purge_finished_tasks_v1(:older_than::interval, :batch::int);
 
 -- name: requeue_stalled(older_than)$
 -- Put tasks running longer than :older_than back to pending. Index: tasks_running_idx.
-SELECT "public".omniq_requeue_stalled(:older_than::interval);
+SELECT "public".omniq_requeue_stalled_v1(:older_than::interval);

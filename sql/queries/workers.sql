@@ -4,7 +4,7 @@
 -- Refresh (or re-create) a worker's registration; returns the held task ids it lost.
 -- Index: omniq_workers_pkey, tasks_pkey (one probe per held id) or tasks_running_idx (the
 -- worker's running tasks, when the planner finds that cheaper).
-SELECT "public".omniq_heartbeat(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
+SELECT "public".omniq_heartbeat_v1(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
     :concurrency::int, :held::text[], :stale_after::interval, :stuck_threads::int);
 
 -- name: held_tasks(worker_id)
@@ -17,13 +17,13 @@ WHERE t.status = 'running' AND t.worker_id = :worker_id::text;
 -- name: worker_stopped(worker_id)$
 -- Remove a stopped worker from the registry, releasing any task it still holds.
 -- Index: omniq_workers_pkey, tasks_running_idx.
-SELECT "public".omniq_worker_stopped(:worker_id::text);
+SELECT "public".omniq_worker_stopped_v1(:worker_id::text);
 
 -- name: rescue_tasks(caller)^
 -- Requeue tasks of workers (other than :caller) silent for longer than their stale_after;
 -- when to check next.
 -- Index: tasks_running_idx.
-SELECT r.rescued, r.next_check_at FROM "public".omniq_rescue_tasks(:caller::text) AS r;
+SELECT r.rescued, r.next_check_at FROM "public".omniq_rescue_tasks_v1(:caller::text) AS r;
 
 -- name: list_workers()
 -- Registered workers and how many tasks each holds. Index: tasks_running_idx.

@@ -57,7 +57,10 @@ async def test_throwaway_start_stop() -> None:
             "work_mem": "8MB",
             "max_connections": "200",
             "listen_addresses": "127.0.0.1",
-            "shared_preload_libraries": "pg_stat_statements",
+            # pg_stat_statements only where the binaries have it (not pgserver's)
+            "shared_preload_libraries": "pg_stat_statements"
+            if embedded.has_module(server.bindir, "pg_stat_statements")
+            else "",
         }.items():
             assert await fetchval(dsn, f"SHOW {name}") == expected, name
         if IS_ROOT:  # initdb/postgres refuse root, so they ran as the server user
@@ -66,6 +69,22 @@ async def test_throwaway_start_stop() -> None:
         server.stop()
     assert not server.is_running()
     assert not server.data_dir.exists()
+
+
+async def test_binaries_without_contrib_modules_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11: pgserver's PostgreSQL 16 binaries (the README's fallback for a machine without
+    a system PostgreSQL) have no contrib modules; the server was started with
+    shared_preload_libraries = 'pg_stat_statements' and died: FATAL: could not access file."""
+    pgserver = pytest.importorskip("pgserver", reason="scripts/lib/venv.sh installs pgserver")
+    bindir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    monkeypatch.setenv("OMNIQ_PG_BINDIR", str(bindir))
+    with EmbeddedPostgres(durable=False) as server:
+        assert server.bindir == bindir
+        assert int(await fetchval(server.dsn, "SHOW server_version_num")) >= 160000  # type: ignore[arg-type]
+        assert await fetchval(server.dsn, "SHOW shared_preload_libraries") == ""
+    assert not embedded.has_module(bindir, "pg_stat_statements")
+    if Path("/usr/lib/postgresql/15/lib/pg_stat_statements.so").exists():  # Debian's have it
+        assert embedded.has_module(Path("/usr/lib/postgresql/15/bin"), "pg_stat_statements")
 
 
 async def test_restart_keeps_data() -> None:

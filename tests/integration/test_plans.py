@@ -340,7 +340,7 @@ def test_every_named_query_names_its_index(file: str) -> None:
 async def test_delayed_tasks_stay_off_the_ready_path(pg_dsn: str) -> None:
     """Issue 9, defect 5: with 50,000 tasks delayed into the future (or retries waiting out
     their backoff), one dequeue must not read them. Measured with auto_explain (ANALYZE,
-    BUFFERS) on every statement inside omniq_dequeue; before the fix the ready-task query
+    BUFFERS) on every statement inside omniq_dequeue_v1; before the fix the ready-task query
     filtered all 50,000 rows and read about 1,200 buffers."""
     name = unique_schema("delayed")
     backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=1))
@@ -375,7 +375,7 @@ async def test_delayed_tasks_stay_off_the_ready_path(pg_dsn: str) -> None:
             "SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on;"
             "SET auto_explain.log_format = json; SET auto_explain.log_level = notice"
         )
-        taken = await conn.fetch("SELECT id FROM omniq_dequeue(ARRAY['q'], 1, 'w')")
+        taken = await conn.fetch("SELECT id FROM omniq_dequeue_v1(ARRAY['q'], 1, 'w')")
         await conn.execute("RESET auto_explain.log_min_duration")
         assert [r["id"] for r in taken] == ["ready-1"]
         statements = []

@@ -160,7 +160,7 @@ async def test_producer_enqueues_and_reads_results_but_touches_nothing(
             "DELETE FROM results",
             "INSERT INTO events (task_id, event_type, timestamp) VALUES ('x', 'forged', now())",
             "UPDATE schedules SET status = 'paused'",
-            "SELECT omniq_dequeue(ARRAY['default'], 1, 'thief')",
+            "SELECT omniq_dequeue_v1(ARRAY['default'], 1, 'thief')",
             "SELECT omniq_purge_finished_tasks('0 seconds')",
             "CREATE TABLE mine (x int)",
         ):
@@ -360,9 +360,10 @@ async def test_fresh_install_revokes_enqueue_from_public(pg_dsn: str) -> None:
             name,
         )
         assert {r["proname"] for r in rows} >= {
-            "omniq_enqueue", "omniq_dequeue", "omniq_finish_tasks", "omniq_release_tasks",
-            "omniq_cancel_tasks", "omniq_heartbeat", "omniq_worker_stopped",
-            "omniq_rescue_tasks", "omniq_claim_schedules", "omniq_fire_schedules",
+            "omniq_enqueue", "omniq_enqueue_v1", "omniq_dequeue_v1", "omniq_finish_tasks_v1",
+            "omniq_release_tasks_v1", "omniq_cancel_tasks", "omniq_cancel_tasks_v1",
+            "omniq_heartbeat_v1", "omniq_worker_stopped_v1", "omniq_rescue_tasks",
+            "omniq_rescue_tasks_v1", "omniq_claim_schedules_v1", "omniq_fire_schedules_v1",
             "omniq_waiting_committed",
         }  # fmt: skip
         for row in rows:

@@ -261,7 +261,7 @@ async def test_the_database_refuses_a_next_run_not_later_than_the_due_time(
     ss = backend.schedule_storage
     schedule = due_interval(60)
     await ss.save_schedule(schedule)
-    sql = f"SELECT * FROM {quote_identifier(db.schema)}.omniq_fire_schedules($1, $2)"  # noqa: S608
+    sql = f"SELECT * FROM {quote_identifier(db.schema)}.omniq_fire_schedules_v1($1, $2)"  # noqa: S608
     async with db.conn.transaction():
         rows = await db.conn.fetch(sql, [schedule.id], [schedule.next_run])
     assert [(r["schedule_id"], r["task_id"]) for r in rows] == [(schedule.id, None)]

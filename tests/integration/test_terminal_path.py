@@ -137,7 +137,7 @@ async def test_producer_commit_waits_for_the_finish_that_holds_the_dependency(
     finishing = worker.transaction()
     await finishing.start()
     answer = await worker.fetch(
-        "SELECT * FROM omniq_finish_tasks($1::jsonb, 'w')",
+        "SELECT * FROM omniq_finish_tasks_v1($1::jsonb, 'w')",
         json.dumps([outcome(running, "success")]),
     )
     assert [tuple(r) for r in answer] == [(a.id, "completed")]
@@ -348,7 +348,7 @@ async def test_fan_in_cascades_never_deadlock(
         async def fail(conn: asyncpg.Connection, task: Task, go: asyncio.Event = go) -> list[Any]:
             await go.wait()
             return await conn.fetch(
-                "SELECT * FROM omniq_finish_tasks($1::jsonb, 'w')",
+                "SELECT * FROM omniq_finish_tasks_v1($1::jsonb, 'w')",
                 json.dumps([outcome(task, "failure", error="boom")]),
             )
 

@@ -99,7 +99,7 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class IndexBuild:
-    """A CREATE INDEX CONCURRENTLY statement of a migration."""
+    """An index a migration builds concurrently (its statement says CONCURRENTLY)."""
 
     index: str  # the index name, unqualified
     table: str  # the table as the statement names it (quoted, configured name)
@@ -130,8 +130,8 @@ def number_of(name: str) -> int:
 
 
 def steps(script: Script) -> Steps:
-    """Split a migration before its first CREATE INDEX CONCURRENTLY: those statements come
-    last in a migration file, one index each, ``IF NOT EXISTS``."""
+    """Split a migration before its first concurrent index build: those statements come last
+    in a migration file, one index each, ``IF NOT EXISTS``."""
     first = _CONCURRENTLY.search(script.sql)
     if first is None:
         return Steps(script.sql)
@@ -142,9 +142,9 @@ def steps(script: Script) -> Steps:
         match = _CONCURRENTLY.match(statement.strip())
         if match is None:
             raise SchemaError(
-                f"{script.name}: after its first CREATE INDEX CONCURRENTLY a migration may hold "
-                f"only more of them (CREATE INDEX CONCURRENTLY IF NOT EXISTS name ON table ...), "
-                f"not {statement.strip()[:80]!r}"
+                f"{script.name}: after its first concurrent index build a migration may hold "
+                "only more of them (one index each, CONCURRENTLY IF NOT EXISTS), not "
+                f"{statement.strip()[:80]!r}"
             )
         builds.append(IndexBuild(match["index"], match["table"], statement.strip() + ";"))
     return Steps(script.sql[: first.start()], builds)
@@ -208,13 +208,9 @@ async def prepare(
         what = ", ".join(s.name for s in state.scripts[:3]) + (
             ", ..." if len(state.scripts) > 3 else ""
         )
-        behind = (
-            f"is at schema version {state.version}, this OmniQ needs {state.code_version}"
-            if state.version < state.code_version
-            else f"holds other function files than this OmniQ's schema {state.code_version}"
-        )
         raise SchemaError(
-            f"schema {name} {behind}: {len(state.scripts)} script(s) to apply ({what}). "
+            f"schema {name} is not up to date: {len(state.scripts)} script(s) to apply ({what}); "
+            f"it is at schema version {state.version}, this OmniQ's is {state.code_version}. "
             f"Run `omniq migrate --schema {name}` (or connect with migrate='auto'); "
             "nothing was changed."
         )
@@ -276,7 +272,7 @@ async def _migration_lock(
 
 async def _apply_all(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
     """Apply what is missing, holding the migration lock: one transaction, split only after a
-    migration whose CREATE INDEX CONCURRENTLY statements meet a big table."""
+    migration whose concurrent index builds meet a big table."""
     applied: list[Script] = []
     while True:
         done, deferred = await _with_lock_retries(
@@ -382,23 +378,23 @@ async def _big(conn: asyncpg.Connection, files: SQLFiles, schema: str, table: st
 async def _drop_if_invalid(
     conn: asyncpg.Connection, files: SQLFiles, schema: str, build: IndexBuild, concurrently: bool
 ) -> None:
-    """Drop the index an earlier CREATE INDEX CONCURRENTLY left INVALID (failed, interrupted):
-    IF NOT EXISTS would otherwise keep it, and an invalid index is never used."""
+    """Drop the index an earlier concurrent build left INVALID (failed, interrupted): IF NOT
+    EXISTS would otherwise keep it, and an invalid index is never used."""
     name = _qualified(schema, build.index)
     if await files.migrations.index_valid(conn, name=name) is False:
         log.warning("index %s was left INVALID by an earlier build: rebuilding it", name)
-        # DDL naming an index cannot take it as a parameter, and DROP INDEX CONCURRENTLY
-        # cannot run in a function: the statement is made here, from a name that
-        # omniq.identifiers quotes.
-        how = "CONCURRENTLY " if concurrently else ""
-        await conn.execute(f"DROP INDEX {how}IF EXISTS {name}")
+        drop = await files.migrations.drop_index_statement(
+            conn, schema_name=schema, index_name=build.index, concurrently=concurrently
+        )
+        await conn.execute(drop)
 
 
 async def _build_concurrently(
     conn: asyncpg.Connection, files: SQLFiles, schema: str, build: IndexBuild
 ) -> None:
-    """CREATE INDEX CONCURRENTLY outside any transaction: writes to the table go on. It waits
-    for the transactions already running, unbounded by lock_timeout (it blocks no writer)."""
+    """Build an index CONCURRENTLY, outside any transaction: writes to the table go on. It
+    waits for the transactions already running, unbounded by lock_timeout (it blocks no
+    writer)."""
     log.info("building index %s CONCURRENTLY on %s", build.index, build.table)
     await _drop_if_invalid(conn, files, schema, build, concurrently=True)
     await files.migrations.use_schema_for_session(conn)
@@ -408,7 +404,7 @@ async def _build_concurrently(
         await files.migrations.reset_search_path(conn)
     if await files.migrations.index_valid(conn, name=_qualified(schema, build.index)) is not True:
         raise SchemaError(
-            f"index {build.index} on {build.table} is not valid after CREATE INDEX CONCURRENTLY; "
+            f"index {build.index} on {build.table} is not valid after its concurrent build; "
             "run `omniq migrate` again (it drops and rebuilds it)"
         )
 
@@ -482,7 +478,7 @@ async def describe(
             table = build.table.strip('"').replace('""', '"')
             if await _big(conn, files, schema, build.table):
                 lines.append(
-                    f"    index {build.index}: CREATE INDEX CONCURRENTLY after the transaction "
+                    f"    index {build.index}: built CONCURRENTLY after the transaction "
                     f"({table} is big): {table} SHARE UPDATE EXCLUSIVE, writes go on"
                 )
             else:
