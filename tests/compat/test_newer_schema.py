@@ -9,6 +9,8 @@ the CLI, and still changes nothing. "Nothing" is checked on the catalog (``pg_du
 --schema-only``) and on the bookkeeping rows.
 """
 
+# ruff: noqa: S608 (SQL on the test's own schema names)
+
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +43,7 @@ def newer_release(tmp_path: Path, name: str, *, min_code: int | None) -> SQLFile
     sql_dir = tmp_path / f"sql-{uuid.uuid4().hex[:6]}"
     shutil.copytree(sqlfiles.SQL_DIR, sql_dir)
     contract = (
-        f"INSERT INTO omniq_meta (key, value) VALUES ('min_code_version', '{min_code}')\n"  # noqa: S608
+        f"INSERT INTO omniq_meta (key, value) VALUES ('min_code_version', '{min_code}')\n"
         "    ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
         if min_code is not None
         else ""
@@ -81,10 +83,10 @@ async def catalog(dsn: str, name: str) -> tuple[str, list[tuple[str, str]], dict
     dump = "\n".join(line for line in dump.splitlines() if not line.startswith("\\"))
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch(f"SELECT name, checksum FROM {name}.omniq_migrations ORDER BY name")  # noqa: S608
+        rows = await conn.fetch(f"SELECT name, checksum FROM {name}.omniq_migrations ORDER BY name")
         meta = await conn.fetch(
             f"SELECT key, value FROM {name}.omniq_meta WHERE key <> 'waiting_recheck'"
-        )  # noqa: S608
+        )
     finally:
         await conn.close()
     return dump, [tuple(r) for r in rows], {r["key"]: r["value"] for r in meta}
