@@ -15,8 +15,13 @@ import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend, create_postgres_backend
+from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.embedded import EmbeddedPostgres
 from omniq.models.config import PostgresConfig
+from tests.support.ci import (  # in CI a skip is a failure: its hooks, imported, apply here
+    pytest_make_collect_report,  # noqa: F401
+    pytest_runtest_makereport,  # noqa: F401
+)
 from tests.support.db import (
     Database,
     ExternalServer,
@@ -25,40 +30,6 @@ from tests.support.db import (
     run_in_thread,
     unique_schema,
 )
-
-# --------------------------------------------------------------------------------------
-# In CI (the CI variable set, as every CI service does) a skipped test is a failure: a guard
-# that quietly skips (the schema snapshot check, the specification's examples) guards nothing.
-# --------------------------------------------------------------------------------------
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and _in_ci() and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        report.longrepr = f"skipped in CI, which counts as a failure: {_reason(report)}"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Any:
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and _in_ci():  # a module that skips itself as a whole
-        report.outcome = "failed"
-        report.longrepr = f"skipped in CI, which counts as a failure: {_reason(report)}"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (file, line, "Skipped: why")
-        return f"{longrepr[2]} ({longrepr[0]}:{longrepr[1]})"
-    return str(longrepr)
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +86,12 @@ async def backend(pg_dsn: str, schema_name: str) -> AsyncIterator[PostgreSQLBack
     finally:
         await b.close()
         await drop_schemas(pg_dsn, schema_name)
+
+
+@pytest.fixture
+def protocol(backend: PostgreSQLBackend) -> WorkerProtocol:
+    """The worker protocol on ``backend``: for tests that take and finish tasks as a worker does."""
+    return WorkerProtocol(backend)
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-import asyncpg
 from croniter import croniter
 
 from ..backend.postgres import PostgreSQLBackend
-from ..backend.postgres.connection import connect_kwargs, translate_errors
 from ..models._common import utcnow
 from ..models.config import PostgresConfig
 from .options import add_connection_options, config_from_args
@@ -226,15 +224,3 @@ async def open_backend(
     that create work (enqueue, schedule add) pass ``migrate="auto"``, like a worker."""
     async with PostgreSQLBackend(config(args, migrate)) as backend:
         yield backend
-
-
-@contextlib.asynccontextmanager
-async def raw_connection(cfg: PostgresConfig) -> AsyncIterator[asyncpg.Connection]:
-    """One plain connection that changes nothing on connect (for migrate --dry-run, sql, doctor)."""
-    async with translate_errors(cfg):
-        conn = await asyncpg.connect(**connect_kwargs(cfg))
-    try:
-        async with translate_errors(cfg, connecting=False):
-            yield conn
-    finally:
-        await conn.close()

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import dataclasses
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
-import asyncpg
-
-from ..backend.postgres import schema as schema_module
-from ..backend.postgres.connection import connect_listener, target
-from ..backend.postgres.sqlfiles import SQLFiles, sql_files
+from ..backend.postgres import PostgreSQLBackend, installation
+from ..backend.postgres.connection import target
+from ..backend.postgres.monitor import AsyncPostgresMonitor
+from ..backend.postgres.schema import Plan
 from ..errors import OmniQError
 from ..identifiers import quote_identifier
 from ..models.config import PostgresConfig
 from . import output
-from .common import add_command, config, raw_connection, run
+from .common import add_command, config, run
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MIN_SERVER = 13
@@ -29,8 +25,6 @@ LISTEN_TIMEOUT = 5.0
 DEAD_ROWS_WARN = 10_000  # and more than DEAD_SHARE_WARN of the table
 DEAD_SHARE_WARN = 0.2
 SEQ_SCAN_ROWS = 100_000  # tables this big should be read through indexes
-MAIN_TABLES = ("tasks", "results", "events", "schedules")
-BOOKKEEPING = ("omniq_workers", "omniq_migrations", "omniq_meta")
 INVARIANT_ROWS = 1000  # finished tasks looked at, at most, per way of finding them
 
 
@@ -61,7 +55,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    cfg = config(args)
+    cfg = dataclasses.replace(
+        config(args), migrate="off"
+    )  # it changes nothing, whatever --migrate says
     if args.window <= 0:
         print("omniq: error: --window must be a positive number of hours", file=sys.stderr)
         return 2
@@ -82,19 +78,18 @@ def run_doctor(args: argparse.Namespace) -> int:
 async def checks(
     cfg: PostgresConfig, invariants: bool = False, window_hours: float = 1.0
 ) -> AsyncIterator[tuple[str, str, str]]:
-    files = sql_files(cfg.schema, tuple(cfg.tables.items()))
-    q: Any = files.cli
     started = time.monotonic()
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            conn = await stack.enter_async_context(raw_connection(cfg))
-        except (OmniQError, OSError) as exc:
-            yield FAIL, "connection", " ".join(str(exc).split())
-            return
+    backend = PostgreSQLBackend(cfg)
+    try:
+        await backend.connect()
+    except (OmniQError, OSError) as exc:
+        yield FAIL, "connection", " ".join(str(exc).split())
+        return
+    try:
         elapsed = (time.monotonic() - started) * 1000
-        info = await q.server_info(conn)
-        major = conn.get_server_version().major
-        level = OK if major >= MIN_SERVER else FAIL
+        monitor = backend.monitor
+        info = await monitor.server()
+        level = OK if info["major"] >= MIN_SERVER else FAIL
         who = f"{info['username']}{' (superuser)' if info['superuser'] else ''}"
         need = "" if level == OK else f"; OmniQ needs PostgreSQL {MIN_SERVER} or later"
         yield (
@@ -106,32 +101,32 @@ async def checks(
         )
         if not info["autovacuum"]:
             yield WARN, "autovacuum", "autovacuum is off: queue tables bloat unless you vacuum them"
-        line, usable = await _privileges(conn, q, cfg, files, info["username"])
+        line, usable = await _privileges(monitor, cfg, info["username"])
         yield line
-        m: Any = files.migrations
-        installed = usable and await m.installed(conn, schema_name=cfg.schema)
-        if usable:
-            yield await _schema(conn, files, cfg, installed)
-        yield await _listen(conn, q, cfg)
+        plan = await installation.state(backend) if usable else None
+        installed = plan is not None and plan.installed
+        if plan is not None:
+            yield _schema(plan, cfg)
+        yield await _listen(monitor)
         if installed:
-            async for line in _tables(conn, q, cfg, files):
+            async for line in _tables(monitor):
                 yield line
         if invariants:
-            async for line in _invariants(conn, q, installed, window_hours):
+            async for line in _invariants(monitor, installed, window_hours):
                 yield line
+    finally:
+        await backend.close()
 
 
 async def _invariants(
-    conn: asyncpg.Connection, q: Any, installed: bool, window_hours: float
+    monitor: AsyncPostgresMonitor, installed: bool, window_hours: float
 ) -> AsyncIterator[tuple[str, str, str]]:
     """One FAIL line per violated invariant, or one OK line."""
     if not installed:
         yield FAIL, "invariants", "OmniQ is not installed in this schema: nothing to check"
         return
     started = time.monotonic()
-    rows = await q.check_invariants(
-        conn, window=timedelta(hours=window_hours), limit=INVARIANT_ROWS
-    )
+    rows = await monitor.check_invariants(timedelta(hours=window_hours), INVARIANT_ROWS)
     elapsed = (time.monotonic() - started) * 1000
     for row in rows:
         subject = [f"task {row['task_id']}"] if row["task_id"] is not None else []
@@ -146,10 +141,10 @@ async def _invariants(
 
 
 async def _privileges(
-    conn: asyncpg.Connection, q: Any, cfg: PostgresConfig, files: SQLFiles, user: str
+    monitor: AsyncPostgresMonitor, cfg: PostgresConfig, user: str
 ) -> tuple[tuple[str, str, str], bool]:
     """The privileges line, and whether the schema can be looked into."""
-    p = await q.privileges(conn, schema_name=cfg.schema)
+    p = await monitor.privileges()
     name, who = quote_identifier(cfg.schema, "schema"), quote_identifier(user)
     if not p["schema_exists"]:
         if p["create_database"]:
@@ -167,12 +162,10 @@ async def _privileges(
     if not p["usage_schema"]:
         message = f"no USAGE on schema {name}: GRANT USAGE ON SCHEMA {name} TO {who}"
         return (FAIL, "privileges", message), False
-    tables = [files.names[k] for k in MAIN_TABLES] + list(BOOKKEEPING)
-    rows = await q.table_privileges(conn, schema_name=cfg.schema, tables=tables)
-    denied = [r["name"] for r in rows if not r["read_write"]]
+    tables = p["tables"]
+    denied = [name for name, read_write in tables.items() if not read_write]
     if denied:
-        roles = await q.protocol_privileges(conn, schema_name=cfg.schema)
-        acts_as = "worker" if roles["worker"] else "producer" if roles["producer"] else None
+        acts_as = "worker" if p["worker"] else "producer" if p["producer"] else None
         if acts_as:  # a least-privilege role: it writes through the functions, not the tables
             message = (
                 f"acts through OmniQ's functions as a {acts_as} role (sql/roles.sql) in "
@@ -184,18 +177,15 @@ async def _privileges(
             f"UPDATE, DELETE ON ALL TABLES IN SCHEMA {name} TO {who}"
         )
         return (FAIL, "privileges", message), False
-    rw = f"; read/write on {output.count(len(rows), 'table')}" if rows else ""
+    rw = f"; read/write on {output.count(len(tables), 'table')}" if tables else ""
     if p["create_schema"]:
         return (OK, "privileges", f"USAGE and CREATE on schema {name}{rw}"), True
     message = f"no CREATE on schema {name}{rw}: upgrades need a DBA to apply `omniq sql`"
     return (WARN, "privileges", message), True
 
 
-async def _schema(
-    conn: asyncpg.Connection, files: SQLFiles, cfg: PostgresConfig, installed: bool
-) -> tuple[str, str, str]:
-    latest = max(int(s.name.split("/")[1].split("_")[0]) for s in files.migration_scripts)
-    if not installed:
+def _schema(plan: Plan, cfg: PostgresConfig) -> tuple[str, str, str]:
+    if not plan.installed:
         return (
             WARN,
             "schema",
@@ -204,73 +194,50 @@ async def _schema(
                 "(or let the first worker create it), or hand `omniq sql` to a DBA"
             ),
         )
-    plan = await schema_module.plan(conn, files, cfg.schema)
-    known = {s.name for s in files.migration_scripts + files.function_scripts}
-    m: Any = files.migrations
-    applied = {r["name"] for r in await m.applied_migrations(conn)}
-    unknown = sorted(applied - known)
-    if unknown:
+    if plan.newer:
+        accepts = "it accepts this version" if plan.compatible else "it refuses this version"
         return (
-            WARN,
+            WARN if plan.compatible else FAIL,
             "schema",
-            (
-                f"version {plan.version}, newer than this OmniQ knows ({', '.join(unknown)}): upgrade OmniQ"
-            ),
+            f"version {plan.version}, newer than this OmniQ's {plan.code_version} ({accepts}): "
+            "upgrade OmniQ",
         )
     if plan.scripts:
         return (
             WARN,
             "schema",
             (
-                f"version {plan.version} of {latest}; pending: {', '.join(s.name for s in plan.scripts)}. "
+                f"version {plan.version} of {plan.code_version}; pending: {', '.join(s.name for s in plan.scripts)}. "
                 "Run `omniq migrate` or apply `omniq sql`"
             ),
         )
-    return OK, "schema", f"version {plan.version} of {latest}, stored functions up to date"
+    return (
+        OK,
+        "schema",
+        f"version {plan.version} of {plan.code_version}, stored functions up to date",
+    )
 
 
-async def _listen(conn: asyncpg.Connection, q: Any, cfg: PostgresConfig) -> tuple[str, str, str]:
-    channel = f"omniq_doctor_{uuid.uuid4().hex[:12]}"
+async def _listen(monitor: AsyncPostgresMonitor) -> tuple[str, str, str]:
     try:
-        listener = await connect_listener(cfg)
+        took = await monitor.listen_round_trip(LISTEN_TIMEOUT)
     except (OmniQError, OSError) as exc:
         return FAIL, "listen", f"cannot open the listening connection: {exc}"
-    heard: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-    def on_notify(*_: Any) -> None:
-        if not heard.done():
-            heard.set_result(time.monotonic())
-
-    try:
-        await listener.add_listener(channel, on_notify)
-        sent = time.monotonic()
-        await q.notify(conn, channel=channel, payload="ping")
-        try:
-            received = await asyncio.wait_for(heard, LISTEN_TIMEOUT)
-        except TimeoutError:
-            return (
-                FAIL,
-                "listen",
-                (
-                    f"sent a NOTIFY, but the listening connection heard nothing within "
-                    f"{LISTEN_TIMEOUT:g}s: workers would not wake up. Behind PgBouncer in transaction "
-                    "mode? Workers need a direct connection for LISTEN (listen_dsn)"
-                ),
-            )
+    if took is None:
         return (
-            OK,
+            FAIL,
             "listen",
-            f"round trip of a NOTIFY on a scratch channel: {(received - sent) * 1000:.0f} ms",
+            (
+                f"sent a NOTIFY, but the listening connection heard nothing within "
+                f"{LISTEN_TIMEOUT:g}s: workers would not wake up. Behind PgBouncer in transaction "
+                "mode? Workers need a direct connection for LISTEN (listen_dsn)"
+            ),
         )
-    finally:
-        await listener.close()
+    return OK, "listen", f"round trip of a NOTIFY on a scratch channel: {took * 1000:.0f} ms"
 
 
-async def _tables(
-    conn: asyncpg.Connection, q: Any, cfg: PostgresConfig, files: SQLFiles
-) -> AsyncIterator[tuple[str, str, str]]:
-    tables = [files.names[k] for k in MAIN_TABLES]
-    for t in await q.table_health(conn, schema_name=cfg.schema, tables=tables):
+async def _tables(monitor: AsyncPostgresMonitor) -> AsyncIterator[tuple[str, str, str]]:
+    for t in await monitor.table_health():
         live, dead = t["live"], t["dead"]
         share = dead / (live + dead) if live + dead else 0.0
         vacuumed = (
@@ -294,7 +261,7 @@ async def _tables(
             )
         else:
             yield OK, "vacuum", text
-    indexes = await q.index_usage(conn, schema_name=cfg.schema, tables=tables)
+    indexes = await monitor.index_usage()
     if indexes:
         unused = [i["name"] for i in indexes if not i["scans"]]
         top = max(indexes, key=lambda i: i["scans"])

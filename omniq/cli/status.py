@@ -11,12 +11,12 @@ from typing import Any
 
 from ..backend.postgres import PostgreSQLBackend
 from ..backend.postgres.connection import target
+from ..errors import is_transient
 from ..models._common import utcnow
 from ..models.config import redact_dsn
 from . import output
 from .common import add_command, add_json_option, open_backend, positive, run, seconds
 
-SILENT_AFTER = 30.0  # a worker holding tasks without heartbeat this long is about to be rescued
 HOME, CLEAR_SCREEN, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[2J", "\x1b[K", "\x1b[J"
 
 
@@ -77,7 +77,9 @@ async def watch(backend: PostgreSQLBackend, args: argparse.Namespace) -> None:
     while True:
         try:
             snap = await snapshot(backend, args.recent)
-        except (ConnectionError, OSError, TimeoutError) as exc:  # keep watching through restarts
+        except Exception as exc:  # keep watching through restarts and failovers
+            if not is_transient(exc):
+                raise
             snap = None
             problem = f"omniq: {exc} (retrying {every})"
         if args.json:
@@ -98,20 +100,16 @@ async def watch(backend: PostgreSQLBackend, args: argparse.Namespace) -> None:
 async def snapshot(backend: PostgreSQLBackend, recent: float) -> dict[str, Any]:
     """Everything status shows, as plain data (this is also the --json document)."""
     now = utcnow()
-    sql = backend.sql.cli  # type: ignore[attr-defined]
-    async with backend.acquire() as conn:
-        overview = await sql.queue_overview(conn)
-        outcomes = {
-            r["queue_name"]: r
-            for r in await sql.recent_outcomes(conn, since=now - timedelta(seconds=recent))
-        }
-        schedules = dict(await sql.schedule_overview(conn))
-    workers = await backend.task_queue.list_workers()
+    monitor = backend.monitor
+    overview = await monitor.queue_counts()
+    outcomes = await monitor.recent_outcomes(now - timedelta(seconds=recent))
+    schedules = await monitor.schedule_counts()
+    workers = await monitor.workers()
     upcoming = await backend.schedule_storage.list_schedules(status="active", limit=1)
     queues = []
     for row in overview:
         done = outcomes.pop(row["queue_name"], None)
-        queues.append(_queue(dict(row), done))
+        queues.append(_queue(row, done))
     queues += [_queue({"queue_name": name}, done) for name, done in outcomes.items() if name]
     queues.sort(key=lambda q: q["queue"])
     if upcoming:
@@ -130,7 +128,7 @@ async def snapshot(backend: PostgreSQLBackend, recent: float) -> dict[str, Any]:
         "at": now,
         "recent_seconds": recent,
         "queues": queues,
-        "workers": [_worker(w, now) for w in workers],
+        "workers": [_worker(w) for w in workers],
         "schedules": schedules,
     }
 
@@ -152,10 +150,11 @@ def _queue(row: dict[str, Any], done: Any) -> dict[str, Any]:
     }
 
 
-def _worker(row: dict[str, Any], now: Any) -> dict[str, Any]:
-    held = row.get("running", 0)
-    silent = (now - row["last_heartbeat"]).total_seconds()
-    state = "idle" if not held else ("silent" if silent > SILENT_AFTER else "busy")
+def _worker(row: dict[str, Any]) -> dict[str, Any]:
+    """A worker holding tasks is "silent" once quiet for longer than the ``stale_after`` it
+    registered: any other worker rescues its tasks from then on."""
+    held = row["held"]
+    state = "idle" if not held else ("silent" if row["stale"] else "busy")
     return {
         "id": row["id"],
         "hostname": row.get("hostname"),
@@ -167,6 +166,7 @@ def _worker(row: dict[str, Any], now: Any) -> dict[str, Any]:
         "state": state,
         "started_at": row.get("started_at"),
         "last_heartbeat": row["last_heartbeat"],
+        "stale_after_seconds": row["stale_after"].total_seconds(),
     }
 
 

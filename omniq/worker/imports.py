@@ -7,9 +7,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import TaskImportError
 
-class TaskImportError(Exception):
-    """A task's ``func`` could not be imported or is not callable."""
+__all__ = ["TaskImportError", "resolve"]
 
 
 @functools.lru_cache(maxsize=1024)

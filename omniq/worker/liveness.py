@@ -18,41 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
-from ..backend.postgres.connection import connect_kwargs
-from ..backend.postgres.sqlfiles import SQLFiles
-from ..models.config import PostgresConfig
+from ..backend.postgres.protocol import Registration, WorkerProtocol
+from ..errors import is_transient
 
 log = logging.getLogger("omniq.worker")
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """What a heartbeat tells the database about the worker, besides its held tasks."""
-
-    worker_id: str
-    hostname: str
-    pid: int
-    queues: list[str]
-    concurrency: int
-    stale_after: timedelta
-
-    def params(self, held: list[str], stuck: int) -> dict[str, Any]:
-        return {
-            "worker_id": self.worker_id,
-            "hostname": self.hostname,
-            "pid": self.pid,
-            "queues": self.queues,
-            "concurrency": self.concurrency,
-            "held": held,
-            "stale_after": self.stale_after,
-            "stuck_threads": stuck,
-        }
 
 
 class Liveness(threading.Thread):
@@ -65,8 +38,7 @@ class Liveness(threading.Thread):
 
     def __init__(
         self,
-        config: PostgresConfig,
-        sql: SQLFiles,
+        protocol: WorkerProtocol,
         registration: Registration,
         loop: asyncio.AbstractEventLoop,
         *,
@@ -78,7 +50,7 @@ class Liveness(threading.Thread):
         describe: Callable[[asyncio.Task[Any] | None], str],
     ) -> None:
         super().__init__(name="omniq-liveness", daemon=True)
-        self._config, self._sql, self._registration = config, sql, registration
+        self._protocol, self._registration = protocol, registration
         self._worker_loop = loop
         self._loop_thread = threading.get_ident()  # created on the loop's thread
         self._interval = interval
@@ -141,17 +113,19 @@ class Liveness(threading.Thread):
         timeout = max(1.0, min(self._registration.stale_after.total_seconds() / 2, 10.0))
         try:
             if self._conn is None or self._conn.is_closed():
-                kwargs = connect_kwargs(self._config)
-                kwargs["server_settings"]["application_name"] += "-heartbeat"
-                self._conn = await asyncpg.connect(
-                    **kwargs, statement_cache_size=self._config.statement_cache_size
-                )
+                self._conn = await self._protocol.connect("heartbeat")
             lost = await asyncio.wait_for(
-                self._sql.workers.heartbeat(self._conn, **self._registration.params(held, stuck)),
+                self._protocol.heartbeat(self._registration, held, stuck, connection=self._conn),
                 timeout,
             )
         except Exception as exc:  # keep beating: the next beat reconnects
-            log.warning("heartbeat failed (%s); trying again in %gs", _text(exc), self._interval)
+            log.log(
+                logging.WARNING if is_transient(exc) else logging.ERROR,
+                "heartbeat failed (%s); trying again in %gs",
+                _text(exc),
+                self._interval,
+                exc_info=None if is_transient(exc) else exc,
+            )
             await self._drop_connection()
             return
         self.beats += 1

@@ -1,4 +1,5 @@
-"""Recording outcomes: batched writes through omniq_finish_tasks, counted and logged.
+"""Recording outcomes: batched writes through the worker protocol (omniq_finish_tasks),
+counted and logged.
 
 Outcomes wait in memory at most ``flush_interval`` seconds (or until ``flush_size`` of them
 have gathered), then one round trip records them all. No outcome is dropped silently:
@@ -17,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 
-from ..backend.postgres.queue import AsyncPostgresQueue
+from ..backend.postgres.protocol import Outcome, OutcomeKind, WorkerProtocol
+from ..errors import Backoff, is_transient
 from ..models._common import dump_json, utcnow
 from ..models.task import Task
 
@@ -49,21 +52,27 @@ class WorkerStats:
     unrecorded: int = 0  # outcomes given up at a forced stop: rescue returns their tasks
 
 
-# Errors after which the same write may well succeed: keep the outcomes and try again.
-TRANSIENT = (
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
-    asyncpg.ReadOnlySQLTransactionError,  # a server that was primary is a standby now
-    asyncpg.CannotConnectNowError,
-)
 NOT_RECORDED = "not recorded"  # the status _write reports for outcomes it gave up on
 
 
 @dataclass
 class _Batch:
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def ended(task: Task, started_at: datetime, t0: float, kind: OutcomeKind, **fields: Any) -> Outcome:
+    """The outcome of the attempt of ``task`` that started at ``started_at`` (``t0``: its
+    ``time.perf_counter()`` then) and ends now: ``result`` or the fields of :func:`failure`."""
+    return Outcome(
+        task_id=task.id,
+        attempt=task.attempts,
+        kind=kind,
+        func=task.func,
+        started_at=started_at,
+        finished_at=utcnow(),
+        execution_time=time.perf_counter() - t0,
+        **fields,
+    )
 
 
 class OutcomeRecorder:
@@ -71,19 +80,19 @@ class OutcomeRecorder:
 
     def __init__(
         self,
-        queue: AsyncPostgresQueue,
+        protocol: WorkerProtocol,
         worker_id: str,
         stats: WorkerStats,
         flush_interval: float,
         flush_size: int,
     ) -> None:
-        self._queue = queue
+        self._protocol = protocol
         self._worker_id = worker_id
         self._stats = stats
         self._flush_interval = flush_interval
         self._flush_size = flush_size
         self._batch = _Batch()
-        self._writing: list[dict[str, Any]] = []  # the outcomes of the write under way
+        self._writing: list[Outcome] = []  # the outcomes of the write under way
         self._lock = asyncio.Lock()
         self._due = asyncio.Event()
         self._abandoned = asyncio.Event()
@@ -91,18 +100,15 @@ class OutcomeRecorder:
     def unwritten_ids(self) -> list[str]:
         """Ids of the outcomes not yet recorded: their tasks are still held (read by the
         heartbeat thread; a plain copy, since the loop may append meanwhile)."""
-        return [o["id"] for o in [*self._writing, *self._batch.outcomes]]
+        return [o.task_id for o in [*self._writing, *self._batch.outcomes]]
 
     @property
     def idle(self) -> bool:
         """Nothing waiting to be written and no write under way."""
         return not self._batch.outcomes and not self._lock.locked()
 
-    def add(self, task: Task, outcome: dict[str, Any], t0: float) -> None:
-        """Queue one outcome (started with id, attempt, started_at and the result or error)."""
-        outcome["finished_at"] = utcnow()
-        outcome["execution_time"] = time.perf_counter() - t0
-        outcome["func"] = task.func  # for the progress log; ignored by the database
+    def add(self, outcome: Outcome) -> None:
+        """Queue one outcome for the next batch write."""
         outcomes = self._batch.outcomes
         outcomes.append(outcome)
         if len(outcomes) >= self._flush_size:
@@ -130,7 +136,7 @@ class OutcomeRecorder:
     async def paused(self) -> AsyncIterator[set[str]]:
         """Hold off writes; yields the ids of the outcomes still waiting to be written."""
         async with self._lock:
-            yield {o["id"] for o in self._batch.outcomes}
+            yield {o.task_id for o in self._batch.outcomes}
 
     async def flush(self) -> None:
         """Write the pending outcomes (see the module's docstring for what errors do)."""
@@ -143,22 +149,25 @@ class OutcomeRecorder:
                 finally:
                     self._writing = []
                 for outcome in outcomes:
-                    self._count(outcome, statuses.get(outcome["id"]))
+                    self._count(outcome, statuses.get(outcome.task_id))
 
-    async def _write(self, outcomes: list[dict[str, Any]]) -> dict[str, str]:
+    async def _write(self, outcomes: list[Outcome]) -> dict[str, str]:
         """Record ``outcomes``; id -> new task status (absent: refused, the task was not ours)."""
-        delay = 0.1
+        backoff = Backoff()
         while not self._abandoned.is_set():
             try:
-                return await self._queue.finish_tasks(outcomes, self._worker_id)
-            except TRANSIENT as exc:
-                log.warning(
-                    "recording %d outcome(s) failed (%s); retrying in %.1fs",
-                    len(outcomes),
-                    _text(exc),
-                    delay,
-                )
+                return await self._protocol.finish(outcomes, self._worker_id)
             except Exception as exc:
+                if is_transient(exc):
+                    delay = backoff.next()
+                    log.warning(
+                        "recording %d outcome(s) failed (%s); retrying in %.1fs",
+                        len(outcomes),
+                        _text(exc),
+                        delay,
+                    )
+                    await self._pause(delay)
+                    continue
                 if len(outcomes) == 1:
                     return await self._write_refused(outcomes[0], exc)
                 log.warning(
@@ -170,42 +179,42 @@ class OutcomeRecorder:
                 for outcome in outcomes:
                     statuses.update(await self._write([outcome]))
                 return statuses
-            await self._pause(delay)
-            delay = min(delay * 2, 5.0)
-        return dict.fromkeys((o["id"] for o in outcomes), NOT_RECORDED)
+        return dict.fromkeys((o.task_id for o in outcomes), NOT_RECORDED)
 
-    async def _write_refused(self, outcome: dict[str, Any], error: Exception) -> dict[str, str]:
+    async def _write_refused(self, outcome: Outcome, error: Exception) -> dict[str, str]:
         """One outcome the database refuses for a reason other than a lost connection."""
-        task_id = outcome["id"]
-        replacement = {
-            **outcome,
-            "outcome": "failure",
-            "result": None,
-            "error": storable(
-                f"the task ran, but its outcome ({outcome['outcome']}) could not be recorded: "
+        task_id = outcome.task_id
+        replacement = dataclasses.replace(
+            outcome,
+            kind="failure",
+            result=None,
+            error=storable(
+                f"the task ran, but its outcome ({outcome.kind}) could not be recorded: "
                 f"{_text(error)}"
             ),
-            "error_type": "OutcomeNotRecorded",
-            "traceback": None,
-        }
-        delay = 0.5
+            error_type="OutcomeNotRecorded",
+            traceback=None,
+        )
+        backoff = Backoff(first=0.5)
         while not self._abandoned.is_set():
             log.error(
                 "recording the outcome of %s (%s) failed: %s; recording it as a failure instead",
                 task_id,
-                outcome["func"],
+                outcome.func,
                 _text(error),
             )
             try:
-                return await self._queue.finish_tasks([replacement], self._worker_id)
-            except TRANSIENT as exc:
-                error = exc
+                return await self._protocol.finish([replacement], self._worker_id)
             except Exception as exc:
+                if is_transient(exc):
+                    error = exc
+                    await self._pause(backoff.next())
+                    continue
                 log.error(
                     "recording that failure failed too (%s); releasing %s", _text(exc), task_id
                 )
                 try:
-                    released = await self._queue.release_tasks(
+                    released = await self._protocol.release(
                         [task_id],
                         self._worker_id,
                         f"its outcome could not be recorded: {_text(exc)}",
@@ -214,17 +223,16 @@ class OutcomeRecorder:
                     return {task_id: "released"} if released else {}
                 except Exception as again:  # keep it and try it all again later
                     error = again
-            await self._pause(delay)
-            delay = min(delay * 2, 5.0)
+                await self._pause(backoff.next())
         return {task_id: NOT_RECORDED}
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._abandoned.wait(), seconds)
 
-    def _count(self, outcome: dict[str, Any], status: str | None) -> None:
+    def _count(self, outcome: Outcome, status: str | None) -> None:
         """Tally an outcome by the status the database gave the task, and log it for people."""
-        task_id, func = outcome["id"], outcome["func"]
+        task_id, func = outcome.task_id, outcome.func
         if status is None:
             self._stats.lost += 1
             log.warning(
@@ -232,7 +240,7 @@ class OutcomeRecorder:
                 "in that attempt (rescued or cancelled meanwhile, or recorded already by a "
                 "write whose reply was lost)",
                 task_id,
-                outcome["attempt"],
+                outcome.attempt,
             )
             return
         if status == NOT_RECORDED:
@@ -251,7 +259,9 @@ class OutcomeRecorder:
             return
         if status == "completed":
             self._stats.succeeded += 1
-            log.info("done     %s %s in %.1f ms", task_id, func, outcome["execution_time"] * 1000)
+            log.info(
+                "done     %s %s in %.1f ms", task_id, func, (outcome.execution_time or 0) * 1000
+            )
             return
         if status == "pending":
             self._stats.retried += 1
@@ -260,11 +270,12 @@ class OutcomeRecorder:
         else:
             self._stats.failed += 1
         word = {"pending": "retry", "failed": "failed", "expired": "expired"}.get(status, status)
-        log.info("%-8s %s %s: %s", word, task_id, func, outcome.get("error"))
+        log.info("%-8s %s %s: %s", word, task_id, func, outcome.error)
 
 
-def failure(exc: BaseException) -> dict[str, Any]:
-    """The outcome fields of a run that raised ``exc``, whatever ``exc`` is.
+def failure(exc: BaseException) -> dict[str, str]:
+    """The outcome fields (error, error_type, traceback) of a run that raised ``exc``, whatever
+    ``exc`` is.
 
     Total: an exception whose ``__str__`` or ``__repr__`` raises (even a BaseException), a
     ``SystemExit`` or ``KeyboardInterrupt`` from the task, a traceback that cannot be
@@ -277,7 +288,6 @@ def failure(exc: BaseException) -> dict[str, Any]:
         frames = _safely(lambda: "".join(traceback.format_tb(exc.__traceback__)), "")
         trace = f"Traceback (most recent call last):\n{frames}{error_type}: {message}\n"
     return {
-        "outcome": "failure",
         "error": storable(message),
         "error_type": storable(error_type),
         "traceback": storable(trace),

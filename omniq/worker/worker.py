@@ -37,12 +37,14 @@ from datetime import timedelta
 from typing import Any
 
 from ..backend.postgres import PostgreSQLBackend
+from ..backend.postgres.protocol import Registration, WorkerProtocol
+from ..errors import Backoff, is_transient
 from ..models._common import utcnow
-from ..models.task import Task
-from ..scheduler import AsyncScheduler
+from ..models.task import Task, check_queue_name
+from ..scheduler import AsyncScheduler, run_blocking
 from .imports import resolve
-from .liveness import FORCED_EXIT_AFTER, Liveness, Registration
-from .outcomes import OutcomeRecorder, WorkerStats, checked_result, failure
+from .liveness import FORCED_EXIT_AFTER, Liveness
+from .outcomes import OutcomeRecorder, WorkerStats, checked_result, ended, failure
 
 log = logging.getLogger("omniq.worker")
 
@@ -109,7 +111,8 @@ class AsyncWorker:
         if not stall_warning > 0:
             raise ValueError(f"stall_warning must be positive seconds, got {stall_warning!r}")
         self.backend = backend
-        self.queues = list(queues)
+        self.protocol = WorkerProtocol(backend)  # how this worker talks to the database
+        self.queues = [check_queue_name(q) for q in queues]
         self.concurrency = concurrency
         # Tasks held beyond those running: bigger dequeue batches, fewer round trips. They are
         # returned to pending untouched if the worker stops before starting them.
@@ -142,9 +145,6 @@ class AsyncWorker:
         self._stuck: dict[str, _Stuck] = {}  # threads still running given-up task functions
         self._liveness: Liveness | None = None
         self._signals_received = 0
-
-    def _sync_loop(self) -> asyncio.AbstractEventLoop:
-        return self.backend._sync_loop()
 
     # -- control --------------------------------------------------------------------------
 
@@ -183,7 +183,7 @@ class AsyncWorker:
         self._slot_free = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._outcomes = outcomes = OutcomeRecorder(
-            self.backend.task_queue,
+            self.protocol,
             self.worker_id,
             self.stats,
             self.flush_interval,
@@ -199,10 +199,9 @@ class AsyncWorker:
             self.concurrency,
             timedelta(seconds=self.worker_timeout),
         )
-        await self.backend.task_queue.heartbeat(**registration.params([], 0))  # register
+        await self.protocol.heartbeat(registration)  # register
         self._liveness = liveness = Liveness(
-            self.backend.config,
-            self.backend.sql,
+            self.protocol,
             registration,
             loop,
             interval=self.heartbeat_interval,
@@ -232,7 +231,7 @@ class AsyncWorker:
         elif self.run_scheduler:
             await self.backend.schedule_storage.fire_due_schedules()
         try:
-            with self._signals():
+            with self._signals(loop):
                 try:
                     await self._fetch_loop(burst)
                     await self._drain()
@@ -257,7 +256,7 @@ class AsyncWorker:
         queue = self.backend.task_queue
         loop = asyncio.get_running_loop()
         listener = None if burst else await self.backend.listener()
-        retry_delay = 0.1
+        backoff = Backoff()
         with contextlib.ExitStack() as stack:
             wakeup = (
                 stack.enter_context(listener.watch("tasks", frozenset(self.queues)))
@@ -275,17 +274,19 @@ class AsyncWorker:
                 try:
                     if self._reply_lost:
                         await self._release_unknown_tasks()
-                    tasks = await queue.dequeue_many(self.queues, free, worker_id=self.worker_id)
-                except (ConnectionError, OSError, TimeoutError) as exc:
+                    tasks = await self.protocol.take(self.queues, free, self.worker_id)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
                     # Server restarting, statement timeout, pool exhausted: keep the worker,
                     # try again with backoff. The dequeue may have committed without us
                     # getting the reply: such tasks are released before the next one.
                     self._reply_lost = True
-                    log.warning("taking tasks failed (%s); retrying in %.1fs", exc, retry_delay)
-                    await _first(asyncio.sleep(retry_delay), self._stopping.wait())
-                    retry_delay = min(retry_delay * 2, 5.0)
+                    delay = backoff.next()
+                    log.warning("taking tasks failed (%s); retrying in %.1fs", exc, delay)
+                    await _first(asyncio.sleep(delay), self._stopping.wait())
                     continue
-                retry_delay = 0.1
+                backoff.reset()
                 for task in tasks:
                     self._start(task)
                 if tasks:
@@ -303,10 +304,11 @@ class AsyncWorker:
                 await self._rescue_if_due()
                 try:
                     due = await queue.next_due_at(self.queues)
-                except (ConnectionError, OSError, TimeoutError) as exc:
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
                     log.warning("looking for delayed tasks failed (%s); looking again", exc)
-                    await _first(asyncio.sleep(retry_delay), self._stopping.wait())
-                    retry_delay = min(retry_delay * 2, 5.0)
+                    await _first(asyncio.sleep(backoff.next()), self._stopping.wait())
                     continue
                 deadlines = [loop.time() + (due - utcnow()).total_seconds()] if due else []
                 if self._next_rescue is not None:
@@ -335,12 +337,11 @@ class AsyncWorker:
         assert self._outcomes is not None
         await self._outcomes.flush()  # outcomes recorded first: a finished task is not "unknown"
         async with self._outcomes.paused() as unwritten:
-            async with self.backend.acquire() as conn:
-                rows = await self.backend.sql.workers.held_tasks(conn, worker_id=self.worker_id)
+            held = await self.protocol.held_tasks(self.worker_id)
             known = set(self._running) | unwritten
-            unknown = [row["id"] for row in rows if row["id"] not in known]
+            unknown = [task_id for task_id in held if task_id not in known]
             if unknown:
-                released = await self.backend.task_queue.release_tasks(
+                released = await self.protocol.release(
                     unknown, self.worker_id, "the reply of the dequeue that took it was lost"
                 )
                 log.warning("released %d task(s) taken by a dequeue whose reply was lost", released)
@@ -353,18 +354,20 @@ class AsyncWorker:
             return
         try:
             self._next_rescue = await self._rescue()
-        except (ConnectionError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             log.warning("rescue check failed: %s", exc)
             self._next_rescue = loop.time() + self.heartbeat_interval
 
     async def _rescue(self) -> float | None:
-        rescued, check_at = await self.backend.task_queue.rescue_tasks(self.worker_id)
-        if rescued:
-            log.warning("rescued %d task(s) from workers that stopped heartbeating", rescued)
-        if check_at is None:
+        rescue = await self.protocol.rescue(self.worker_id)
+        if rescue.rescued:
+            log.warning("rescued %d task(s) from workers that stopped heartbeating", rescue.rescued)
+        if rescue.next_check_at is None:
             return None
         loop = asyncio.get_running_loop()
-        return loop.time() + max(0.5, (check_at - utcnow()).total_seconds())
+        return loop.time() + max(0.5, (rescue.next_check_at - utcnow()).total_seconds())
 
     def _start(self, task: Task) -> None:
         self.stats.started += 1
@@ -406,8 +409,9 @@ class AsyncWorker:
         except BaseException as exc:  # a bug of the worker's own: still an outcome
             log.exception("running task %s (%s) failed inside the worker", task.id, task.func)
             assert self._outcomes is not None
-            outcome = {"id": task.id, "attempt": task.attempts, "started_at": utcnow()}
-            self._outcomes.add(task, {**outcome, **failure(exc)}, time.perf_counter())
+            self._outcomes.add(
+                ended(task, utcnow(), time.perf_counter(), "failure", **failure(exc))
+            )
         finally:
             if not running.thread_kept:
                 self._slots.release()
@@ -419,30 +423,24 @@ class AsyncWorker:
         task = running.task
         started_at = utcnow()
         t0 = time.perf_counter()
-        outcome: dict[str, Any] = {
-            "id": task.id,
-            "attempt": task.attempts,
-            "started_at": started_at,
-        }
         if task.expires_at is not None and task.expires_at <= started_at:
-            outcome.update(
-                outcome="expired", error="task expired before it started", error_type="TaskExpired"
-            )
-            self._outcomes.add(task, outcome, t0)
+            expired = {"error": "task expired before it started", "error_type": "TaskExpired"}
+            self._outcomes.add(ended(task, started_at, t0, "expired", **expired))
             return
         try:
             value = await self._call(running)
-            outcome.update(outcome="success", result=checked_result(value, task))
+            outcome = ended(task, started_at, t0, "success", result=checked_result(value, task))
         except asyncio.CancelledError as exc:
             if self._forced or running.lost:
                 return  # released at shutdown, or already taken away by a rescue
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the worker's own task was cancelled (the loop is closing)
-            outcome.update(failure(exc))  # the task function raised CancelledError itself
+            # the task function raised CancelledError itself
+            outcome = ended(task, started_at, t0, "failure", **failure(exc))
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the task's failure
-            outcome.update(failure(exc))
-        self._outcomes.add(task, outcome, t0)
+            outcome = ended(task, started_at, t0, "failure", **failure(exc))
+        self._outcomes.add(outcome)
 
     async def _call(self, running: _Running) -> Any:
         task = running.task
@@ -633,9 +631,7 @@ class AsyncWorker:
         try:
             # Forced: the server may be gone; do not wait long for it (rescue covers this).
             limit = FORCED_EXIT_AFTER / 2 if self._forced else None
-            released = await asyncio.wait_for(
-                self.backend.task_queue.worker_stopped(self.worker_id), limit
-            )
+            released = await asyncio.wait_for(self.protocol.worker_stopped(self.worker_id), limit)
             self.stats.released += released
             if released:
                 log.info("returned %d unfinished task(s) to pending", released)
@@ -663,17 +659,17 @@ class AsyncWorker:
         )
 
     @contextlib.contextmanager
-    def _signals(self) -> Any:
-        """SIGINT/SIGTERM stop the worker (a second one: at once). Plain signal handlers, not
-        the loop's: they run even while a task blocks the loop, and after a second signal
-        the liveness thread ends the process if the worker has not stopped in time."""
+    def _signals(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """SIGINT/SIGTERM stop the worker running on ``loop`` (a second one: at once). Plain
+        signal handlers, not the loop's: they run even while a task blocks the loop, and after
+        a second signal the liveness thread ends the process if the worker has not stopped in
+        time. Only the main thread receives signals: elsewhere this does nothing."""
         if (
             not self.install_signal_handlers
             or threading.current_thread() is not threading.main_thread()
         ):
             yield
             return
-        loop = asyncio.get_running_loop()
 
         def on_signal(_signum: int, _frame: Any) -> None:
             self._signals_received += 1
@@ -707,19 +703,24 @@ class AsyncWorker:
 
 
 class Worker(AsyncWorker):
-    """The blocking worker: ``Worker(backend, ...).run(burst=False)`` runs on this thread's own loop."""
+    """The blocking worker: ``Worker(backend, ...).run(burst=False)`` returns when it stops.
+
+    It runs on the given backend, on the loop that serves the backend's ``_sync`` methods (the
+    backend's own thread after ``with backend:`` or on first use; the caller's loop after
+    ``async with backend:`` in another thread), and leaves the backend open. Called from the
+    main thread, SIGINT and SIGTERM stop it as they stop ``AsyncWorker``.
+    """
 
     def run(self, burst: bool = False) -> WorkerStats:  # type: ignore[override]
-        return asyncio.run(self._run_own_backend(burst))
-
-    async def _run_own_backend(self, burst: bool) -> WorkerStats:
-        # asyncpg pools belong to one loop: this worker's loop gets a backend of its own.
-        backend = PostgreSQLBackend(self.backend.config)
-        self.backend = backend
-        try:
-            return await AsyncWorker.run(self, burst)
-        finally:
-            await backend.close()
+        loop = self.backend._sync_loop()
+        with self._signals(loop):
+            return run_blocking(
+                loop,
+                lambda: AsyncWorker.run(self, burst),
+                stop=lambda: self.stop(force=True),
+                what="Worker.run()",
+                instead="await AsyncWorker(backend, ...).run()",
+            )
 
 
 class _RaisedInThread(Exception):

@@ -17,8 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.models.task import Task
 from tests.support.dashboard import TOKEN, seed, start
+from tests.support.outcomes import outcome
 from tests.support.processes import OmniqProcess, Processes, wait_until
 
 
@@ -82,9 +84,7 @@ async def test_actions_need_the_browsers_csrf_token(
     other = Task(func="app.other", queue_name="other", max_retries=0)
     await backend.task_queue.enqueue(other)
     (taken,) = await backend.task_queue.dequeue_many("other", 1, worker_id="w-seed")
-    await backend.task_queue.finish_tasks(
-        [{"id": taken.id, "attempt": 1, "outcome": "failure", "error": "x"}], "w-seed"
-    )
+    await WorkerProtocol(backend).finish([outcome(taken, "failure", error="x")], "w-seed")
     url = await start(omniq)
     page = await client.get(f"{url}/tasks/{ids['failed']}")
     retry = {**form_of(page.text), "target": "task", "action": "retry", "id": ids["failed"],
@@ -240,9 +240,7 @@ async def test_live_updates_come_from_one_listen_connection(
 
         (task,) = await backend.task_queue.dequeue_many("reports", 1, worker_id="w-seed")
         assert task.id == ids["pending"]
-        await backend.task_queue.finish_tasks(
-            [{"id": task.id, "attempt": 1, "outcome": "success"}], "w-seed"
-        )
+        await WorkerProtocol(backend).finish([outcome(task, "success")], "w-seed")
         for s in streams:
             await s.until(lambda s: (s.last("tasks") or {}).get(ids["pending"]) == "completed",
                           "the watched task's new state")  # fmt: skip
@@ -282,15 +280,11 @@ async def test_the_hours_throughput_is_read_once_then_by_the_minute(
     await backend.task_queue.enqueue_many([Task(func="app.t", queue_name="t") for _ in range(3)])
     for _ in range(2):
         (task,) = await backend.task_queue.dequeue_many("t", 1, worker_id="w")
-        await backend.task_queue.finish_tasks(
-            [{"id": task.id, "attempt": 1, "outcome": "success"}], "w"
-        )
+        await WorkerProtocol(backend).finish([outcome(task, "success")], "w")
     recent = RecentThroughput()
     assert sum(r["tasks"] for r in await recent.rows(monitor)) == 2
     (task,) = await backend.task_queue.dequeue_many("t", 1, worker_id="w")
-    await backend.task_queue.finish_tasks(
-        [{"id": task.id, "attempt": 1, "outcome": "success"}], "w"
-    )
+    await WorkerProtocol(backend).finish([outcome(task, "success")], "w")
     assert sum(r["tasks"] for r in await recent.rows(monitor)) == 3
     first, second = seen
     assert first <= datetime.now(UTC) - timedelta(minutes=59)  # the whole hour, once

@@ -7,17 +7,20 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.backend.postgres import monitor as monitor_module
+from omniq.backend.postgres.protocol import OutcomeKind, Registration, WorkerProtocol
 from omniq.identifiers import quote_identifier
 from omniq.models.config import PostgresConfig
 from omniq.models.schedule import Schedule
 from omniq.models.task import Task
 from tests.support.db import drop_schemas, unique_schema
+from tests.support.outcomes import outcome as make_outcome
 from tests.support.plans import (
     BigInstallation,
     check,
@@ -30,11 +33,10 @@ from tests.support.plans import (
 NOW = datetime.now(UTC)
 
 
-async def finish(backend: PostgreSQLBackend, queue: str, outcome: str, **fields: object) -> str:
-    """Take one task of ``queue`` as worker w-1 and record ``outcome`` for it."""
+async def finish(backend: PostgreSQLBackend, queue: str, kind: OutcomeKind, **fields: Any) -> str:
+    """Take one task of ``queue`` as worker w-1 and record an outcome of ``kind`` for it."""
     (task,) = await backend.task_queue.dequeue_many(queue, 1, worker_id="w-1")
-    done = {"id": task.id, "attempt": task.attempts, "outcome": outcome, **fields}
-    await backend.task_queue.finish_tasks([done], "w-1")
+    await WorkerProtocol(backend).finish([make_outcome(task, kind, **fields)], "w-1")
     return task.id
 
 
@@ -49,16 +51,15 @@ async def test_gauges_count_each_live_state_per_queue(backend: PostgreSQLBackend
         Task(func="app.e", queue_name="mail"),
         Task(func="app.f", queue_name="other"),
     ])  # fmt: skip
-    await q.heartbeat("w-1", hostname="h", pid=1, queues=["mail"], concurrency=1)
-    await q.heartbeat("w-gone", hostname="h", pid=2, queues=["mail"], concurrency=1,
-                      stale_after=timedelta(0))  # fmt: skip
+    protocol = WorkerProtocol(backend)
+    await protocol.heartbeat(Registration("w-1", "h", 1, ["mail"], 1))
+    await protocol.heartbeat(Registration("w-gone", "h", 2, ["mail"], 1, timedelta(0)))
     # first runs and stays running; app.d fails for good.
     taken = await q.dequeue_many("mail", 3, worker_id="w-1")
     assert [t.func for t in taken] == ["app.a", "app.d", "app.e"]
-    await q.finish_tasks(
-        [{"id": taken[1].id, "attempt": 1, "outcome": "failure", "error": "no"},
-         {"id": taken[2].id, "attempt": 1, "outcome": "success"}], "w-1",
-    )  # fmt: skip
+    await protocol.finish(
+        [make_outcome(taken[1], "failure", error="no"), make_outcome(taken[2], "success")], "w-1"
+    )
 
     gauges = await backend.monitor.gauges()
     mail, other = gauges.queues["mail"], gauges.queues["other"]

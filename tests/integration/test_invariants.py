@@ -10,10 +10,12 @@ import sys
 from typing import Any
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import OutcomeKind, Registration, WorkerProtocol
 from omniq.identifiers import quote_identifier
 from omniq.models.schedule import Schedule
 from omniq.models.task import Task
 from tests.support.db import Database
+from tests.support.outcomes import outcome
 from tests.support.processes import REPO, child_env
 
 
@@ -30,12 +32,11 @@ def doctor(dsn: str, schema: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def finish(backend: PostgreSQLBackend, *tasks: Task, kind: str = "success") -> None:
+async def finish(backend: PostgreSQLBackend, *tasks: Task, kind: OutcomeKind = "success") -> None:
     """Dequeue the given tasks (the only ready ones) and record ``kind`` for each."""
     taken = await backend.task_queue.dequeue_many("default", len(tasks))
     assert {t.id for t in taken} == {t.id for t in tasks}
-    outcomes = [{"id": t.id, "attempt": t.attempts, "outcome": kind} for t in taken]
-    await backend.task_queue.finish_tasks(outcomes, "w")
+    await WorkerProtocol(backend).finish([outcome(t, kind) for t in taken], "w")
 
 
 async def test_every_invariant_is_reported_with_its_ids(
@@ -50,14 +51,15 @@ async def test_every_invariant_is_reported_with_its_ids(
     waiting_dead = Task(func="m.w", dependencies=[b])
     running = Task(func="m.r", queue_name="r")
     await queue.enqueue_many([waiting_ready, waiting_dead, running])
-    await queue.heartbeat("ghost", hostname="h", pid=1, queues=["r"], concurrency=1)
+    protocol = WorkerProtocol(backend)
+    await protocol.heartbeat(Registration("ghost", "h", 1, ["r"], 1))
     assert (await queue.dequeue("r", worker_id="ghost")).id == running.id  # type: ignore[union-attr]
     forgotten = Task(func="m.r", queue_name="f")
     await queue.enqueue(forgotten)
-    register = dict(hostname="h", pid=2, queues=["f"], concurrency=1)
-    await queue.heartbeat("forgetful", **register)  # type: ignore[arg-type]
+    forgetful = Registration("forgetful", "h", 2, ["f"], 1)
+    await protocol.heartbeat(forgetful)
     assert (await queue.dequeue("f", worker_id="forgetful")).id == forgotten.id  # type: ignore[union-attr]
-    await queue.heartbeat("forgetful", held=[forgotten.id], **register)  # type: ignore[arg-type]
+    await protocol.heartbeat(forgetful, held=[forgotten.id])
     jammed = Schedule(func="m.s", interval_seconds=60)
     await backend.schedule_storage.save_schedule(jammed)
     assert await violations(db) == set()
@@ -103,7 +105,7 @@ async def test_every_invariant_is_reported_with_its_ids(
     await db.execute(
         "UPDATE {tasks} SET started_at = now() - interval '5 minutes' WHERE id = $1", forgotten.id
     )
-    await queue.heartbeat("forgetful", held=[], **register)  # type: ignore[arg-type]
+    await protocol.heartbeat(forgetful, held=[])
 
     found = await violations(db)
     assert found == {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,10 +11,13 @@ import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.errors import DuplicateTaskError, UnknownDependencyError
 from omniq.models._common import utcnow
+from omniq.models.enums import TaskStatus
 from omniq.models.task import Task
 from tests.support.db import Database
+from tests.support.outcomes import outcome
 
 
 def now() -> datetime:
@@ -23,10 +27,6 @@ def now() -> datetime:
 def naive_utc_now() -> datetime:
     """What ``datetime.utcnow()`` returns, without its deprecation warning."""
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def outcome(task: Task, kind: str, **fields: Any) -> dict[str, Any]:
-    return {"id": task.id, "attempt": task.attempts, "outcome": kind, **fields}
 
 
 async def take(backend: PostgreSQLBackend, queues: Any = "default", **kw: Any) -> Task:
@@ -241,7 +241,9 @@ async def test_get_queue_size_counts_pending_only(backend: PostgreSQLBackend) ->
 # -- dependencies and callbacks --------------------------------------------------------
 
 
-async def test_dependency_waits_until_completed(backend: PostgreSQLBackend, db: Database) -> None:
+async def test_dependency_waits_until_completed(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
     first = Task(func="m.first")
     second = Task(func="m.second", dependencies=[first])
     await backend.task_queue.enqueue(first)
@@ -251,21 +253,21 @@ async def test_dependency_waits_until_completed(backend: PostgreSQLBackend, db: 
     running = await take(backend)
     assert running.id == first.id
     assert await backend.task_queue.dequeue(["default"]) is None  # second still waiting
-    done = await backend.task_queue.finish_tasks([outcome(running, "success", result=1)], None)
+    done = await protocol.finish([outcome(running, "success", result=1)], None)
     assert done == {first.id: "completed"}
     assert (await db.row("tasks", second.id))["status"] == "pending"  # type: ignore[index]
     assert (await take(backend)).id == second.id
 
 
 async def test_dependency_in_same_batch_and_already_completed(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     a = Task(func="m.a")
     b = Task(func="m.b", dependencies=[a.id])
     await backend.task_queue.enqueue_many([a, b])
     assert b.status == "waiting"
     got = await take(backend)
-    await backend.task_queue.finish_tasks([outcome(got, "success")], None)
+    await protocol.finish([outcome(got, "success")], None)
     c = Task(func="m.c", dependencies=[a.id])  # depends on a task that already completed
     await backend.task_queue.enqueue(c)
     assert c.status == "pending"
@@ -273,14 +275,14 @@ async def test_dependency_in_same_batch_and_already_completed(
 
 
 async def test_failed_dependency_cancels_dependents(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     parent = Task(func="m.parent", max_retries=0)
     child = Task(func="m.child", dependencies=[parent])
     grandchild = Task(func="m.grandchild", dependencies=[child])
     await backend.task_queue.enqueue_many([parent, child, grandchild])
     running = await take(backend)
-    answer = await backend.task_queue.finish_tasks(
+    answer = await protocol.finish(
         [outcome(running, "failure", error="boom", error_type="ValueError")], "w"
     )
     assert answer == {parent.id: "failed"}
@@ -307,7 +309,9 @@ async def test_unknown_dependency_raises_and_stores_nothing(
     assert await db.count("events") == 0
 
 
-async def test_finish_enqueues_callbacks_as_tasks(backend: PostgreSQLBackend, db: Database) -> None:
+async def test_finish_enqueues_callbacks_as_tasks(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
     ok = Task(
         func="m.ok",
         queue_name="cb",
@@ -320,7 +324,7 @@ async def test_finish_enqueues_callbacks_as_tasks(backend: PostgreSQLBackend, db
         outcome(first, "success", result={"answer": 42}),
         outcome(second, "failure", error="nope", error_type="RuntimeError"),
     ]
-    assert await backend.task_queue.finish_tasks(outcomes, "w") == {
+    assert await protocol.finish(outcomes, "w") == {
         ok.id: "completed",
         bad.id: "failed",
     }
@@ -340,12 +344,14 @@ async def test_finish_enqueues_callbacks_as_tasks(backend: PostgreSQLBackend, db
 # -- finishing, retries ----------------------------------------------------------------
 
 
-async def test_success_writes_result_and_events(backend: PostgreSQLBackend, db: Database) -> None:
+async def test_success_writes_result_and_events(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
     task = Task(func="m.f", result_ttl=3600)
     await backend.task_queue.enqueue(task)
     got = await take(backend, worker_id="w9")
     started = now()
-    answer = await backend.task_queue.finish_tasks(
+    answer = await protocol.finish(
         [
             outcome(
                 got, "success", result=[1, 2], started_at=started.isoformat(), execution_time=0.25
@@ -364,7 +370,9 @@ async def test_success_writes_result_and_events(backend: PostgreSQLBackend, db: 
     assert sorted(await db.events(task.id)) == ["completed", "dequeued", "enqueued", "executing"]
 
 
-async def test_retry_with_backoff_then_failure(backend: PostgreSQLBackend, db: Database) -> None:
+async def test_retry_with_backoff_then_failure(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
     task = Task(func="m.flaky", max_retries=2, retry_delay=10)
     await backend.task_queue.enqueue(task)
     delays = []
@@ -372,7 +380,7 @@ async def test_retry_with_backoff_then_failure(backend: PostgreSQLBackend, db: D
         got = await take(backend)
         assert got.attempts == attempt
         before = now()
-        answer = await backend.task_queue.finish_tasks(
+        answer = await protocol.finish(
             [outcome(got, "failure", error=f"try {attempt}", error_type="IOError")], None
         )
         assert answer == {task.id: "pending"}
@@ -386,7 +394,7 @@ async def test_retry_with_backoff_then_failure(backend: PostgreSQLBackend, db: D
     assert 7 <= delays[0] <= 12.6, delays
     assert 14 <= delays[1] <= 25.1, delays
     got = await take(backend)
-    answer = await backend.task_queue.finish_tasks(
+    answer = await protocol.finish(
         [outcome(got, "failure", error="final", error_type="IOError", traceback="tb")], None
     )
     assert answer == {task.id: "failed"}
@@ -398,29 +406,27 @@ async def test_retry_with_backoff_then_failure(backend: PostgreSQLBackend, db: D
 
 
 async def test_finish_ignores_stale_attempts_and_expires(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     task = Task(func="m.f")
     await backend.task_queue.enqueue(task)
     got = await take(backend)
-    stale = dict(outcome(got, "success"), attempt=got.attempts + 5)
-    assert await backend.task_queue.finish_tasks([stale], None) == {}
+    stale = dataclasses.replace(outcome(got, "success"), attempt=got.attempts + 5)
+    assert await protocol.finish([stale], None) == {}
     assert (await db.row("tasks", task.id))["status"] == "running"  # type: ignore[index]
-    assert await backend.task_queue.finish_tasks([outcome(got, "expired")], None) == {
-        task.id: "expired"
-    }
+    assert await protocol.finish([outcome(got, "expired")], None) == {task.id: "expired"}
     result = await backend.result_storage.get(task.id)
     assert result is not None and result.status == "expired"
-    assert await backend.task_queue.finish_tasks([outcome(got, "success")], None) == {}
+    assert await protocol.finish([outcome(got, "success")], None) == {}
 
 
 async def test_release_tasks_returns_them_without_a_retry(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     await backend.task_queue.enqueue_many([Task(func="m.f", id="r1"), Task(func="m.f", id="r2")])
     await backend.task_queue.dequeue_many(["default"], 2, worker_id="w1")
-    assert await backend.task_queue.release_tasks(["r1", "r2"], "someone-else", "x") == 0
-    assert await backend.task_queue.release_tasks(["r1"], "w1", "shutting down") == 1
+    assert await protocol.release(["r1", "r2"], "someone-else", "x") == 0
+    assert await protocol.release(["r1"], "w1", "shutting down") == 1
     row = await db.row("tasks", "r1")
     assert row["status"] == "pending" and row["retry_count"] == 0  # type: ignore[index]
     assert row["worker_id"] is None  # type: ignore[index]
@@ -496,14 +502,16 @@ async def test_cancel_task(backend: PostgreSQLBackend, db: Database) -> None:
     assert (await db.row("tasks", c.id))["status"] == "cancelled"  # type: ignore[index]
 
 
-async def test_retry_tasks(backend: PostgreSQLBackend, db: Database) -> None:
+async def test_retry_tasks(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
     specs = [("f1", "q1", "m.x"), ("f2", "q1", "m.y"), ("f3", "q2", "m.x"), ("f4", "q2", "m.y")]
     await backend.task_queue.enqueue_many(
         [Task(func=func, id=i, queue_name=q, max_retries=0) for i, q, func in specs]
     )
     for queue in ("q1", "q2"):
         running = await backend.task_queue.dequeue_many([queue], 2)
-        await backend.task_queue.finish_tasks([outcome(t, "failure") for t in running], None)
+        await protocol.finish([outcome(t, "failure") for t in running], None)
     assert await db.count("tasks", "status = 'failed'") == 4
     assert await backend.task_queue.retry_tasks(queue_name="q1", func="m.x") == 1
     assert await backend.task_queue.retry_tasks(func="m.y") == 2
@@ -581,7 +589,9 @@ async def test_cleanup_expired_tasks_returns_rows_deleted(
     assert result is not None and result.status == "expired"
 
 
-async def test_purge_finished_tasks(backend: PostgreSQLBackend, db: Database) -> None:
+async def test_purge_finished_tasks(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
     old = now() - timedelta(days=3)
     await backend.task_queue.enqueue_many(
         [
@@ -593,7 +603,7 @@ async def test_purge_finished_tasks(backend: PostgreSQLBackend, db: Database) ->
     )
     running = await backend.task_queue.dequeue_many(["default"], 3)
     assert {t.id for t in running} == {"old-done", "old-needed", "new-done"}
-    await backend.task_queue.finish_tasks([outcome(t, "success") for t in running], None)
+    await protocol.finish([outcome(t, "success") for t in running], None)
     # A dependent that is still waiting (on another task too) keeps old-needed alive.
     blocker = Task(func="m.f", id="blocker", run_at=now() + timedelta(days=1))
     await backend.task_queue.enqueue(blocker)
@@ -625,12 +635,11 @@ def test_queue_sync_methods(sync_backend: PostgreSQLBackend) -> None:
     assert q.update_task_sync(got) is True
     running = q.list_tasks_sync(queue_name="default", limit=10, status="running")
     assert [t.id for t in running] == [task.id]
-    assert q.finish_tasks_sync([outcome(got, "success", result="ok")], None) == {
-        task.id: "completed"
-    }
+    got.status = TaskStatus.COMPLETED  # ends it as a worker's success would
+    assert q.update_task_sync(got) is True
     more = q.dequeue_many_sync(["default"], 5, worker_id="w")
     assert [t.id for t in more] == ["s2"]
-    assert q.release_tasks_sync(["s2"], "w", "bye") == 1
+    assert q.requeue_stalled_sync(timedelta(0)) == 1  # s2 back to pending
     assert q.dequeue_sync("default", timeout=0.05) is not None
     assert q.requeue_stalled_sync(timedelta(0)) == 1
     assert q.cancel_task_sync("s2") is True

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.embedded import find_bindir
 from omniq.errors import PermissionDeniedError
 from omniq.identifiers import quote_identifier
@@ -249,9 +250,8 @@ async def test_worker_runs_tasks_and_schedules_but_does_no_maintenance(
     assert fired == 1
     stats = await AsyncWorker(worker, install_signal_handlers=False).run(burst=True)
     assert (stats.succeeded, stats.failed) == (2, 1)  # the schedule's task and the callback
-    rescued, _ = await worker.task_queue.rescue_tasks()
-    assert rescued == 0
-    assert await worker.task_queue.list_workers() == []  # it deregistered when it stopped
+    assert (await WorkerProtocol(worker).rescue()).rescued == 0
+    assert await worker.monitor.workers() == []  # it deregistered when it stopped
 
     queue = worker.task_queue
     await denied(lambda: queue.purge_finished_tasks(timedelta(0)))

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import Registration, WorkerProtocol
 from omniq.embedded import find_bindir
 from omniq.identifiers import quote_identifier
 from omniq.models.config import PostgresConfig
 from omniq.models.schedule import Schedule
 from omniq.models.task import Task
 from tests.support.db import ExternalServer, drop_schemas, unique_schema
+from tests.support.outcomes import outcome
 
 README = Path(__file__).resolve().parents[2] / "sql" / "README.md"
 SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -51,25 +53,19 @@ async def installation(pg_server: Any, pg_dsn: str) -> AsyncIterator[str]:
     backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=2))
     try:
         await backend.connect()
-        queue = backend.task_queue
+        queue, protocol = backend.task_queue, WorkerProtocol(backend)
         failing = Task(func="app.mail.send", args=("x@example.com",), queue_name="emails",
                        max_retries=0)  # fmt: skip
         old = Task(func="app.reports.build", created_at=datetime.now(UTC) - timedelta(days=40))
         stalled = Task(func="app.slow.crunch")
         await queue.enqueue_many([failing, old, stalled])
-        await queue.heartbeat("w-readme", hostname="db-host", pid=4242, queues=["emails"],
-                              concurrency=4)  # fmt: skip
+        await protocol.heartbeat(Registration("w-readme", "db-host", 4242, ["emails"], 4))
         (taken,) = await queue.dequeue_many("emails", 1, worker_id="w-readme")
-        await queue.finish_tasks(
-            [{"id": taken.id, "attempt": taken.attempts, "outcome": "failure",
-              "error": "SMTP refused", "error_type": "SMTPError"}],
-            "w-readme",
-        )  # fmt: skip
+        refused = outcome(taken, "failure", error="SMTP refused", error_type="SMTPError")
+        await protocol.finish([refused], "w-readme")
         for task in await queue.dequeue_many("default", 2, worker_id="w-readme"):
             if task.id == old.id:
-                await queue.finish_tasks(
-                    [{"id": task.id, "attempt": task.attempts, "outcome": "success"}], "w-readme"
-                )
+                await protocol.finish([outcome(task, "success")], "w-readme")
         async with backend.acquire() as conn:  # the crunch has been running for two hours
             await conn.execute(
                 f"UPDATE {quote_identifier(name)}.tasks SET started_at = now() - interval '2 hours'"  # noqa: S608

@@ -9,7 +9,6 @@ rescue.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,9 +18,11 @@ import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import Registration, WorkerProtocol, outcomes_json
 from omniq.identifiers import quote_identifier
 from omniq.models.task import Task
 from tests.support.db import Database
+from tests.support.outcomes import outcome
 from tests.support.processes import wait_until
 
 CALLBACKS = {"on_success": "m.ok", "on_failure": "m.bad", "on_complete": "m.all"}
@@ -29,10 +30,6 @@ CALLBACKS = {"on_success": "m.ok", "on_failure": "m.bad", "on_complete": "m.all"
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def outcome(task: Task, kind: str, **fields: Any) -> dict[str, Any]:
-    return {"id": task.id, "attempt": task.attempts, "outcome": kind, **fields}
 
 
 async def violations(db: Database) -> list[dict[str, Any]]:
@@ -99,7 +96,7 @@ async def running_task(backend: PostgreSQLBackend) -> Task:
 
 
 async def test_dependent_enqueued_in_a_transaction_while_its_dependency_finishes(
-    backend: PostgreSQLBackend, db: Database, raw: Any
+    backend: PostgreSQLBackend, db: Database, raw: Any, protocol: WorkerProtocol
 ) -> None:
     """The worker finishes A and commits while the producer's transaction, which enqueued B
     waiting for A, is still open: the worker cannot see B. At the producer's commit B must
@@ -113,7 +110,7 @@ async def test_dependent_enqueued_in_a_transaction_while_its_dependency_finishes
     b = Task(func="m.b", dependencies=[a.id])
     await queue.enqueue(b, connection=producer)
     assert b.status == "waiting"  # a still runs, as far as this transaction can tell
-    assert await queue.finish_tasks([outcome(running, "success")], "w") == {a.id: "completed"}
+    assert await protocol.finish([outcome(running, "success")], "w") == {a.id: "completed"}
     await tx.commit()
 
     assert await status(db, b.id) == "pending"
@@ -138,7 +135,7 @@ async def test_producer_commit_waits_for_the_finish_that_holds_the_dependency(
     await finishing.start()
     answer = await worker.fetch(
         "SELECT * FROM omniq_finish_tasks_v1($1::jsonb, 'w')",
-        json.dumps([outcome(running, "success")]),
+        outcomes_json([outcome(running, "success")]),
     )
     assert [tuple(r) for r in answer] == [(a.id, "completed")]
 
@@ -153,7 +150,7 @@ async def test_producer_commit_waits_for_the_finish_that_holds_the_dependency(
 
 
 async def test_finish_waits_for_a_producer_committing_a_dependent(
-    backend: PostgreSQLBackend, db: Database, raw: Any
+    backend: PostgreSQLBackend, db: Database, raw: Any, protocol: WorkerProtocol
 ) -> None:
     """And the third order: the producer's commit-time check holds A FOR SHARE when the
     worker ends A; the worker waits for that commit, then finds B among A's dependents."""
@@ -172,7 +169,7 @@ async def test_finish_waits_for_a_producer_committing_a_dependent(
         " WHERE a.pid = $1 AND l.locktype = 'transactionid'",
         producer.get_server_pid(),
     )
-    finishing = asyncio.create_task(queue.finish_tasks([outcome(running, "success")], "w"))
+    finishing = asyncio.create_task(protocol.finish([outcome(running, "success")], "w"))
     await wait_until(
         lambda: db.conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
@@ -203,7 +200,7 @@ async def test_dependency_cycle_in_one_batch_is_refused(
 
 
 async def test_rescue_out_of_retries_runs_every_consequence(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     """A task that ends failed with WorkerLost (rescued, no retries left) cancels its
     dependents and enqueues its callbacks, like any failure."""
@@ -212,15 +209,13 @@ async def test_rescue_out_of_retries_runs_every_consequence(
     child = Task(func="m.child", dependencies=[doomed], callbacks={"on_complete": "m.all"})
     grandchild = Task(func="m.grandchild", dependencies=[child])
     await queue.enqueue_many([doomed, child, grandchild])
-    await queue.heartbeat(
-        "dying", hostname="h", pid=1, queues=["default"], concurrency=1,
-        stale_after=timedelta(milliseconds=100),
-    )  # fmt: skip
+    await protocol.heartbeat(
+        Registration("dying", "h", 1, ["default"], 1, stale_after=timedelta(milliseconds=100))
+    )
     assert (await queue.dequeue("default", worker_id="dying")).id == doomed.id  # type: ignore[union-attr]
 
     async def rescued() -> bool:
-        count, _ = await queue.rescue_tasks("rescuer")
-        return count == 1
+        return (await protocol.rescue("rescuer")).rescued == 1
 
     await wait_until(rescued, 30, "the rescue of the silent worker's task")
     await assert_ended_once(db, doomed.id, "failed", ["on_complete", "on_failure"])
@@ -307,7 +302,7 @@ async def test_delete_refuses_a_task_others_wait_for(
 
 
 async def test_callbacks_are_enqueued_once_per_task_and_kind(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     """An operator's retry lets a task end again; its callbacks are not enqueued twice."""
     queue = backend.task_queue
@@ -316,7 +311,7 @@ async def test_callbacks_are_enqueued_once_per_task_and_kind(
     for kind in ("failure", "failure", "success"):
         running = await queue.dequeue("default")
         assert running is not None and running.id == task.id
-        await queue.finish_tasks([outcome(running, kind)], "w")
+        await protocol.finish([outcome(running, kind)], "w")
         assert await queue.retry_tasks([task.id]) == (1 if kind == "failure" else 0)
     assert await callbacks_of(db, task.id) == ["on_complete", "on_failure", "on_success"]
     assert await violations(db) == []
@@ -349,7 +344,7 @@ async def test_fan_in_cascades_never_deadlock(
             await go.wait()
             return await conn.fetch(
                 "SELECT * FROM omniq_finish_tasks_v1($1::jsonb, 'w')",
-                json.dumps([outcome(task, "failure", error="boom")]),
+                outcomes_json([outcome(task, "failure", error="boom")]),
             )
 
         runs = [
@@ -374,7 +369,7 @@ def long_id(n: int) -> str:
 
 
 async def test_many_long_multibyte_ids_fit_in_the_notifications(
-    backend: PostgreSQLBackend, db: Database, raw: Any
+    backend: PostgreSQLBackend, db: Database, raw: Any, protocol: WorkerProtocol
 ) -> None:
     """25 tasks with 255-character 4-byte ids used to overflow NOTIFY's 8,000 bytes: the
     parent's failure was never recorded, 25 expiring tasks broke the dequeue, and
@@ -395,7 +390,7 @@ async def test_many_long_multibyte_ids_fit_in_the_notifications(
     await queue.enqueue_many([parent, *children, *expiring, *pending])
     running = await queue.dequeue("default")
     assert running is not None and running.id == parent.id
-    assert await queue.finish_tasks([outcome(running, "failure")], "w") == {parent.id: "failed"}
+    assert await protocol.finish([outcome(running, "failure")], "w") == {parent.id: "failed"}
     assert await db.count("tasks", "status = 'cancelled'") == 25
     assert await queue.dequeue("x") is None  # expires the 25 on the way
     assert await db.count("tasks", "status = 'expired'") == 25
@@ -413,7 +408,7 @@ async def test_many_long_multibyte_ids_fit_in_the_notifications(
 
 
 async def test_a_delayed_retry_wakes_nobody_unless_it_is_due_first(
-    backend: PostgreSQLBackend, db: Database, raw: Any
+    backend: PostgreSQLBackend, db: Database, raw: Any, protocol: WorkerProtocol
 ) -> None:
     queue = backend.task_queue
     listening = await raw()
@@ -438,9 +433,7 @@ async def test_a_delayed_retry_wakes_nobody_unless_it_is_due_first(
     assert running is not None and running.id == failing.id
 
     async def fail() -> None:
-        assert await queue.finish_tasks([outcome(running, "failure")], "w") == {
-            failing.id: "pending"
-        }
+        assert await protocol.finish([outcome(running, "failure")], "w") == {failing.id: "pending"}
 
     assert await notifications_after(fail) == []  # workers already wake earlier, for `early`
     row = await db.row("tasks", failing.id)
@@ -452,9 +445,7 @@ async def test_a_delayed_retry_wakes_nobody_unless_it_is_due_first(
     assert [t.id for t in taken] == [quick.id]
 
     async def fail_quick() -> None:
-        assert await queue.finish_tasks([outcome(taken[0], "failure")], "w") == {
-            quick.id: "pending"
-        }
+        assert await protocol.finish([outcome(taken[0], "failure")], "w") == {quick.id: "pending"}
 
     assert await notifications_after(fail_quick) == ["q"]  # ready at once: wake a worker
 
@@ -463,19 +454,18 @@ async def test_a_delayed_retry_wakes_nobody_unless_it_is_due_first(
 
 
 async def test_dequeue_never_invents_a_registry_row(
-    backend: PostgreSQLBackend, db: Database
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
 ) -> None:
     """After a rescue removed a silent worker's row, its next dequeue used to re-create it
     without host or pid and with the default stale_after (30 s instead of its own)."""
     queue = backend.task_queue
     await queue.enqueue_many([Task(func="m.f"), Task(func="m.f")])
-    register = dict(hostname="h", pid=7, queues=["default"], concurrency=1,
-                    stale_after=timedelta(milliseconds=300))  # fmt: skip
-    await queue.heartbeat("slow", **register)  # type: ignore[arg-type]
+    slow = Registration("slow", "h", 7, ["default"], 1, stale_after=timedelta(milliseconds=300))
+    await protocol.heartbeat(slow)
     assert await queue.dequeue("default", worker_id="slow") is not None
 
     async def rescued() -> bool:
-        return (await queue.rescue_tasks("other"))[0] == 1
+        return (await protocol.rescue("other")).rescued == 1
 
     await wait_until(rescued, 30, "the rescue of the silent worker's task")
     assert (
@@ -485,10 +475,10 @@ async def test_dequeue_never_invents_a_registry_row(
         == 0
     )
     assert await queue.dequeue("default", worker_id="slow") is not None  # alive after all
-    workers = await queue.list_workers()
+    workers = await backend.monitor.workers()
     assert workers == []  # not re-created with defaults: its heartbeat registers it
-    await queue.heartbeat("slow", **register)  # type: ignore[arg-type]
-    (row,) = await queue.list_workers()
+    await protocol.heartbeat(slow)
+    (row,) = await backend.monitor.workers()
     assert (row["hostname"], row["pid"], row["stale_after"]) == (
         "h",
         7,

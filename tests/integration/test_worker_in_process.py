@@ -1,12 +1,20 @@
-"""Workers in this process, through the Python API: ``await AsyncWorker(...).run()`` and the
-blocking ``Worker(...).run()`` (worker processes: tests/acceptance/test_worker.py)."""
+"""Workers and schedulers in this process, through the Python API: ``await AsyncWorker(...).run()``
+and the blocking ``Worker(...).run()`` and ``Scheduler(...).run()`` (worker processes:
+tests/acceptance/test_worker.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
-from omniq import Task
+import pytest
+
+from omniq import Schedule, Task
+from omniq.backend.postgres import PostgreSQLBackend, create_postgres_backend
+from omniq.models.config import PostgresConfig
+from omniq.scheduler import Scheduler
 from omniq.worker import AsyncWorker, Worker
+from tests.support.db import drop_schemas, run_in_thread, unique_schema
 
 
 async def test_async_and_blocking_workers_in_process(backend, db) -> None:
@@ -25,3 +33,82 @@ async def test_async_and_blocking_workers_in_process(backend, db) -> None:
     stats = await asyncio.to_thread(Worker(backend, "default", concurrency=3).run, True)  # burst
     assert stats.succeeded == 5
     assert [(await db.row("results", t.id))["result"] for t in tasks] == [0, 2, 4, 6, 8]
+
+
+# -- the blocking runners run on the backend they are given ----------------------------------
+
+
+async def test_the_blocking_worker_runs_on_the_given_backend(backend, db) -> None:
+    """``Worker.run()`` used to build a backend of its own from the config (a second pool,
+    ``worker.backend`` replaced) and close it. It runs on the user's backend, here open on this
+    test's loop, which serves it from another thread; the backend stays open afterwards."""
+    tasks = [Task(func="tests.support.jobs.add", args=(i, 1)) for i in range(3)]
+    await backend.task_queue.enqueue_many(tasks)
+    worker = Worker(backend, "default", concurrency=2)
+    stats = await asyncio.to_thread(worker.run, True)
+    assert worker.backend is backend and stats.succeeded == 3
+    assert await backend.task_queue.get_queue_size() == 0  # still open
+    assert [(await db.row("results", t.id))["result"] for t in tasks] == [1, 2, 3]
+
+
+def test_the_blocking_worker_and_scheduler_on_a_backend_opened_with_with(pg_dsn: str) -> None:
+    """Blocking code: ``with create_postgres_backend(...) as backend`` and the runners on it,
+    the worker in burst mode, the scheduler until its ``threading.Event`` is set (it used to
+    ignore the event and run forever)."""
+    schema = unique_schema()
+    try:
+        with create_postgres_backend(dsn=pg_dsn, schema=schema) as backend:
+            task = Task(func="tests.support.jobs.add", args=(2, 3))
+            backend.task_queue.enqueue_sync(task)
+            assert Worker(backend, "default").run(burst=True).succeeded == 1
+            assert backend.result_storage.get_sync(task.id).result == 5
+
+            every = Schedule(func="tests.support.jobs.noop", interval_seconds=0.2, max_runs=2)
+            backend.schedule_storage.save_schedule_sync(every)
+            stop, fired = threading.Event(), []
+            scheduler = threading.Thread(
+                target=lambda: fired.append(Scheduler(backend).run(stop)), daemon=True
+            )
+            scheduler.start()
+            done = lambda: backend.schedule_storage.get_schedule_sync(every.id).status  # noqa: E731
+            while done() != "completed":  # fired twice: the scheduler runs
+                threading.Event().wait(0.05)
+            assert scheduler.is_alive()  # until told to stop
+            stop.set()
+            scheduler.join(timeout=60)
+            assert not scheduler.is_alive() and fired == [2]
+            assert backend.task_queue.get_queue_size_sync() == 2  # the backend is still open
+    finally:
+        run_in_thread(lambda: drop_schemas(pg_dsn, schema))
+
+
+async def test_blocking_runners_say_what_to_use_in_async_code(backend) -> None:
+    """Called on a thread that runs an event loop, a blocking runner would block that loop
+    (and the backend on it): it refuses, naming the async runner."""
+    with pytest.raises(RuntimeError, match=r"await AsyncWorker\(backend, \.\.\.\)\.run\(\)"):
+        Worker(backend, "default", install_signal_handlers=False).run(burst=True)
+    with pytest.raises(RuntimeError, match=r"await AsyncScheduler\(backend\)\.run\(stopping\)"):
+        Scheduler(backend).run()
+    assert await backend.task_queue.get_queue_size() == 0  # the backend is untouched
+
+
+def test_a_backend_open_on_a_loop_that_is_not_running_is_refused_clearly(pg_dsn: str) -> None:
+    """A backend connected by async code on a loop that no longer runs cannot serve a runner
+    (its pool belongs to that loop): both runners say so, instead of failing on a closed
+    loop or retrying forever."""
+    schema = unique_schema()
+    backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=schema, max_connections=2))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(backend.connect())  # then the loop stops; the pool stays on it
+    try:
+        for run in (
+            lambda: Worker(backend, "default", install_signal_handlers=False).run(burst=True),
+            lambda: Scheduler(backend).run(),
+        ):
+            with pytest.raises(RuntimeError, match="open on another event loop"):
+                run()
+    finally:
+        loop.run_until_complete(backend.close())
+        loop.close()
+        backend.close_sync()  # the loop thread the runners' attempt started
+        run_in_thread(lambda: drop_schemas(pg_dsn, schema))

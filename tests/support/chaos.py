@@ -45,10 +45,12 @@ from typing import Any
 import asyncpg
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import Outcome, Registration, WorkerProtocol
 from omniq.identifiers import quote_identifier
 from omniq.models.config import PostgresConfig
 from omniq.models.schedule import Schedule
 from omniq.models.task import Task
+from tests.support.outcomes import outcome
 from tests.support.processes import OmniqProcess, Processes
 
 QUEUE = "chaos"
@@ -226,28 +228,26 @@ class Chaos:
         """Dequeues through the API, finishes, releases, or falls silent holding tasks."""
         rng = self.rng("manual")
         assert self.backend is not None
-        queue = self.backend.task_queue
+        queue, protocol = self.backend.task_queue, WorkerProtocol(self.backend)
         while not self.stopping.is_set():
             worker_id = f"manual-{uuid.uuid4().hex[:6]}"
-            await queue.heartbeat(worker_id, hostname="chaos", pid=os.getpid(), queues=[QUEUE],
-                                  concurrency=4, stale_after=timedelta(seconds=2))  # fmt: skip
+            me = Registration(worker_id, "chaos", os.getpid(), [QUEUE], 4, timedelta(seconds=2))
+            await protocol.heartbeat(me)
             for _ in range(rng.randint(5, 30)):
                 if self.stopping.is_set():
                     break
                 held = await queue.dequeue_many(QUEUE, rng.randint(1, 4), worker_id=worker_id)
                 await asyncio.sleep(rng.uniform(0, 0.05))
                 if held and rng.random() < 0.1:
-                    await queue.release_tasks([t.id for t in held], worker_id, "chaos release")
+                    await protocol.release([t.id for t in held], worker_id, "chaos release")
                     continue
                 outcomes = [
                     self.outcome(t, t.args[0] == "fail" or rng.random() < 0.1) for t in held
                 ]
                 if outcomes:
-                    await queue.finish_tasks(outcomes, worker_id)
+                    await protocol.finish(outcomes, worker_id)
                     self.counts.manual_finishes += len(outcomes)
-                await queue.heartbeat(worker_id, hostname="chaos", pid=os.getpid(),
-                                      queues=[QUEUE], concurrency=4,
-                                      stale_after=timedelta(seconds=2))  # fmt: skip
+                await protocol.heartbeat(me)
                 await asyncio.sleep(rng.uniform(0, 0.1))
             if rng.random() < 0.5:  # fall silent holding tasks: the others rescue them
                 held = await queue.dequeue_many(QUEUE, 2, worker_id=worker_id)
@@ -255,16 +255,15 @@ class Chaos:
                 await asyncio.sleep(rng.uniform(0, 3))
                 late = [self.outcome(t, t.args[0] == "fail") for t in held]
                 if late:  # a zombie's late outcome: ignored when the task was taken back
-                    await queue.finish_tasks(late, worker_id)
-            await queue.worker_stopped(worker_id)
+                    await protocol.finish(late, worker_id)
+            await protocol.worker_stopped(worker_id)
 
     @staticmethod
-    def outcome(task: Task, failed: bool) -> dict[str, Any]:
+    def outcome(task: Task, failed: bool) -> Outcome:
         """What the manual worker reports, as a worker would: a failure carries its error."""
         if failed:
-            return {"id": task.id, "attempt": task.attempts, "outcome": "failure",
-                    "error": "chaos", "error_type": "RuntimeError"}  # fmt: skip
-        return {"id": task.id, "attempt": task.attempts, "outcome": "success"}
+            return outcome(task, "failure", error="chaos", error_type="RuntimeError")
+        return outcome(task, "success")
 
     async def canceller(self) -> None:
         rng = self.rng("canceller")

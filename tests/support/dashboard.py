@@ -7,8 +7,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from omniq.backend.postgres import PostgreSQLBackend
+from omniq.backend.postgres.protocol import Registration, WorkerProtocol
 from omniq.models.schedule import Schedule
 from omniq.models.task import Task
+from tests.support.outcomes import outcome
 from tests.support.processes import Processes
 
 TOKEN = "dashboard-test-token-0123456789"
@@ -27,18 +29,18 @@ async def start(omniq: Processes, *args: str, env: dict[str, str] | None = None)
 
 async def seed(backend: PostgreSQLBackend) -> dict[str, str]:
     """A failed, a completed, a pending and a delayed task, a worker and a schedule."""
-    q = backend.task_queue
+    q, protocol = backend.task_queue, WorkerProtocol(backend)
     failed = Task(func="app.mail.send", queue_name="mail", max_retries=0)
     done = Task(func="app.mail.send", queue_name="mail")
     await q.enqueue_many([failed, done])
-    await q.heartbeat("w-seed", hostname="box", pid=7, queues=["mail"], concurrency=2)
+    await protocol.heartbeat(Registration("w-seed", "box", 7, ["mail"], 2))
     for task in await q.dequeue_many("mail", 2, worker_id="w-seed"):
-        outcome = (
-            {"outcome": "failure", "error": "SMTP said no", "error_type": "SMTPError",
-             "traceback": "Traceback (most recent call last):\nSMTPError: SMTP said no"}
-            if task.id == failed.id else {"outcome": "success", "result": {"sent": 1}}
+        ended = (
+            outcome(task, "failure", error="SMTP said no", error_type="SMTPError",
+                    traceback="Traceback (most recent call last):\nSMTPError: SMTP said no")
+            if task.id == failed.id else outcome(task, "success", {"sent": 1})
         )  # fmt: skip
-        await q.finish_tasks([{"id": task.id, "attempt": 1, **outcome}], "w-seed")
+        await protocol.finish([ended], "w-seed")
     pending = Task(func="app.report.build", queue_name="reports")
     later = Task(func="app.report.build", queue_name="reports",
                  run_at=datetime.now(UTC) + timedelta(hours=2))  # fmt: skip

@@ -1,13 +1,18 @@
-"""The read model for people (``backend.monitor``): what the dashboard and /metrics show.
+"""The read model for people (``backend.monitor``): what the dashboard, /metrics, ``omniq
+status`` and ``omniq doctor`` show.
 
-Every read is a named query of sql/queries/monitor.sql, and none of them scans task history:
-live tasks come from their partial indexes, finished ones a page at a time in index order, and
-recent throughput from one hour of results. The answers are plain data (dataclasses holding
-dicts), ready for templates or JSON.
+The dashboard's reads are named queries of sql/queries/monitor.sql, and none of them scans task
+history: live tasks come from their partial indexes, finished ones a page at a time in index
+order, and recent throughput from one hour of results. The command line's come from
+sql/queries/cli.sql. The answers are plain data (dataclasses holding dicts), ready for
+templates or JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,6 +21,7 @@ from typing import Any
 from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
 from .base import Component
+from .connection import connect_listener
 from .sync import with_sync_methods
 
 ALL_STATUSES = tuple(TaskStatus)
@@ -31,6 +37,9 @@ ATTEMPT_END = {  # event type -> how the attempt ended
     "cancelled": "cancelled",
 }
 SCAN = 5_000  # tasks a page narrowed by queue, func or search reads per status, at most
+MAIN_TABLES = ("tasks", "results", "events", "schedules")  # their names are configurable
+# OmniQ's own tables besides those four, under these fixed names (created by its migrations).
+BOOKKEEPING_TABLES = ("omniq_workers", "omniq_migrations", "omniq_meta")
 
 
 @dataclass
@@ -287,6 +296,107 @@ class AsyncPostgresMonitor(Component):
         async with self._conn() as conn:
             rows = await self._sql.monitor.task_states(conn, ids=ids)
         return {row["id"]: dict(row) for row in rows}
+
+    # -- omniq status ------------------------------------------------------------------------
+
+    async def queue_counts(self) -> list[dict[str, Any]]:
+        """Per queue: tasks in each state and the age of the oldest ready task (reads every
+        task once: for a command run now and then, not for a screen refreshed every second)."""
+        async with self._conn() as conn:
+            return [dict(row) for row in await self._sql.cli.queue_overview(conn)]
+
+    async def recent_outcomes(self, since: datetime) -> dict[str, dict[str, int]]:
+        """queue -> {completed, failed}: the tasks that ended since ``since`` (from the event log)."""
+        async with self._conn() as conn:
+            rows = await self._sql.cli.recent_outcomes(conn, since=as_utc(since))
+        return {r["queue_name"]: {"completed": r["completed"], "failed": r["failed"]} for r in rows}
+
+    async def schedule_counts(self) -> dict[str, Any]:
+        """Schedules active, paused and due now, and the earliest next run."""
+        async with self._conn() as conn:
+            return dict(await self._sql.cli.schedule_overview(conn))
+
+    # -- omniq doctor --------------------------------------------------------------------------
+
+    @property
+    def tables(self) -> dict[str, str]:
+        """The installation's tables: kind -> name, the four configured ones and OmniQ's own."""
+        names = {kind: self._sql.names[kind] for kind in MAIN_TABLES}
+        return names | {name: name for name in BOOKKEEPING_TABLES}
+
+    async def server(self) -> dict[str, Any]:
+        """The server: version (text and major number), database, user, whether superuser,
+        whether autovacuum runs."""
+        async with self._conn() as conn:
+            info = dict(await self._sql.cli.server_info(conn))
+            info["major"] = conn.get_server_version().major
+        return info
+
+    async def privileges(self) -> dict[str, Any]:
+        """What the user may do: create_database, schema_exists, usage_schema, create_schema;
+        with USAGE on the schema also ``tables`` (name -> may read and write, for each of the
+        installation's tables that exists), and ``worker``/``producer``: may call the functions
+        the least-privilege roles of sql/roles.sql act through."""
+        schema = self._backend.config.schema
+        sql = self._sql.cli
+        async with self._conn() as conn:
+            found = dict(await sql.privileges(conn, schema_name=schema))
+            if found["usage_schema"]:
+                tables = list(self.tables.values())
+                rows = await sql.table_privileges(conn, schema_name=schema, tables=tables)
+                found["tables"] = {r["name"]: r["read_write"] for r in rows}
+                found.update(dict(await sql.protocol_privileges(conn, schema_name=schema)))
+        return found
+
+    async def table_health(self) -> list[dict[str, Any]]:
+        """Rows, dead rows, size, vacuums and scans of the four main tables."""
+        names = [self._sql.names[kind] for kind in MAIN_TABLES]
+        schema = self._backend.config.schema
+        async with self._conn() as conn:
+            rows = await self._sql.cli.table_health(conn, schema_name=schema, tables=names)
+        return [dict(row) for row in rows]
+
+    async def index_usage(self) -> list[dict[str, Any]]:
+        """Scans and size of every index of the four main tables."""
+        names = [self._sql.names[kind] for kind in MAIN_TABLES]
+        schema = self._backend.config.schema
+        async with self._conn() as conn:
+            rows = await self._sql.cli.index_usage(conn, schema_name=schema, tables=names)
+        return [dict(row) for row in rows]
+
+    async def check_invariants(
+        self, window: timedelta = timedelta(hours=1), limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Every violated invariant (sql/README.md, omniq_check_invariants): invariant, task_id,
+        schedule_id, detail; finished tasks looked at: those of the last ``window``, at most
+        ``limit`` per way of finding them."""
+        async with self._conn() as conn:
+            rows = await self._sql.cli.check_invariants(conn, window=window, limit=limit)
+        return [dict(row) for row in rows]
+
+    async def listen_round_trip(self, timeout: float = 5.0) -> float | None:
+        """Seconds a NOTIFY on a scratch channel takes to reach a new listening connection,
+        opened as workers open theirs (``listen_dsn``); None when it has not arrived within
+        ``timeout`` (PgBouncer in transaction mode, for one, delivers none)."""
+        channel = f"omniq_doctor_{uuid.uuid4().hex[:12]}"
+        listener = await connect_listener(self._backend.config)
+        heard: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        def on_notify(*_: Any) -> None:
+            if not heard.done():
+                heard.set_result(time.monotonic())
+
+        try:
+            await listener.add_listener(channel, on_notify)
+            sent = time.monotonic()
+            async with self._conn() as conn:
+                await self._sql.cli.notify(conn, channel=channel, payload="ping")
+            try:
+                return await asyncio.wait_for(heard, timeout) - sent
+            except TimeoutError:
+                return None
+        finally:
+            await listener.close()
 
 
 @with_sync_methods

@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
-import orjson
 
 from ...errors import DuplicateTaskError, UnknownDependencyError
 from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
 from ...models.task import Task, check_queue_name, is_reserved_id
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
+from .protocol import WorkerProtocol
 from .rows import task_from_row, task_params, tasks_json
 from .sync import with_sync_methods
+
+if TYPE_CHECKING:
+    from .backend import PostgreSQLBackend
 
 
 def _with_hint(exc: asyncpg.PostgresError) -> str:
@@ -25,10 +28,6 @@ def _with_hint(exc: asyncpg.PostgresError) -> str:
     message = getattr(exc, "message", None) or str(exc)  # str(exc) adds DETAIL and HINT lines
     hint = getattr(exc, "hint", None)
     return f"{message}. {hint}" if hint else message
-
-
-def _outcome_id(outcome: dict[str, Any]) -> str:
-    return outcome["id"]
 
 
 def _queues(queues: str | Sequence[str]) -> list[str]:
@@ -39,7 +38,15 @@ def _queues(queues: str | Sequence[str]) -> list[str]:
 
 
 class AsyncPostgresQueue(Component):
-    """Tasks in PostgreSQL. Every method has a blocking ``<name>_sync`` twin."""
+    """Tasks in PostgreSQL. Every method has a blocking ``<name>_sync`` twin.
+
+    Workers finish, release and rescue tasks through :class:`~.protocol.WorkerProtocol`, which
+    is not public; ``dequeue`` takes tasks the way a worker does.
+    """
+
+    def __init__(self, backend: PostgreSQLBackend) -> None:
+        super().__init__(backend)
+        self._protocol = WorkerProtocol(backend)
 
     async def enqueue(self, task: Task, *, connection: asyncpg.Connection | None = None) -> str:
         """Store ``task`` and wake a waiting worker; returns its id.
@@ -116,14 +123,14 @@ class AsyncPostgresQueue(Component):
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         if timeout is None or timeout <= 0:
-            return await self._take(names, limit, worker_id)
+            return await self._protocol.take(names, limit, worker_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         listener = await self._backend.listener()
         with listener.watch("tasks", frozenset(names)) as wakeup:
             while True:
                 wakeup.clear()  # before looking: a NOTIFY from now on is not missed
-                tasks = await self._take(names, limit, worker_id)
+                tasks = await self._protocol.take(names, limit, worker_id)
                 if tasks:
                     return tasks
                 remaining = deadline - loop.time()
@@ -135,13 +142,6 @@ class AsyncPostgresQueue(Component):
                 await wakeup.wait(remaining)
                 if listener.closed:  # the backend is closing: looking again would reopen it
                     return []
-
-    async def _take(self, queues: list[str], limit: int, worker_id: str | None) -> list[Task]:
-        async with self._conn() as conn:
-            rows = await self._sql.tasks.dequeue_tasks(
-                conn, queues=queues, limit=limit, worker_id=worker_id
-            )
-        return [task_from_row(row) for row in rows]
 
     async def next_due_at(self, queues: str | Sequence[str]) -> datetime | None:
         """When the earliest delayed pending task of these queues becomes due."""
@@ -248,83 +248,6 @@ class AsyncPostgresQueue(Component):
         """Put tasks running for longer than ``older_than`` back to pending."""
         async with self._conn() as conn:
             return await self._sql.tasks.requeue_stalled(conn, older_than=older_than)
-
-    async def finish_tasks(
-        self, outcomes: Sequence[dict[str, Any]], worker_id: str | None
-    ) -> dict[str, str]:
-        """Record run outcomes in one transaction (used by workers); returns id -> new status.
-
-        Each outcome: id, attempt, outcome ('success' | 'failure' | 'expired'), result, error,
-        error_type, traceback, started_at, finished_at, execution_time. Tasks no longer held
-        in that attempt are left alone and missing from the answer.
-        """
-        # In id order: the database locks the rows in this order, as every other locker does.
-        payload = orjson.dumps(sorted(outcomes, key=_outcome_id)).decode()
-        async with self._conn() as conn:
-            rows = await self._sql.tasks.finish_tasks(conn, outcomes=payload, worker_id=worker_id)
-        return {row["id"]: row["status"] for row in rows}
-
-    async def release_tasks(
-        self, task_ids: Sequence[str], worker_id: str | None, reason: str
-    ) -> int:
-        """Return running tasks to pending without counting a retry (graceful shutdown)."""
-        async with self._conn() as conn:
-            return await self._sql.tasks.release_tasks(
-                conn, ids=list(task_ids), worker_id=worker_id, reason=reason
-            )
-
-    # -- worker registry: heartbeats, rescue, deregistration ------------------------------
-
-    async def heartbeat(
-        self,
-        worker_id: str,
-        *,
-        hostname: str,
-        pid: int,
-        queues: Sequence[str],
-        concurrency: int,
-        held: Sequence[str] = (),
-        stale_after: timedelta = timedelta(seconds=30),
-        stuck_threads: int = 0,
-    ) -> list[str]:
-        """Register or refresh a worker; returns the ids among ``held`` it no longer holds.
-
-        ``stale_after``: how long this worker may stay silent before its tasks are rescued;
-        ``stuck_threads``: its threads still running task functions it gave up.
-        """
-        async with self._conn() as conn:
-            lost = await self._sql.workers.heartbeat(
-                conn,
-                worker_id=worker_id,
-                hostname=hostname,
-                pid=pid,
-                queues=list(queues),
-                concurrency=concurrency,
-                held=list(held),
-                stale_after=stale_after,
-                stuck_threads=stuck_threads,
-            )
-        return list(lost or [])
-
-    async def rescue_tasks(self, caller: str | None = None) -> tuple[int, datetime | None]:
-        """Requeue tasks of workers silent for longer than their own ``stale_after``.
-
-        ``caller`` is the calling worker's id (alive by definition; its own tasks don't count).
-        Returns (tasks rescued, when another worker's held task could go stale, or None).
-        """
-        async with self._conn() as conn:
-            row = await self._sql.workers.rescue_tasks(conn, caller=caller)
-        return row["rescued"], row["next_check_at"]
-
-    async def worker_stopped(self, worker_id: str) -> int:
-        """Deregister a worker, releasing any task it still holds; returns tasks released."""
-        async with self._conn() as conn:
-            return await self._sql.workers.worker_stopped(conn, worker_id=worker_id)
-
-    async def list_workers(self) -> list[dict[str, Any]]:
-        """Registered workers with their last heartbeat and the number of tasks they hold."""
-        async with self._conn() as conn:
-            return [dict(row) for row in await self._sql.workers.list_workers(conn)]
 
 
 @with_sync_methods
