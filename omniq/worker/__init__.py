@@ -1,7 +1,9 @@
 """Workers: take tasks from PostgreSQL, run them, record their outcomes.
 
-``worker.py`` holds the fetch loop, execution, heartbeats and shutdown; ``outcomes.py`` the
-batched recording of outcomes; ``imports.py`` the resolution of a task's ``func`` path.
+``worker.py`` holds the fetch loop, execution and shutdown; ``outcomes.py`` the batched
+recording of outcomes; ``liveness.py`` the heartbeat thread; ``imports.py`` the resolution of a
+task's ``func`` path. Every call to the database goes through the worker protocol
+(:mod:`omniq.backend.postgres.protocol`).
 """
 
 from .imports import TaskImportError, resolve

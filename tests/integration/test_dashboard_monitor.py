@@ -9,20 +9,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.backend.postgres import monitor as monitor_module
 from omniq.backend.postgres.protocol import OutcomeKind, Registration, WorkerProtocol
 from omniq.identifiers import quote_identifier
-from omniq.models.config import PostgresConfig
 from omniq.models.schedule import Schedule
 from omniq.models.task import Task
-from tests.support.db import drop_schemas, unique_schema
 from tests.support.outcomes import outcome as make_outcome
 from tests.support.plans import (
     BigInstallation,
+    big_installation,
     check,
     expected_indexes,
     explain,
@@ -288,30 +286,9 @@ CASES = {
 
 @pytest.fixture(scope="module")
 async def volume(pg_dsn: str) -> AsyncIterator[BigInstallation]:
-    name = unique_schema("monplans")
-    backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=1))
-    try:
-        await backend.connect()
-        files = backend.sql
-    finally:
-        await backend.close()
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"SET search_path TO {quote_identifier(name)}")
-        await conn.execute(LOAD)
-        await conn.execute("VACUUM ANALYZE tasks, results, events, schedules, omniq_workers")
-        await conn.execute("RESET search_path")
-        try:
-            await conn.execute("LOAD 'auto_explain'")
-            auto_explain = True
-        except asyncpg.PostgresError:
-            auto_explain = False
-        installation = BigInstallation(pg_dsn, name, files, conn, auto_explain)
-        conn.add_log_listener(lambda _c, msg: installation.notices.append(msg.message))
+    vacuum = "VACUUM ANALYZE tasks, results, events, schedules, omniq_workers"
+    async with big_installation(pg_dsn, "monplans", LOAD, then=[vacuum]) as installation:
         yield installation
-    finally:
-        await conn.close()
-        await drop_schemas(pg_dsn, name)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -34,6 +34,7 @@ from tests.support.db import drop_schemas, unique_schema
 from tests.support.plans import (
     RUNS,
     BigInstallation,
+    big_installation,
     check,
     expected_indexes,
     explain,
@@ -272,29 +273,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 async def big(pg_dsn: str) -> AsyncIterator[BigInstallation]:
-    name = unique_schema("plans")
-    backend = PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=1))
-    try:
-        await backend.connect()  # the real installation path
-        files = backend.sql
-    finally:
-        await backend.close()
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"SET search_path TO {quote_identifier(name)}")
-        await conn.execute(LOAD)
-        await conn.execute("RESET search_path")
-        try:
-            await conn.execute("LOAD 'auto_explain'")
-            auto_explain = True
-        except asyncpg.PostgresError:  # not a superuser, or contrib missing
-            auto_explain = False
-        installation = BigInstallation(pg_dsn, name, files, conn, auto_explain)
-        conn.add_log_listener(lambda _c, msg: installation.notices.append(msg.message))
+    async with big_installation(pg_dsn, "plans", LOAD) as installation:
         yield installation
-    finally:
-        await conn.close()
-        await drop_schemas(pg_dsn, name)
 
 
 @pytest.mark.parametrize("case", [c.param() for c in CASES])

@@ -3,15 +3,20 @@ dashboard's reads): every node of a plan, and the check that it uses the index i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from omniq.backend.postgres import PostgreSQLBackend
 from omniq.backend.postgres.sqlfiles import Query, SQLFiles
+from omniq.identifiers import quote_identifier
+from omniq.models.config import PostgresConfig
+from tests.support.db import drop_schemas, unique_schema
 
 BIG_TABLES = frozenset({"tasks", "results", "events"})
 INDEX_NAME = re.compile(r"\b[a-z_]+_(?:idx|pkey)\b")
@@ -29,6 +34,40 @@ class BigInstallation:
 
     def query(self, file: str, name: str) -> Query:
         return getattr(getattr(self.files, file), name)
+
+
+@contextlib.asynccontextmanager
+async def big_installation(
+    dsn: str, prefix: str, load: str, then: Sequence[str] = ()
+) -> AsyncIterator[BigInstallation]:
+    """A fresh installation (made the way every backend makes one) filled by ``load``, SQL run
+    with its schema first on the search path, then each statement of ``then`` on its own
+    (VACUUM runs outside a transaction); with auto_explain loaded when the server has it."""
+    name = unique_schema(prefix)
+    backend = PostgreSQLBackend(PostgresConfig(dsn=dsn, schema=name, max_connections=1))
+    try:
+        await backend.connect()
+        files = backend.sql
+    finally:
+        await backend.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"SET search_path TO {quote_identifier(name)}")
+        await conn.execute(load)
+        for statement in then:
+            await conn.execute(statement)
+        await conn.execute("RESET search_path")
+        try:
+            await conn.execute("LOAD 'auto_explain'")
+            auto_explain = True
+        except asyncpg.PostgresError:  # not a superuser, or contrib missing
+            auto_explain = False
+        installation = BigInstallation(dsn, name, files, conn, auto_explain)
+        conn.add_log_listener(lambda _c, msg: installation.notices.append(msg.message))
+        yield installation
+    finally:
+        await conn.close()
+        await drop_schemas(dsn, name)
 
 
 def scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -350,18 +350,16 @@ class AsyncPostgresMonitor(Component):
 
     async def table_health(self) -> list[dict[str, Any]]:
         """Rows, dead rows, size, vacuums and scans of the four main tables."""
-        names = [self._sql.names[kind] for kind in MAIN_TABLES]
-        schema = self._backend.config.schema
-        async with self._conn() as conn:
-            rows = await self._sql.cli.table_health(conn, schema_name=schema, tables=names)
-        return [dict(row) for row in rows]
+        return await self._of_main_tables(self._sql.cli.table_health)
 
     async def index_usage(self) -> list[dict[str, Any]]:
         """Scans and size of every index of the four main tables."""
+        return await self._of_main_tables(self._sql.cli.index_usage)
+
+    async def _of_main_tables(self, query: Any) -> list[dict[str, Any]]:
         names = [self._sql.names[kind] for kind in MAIN_TABLES]
-        schema = self._backend.config.schema
         async with self._conn() as conn:
-            rows = await self._sql.cli.index_usage(conn, schema_name=schema, tables=names)
+            rows = await query(conn, schema_name=self._backend.config.schema, tables=names)
         return [dict(row) for row in rows]
 
     async def check_invariants(
