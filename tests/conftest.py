@@ -22,6 +22,10 @@ from tests.support.ci import (  # in CI a skip is a failure: its hooks, imported
     pytest_make_collect_report,  # noqa: F401
     pytest_runtest_makereport,  # noqa: F401
 )
+from tests.support.contrib import (  # tests marked contrib need auto_explain / pg_stat_statements
+    pytest_collection_modifyitems,  # noqa: F401
+    pytest_terminal_summary,  # noqa: F401
+)
 from tests.support.db import (
     Database,
     ExternalServer,

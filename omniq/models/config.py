@@ -23,9 +23,11 @@ class PostgresConfig:
     over host/port/database/username/password. ``listen_dsn`` names a direct server connection
     for LISTEN when the pool goes through PgBouncer in transaction mode.
 
-    ``migrate`` says what connecting does to the schema: ``"auto"`` creates or upgrades it,
-    ``"check"`` only verifies that it holds a current installation (a ``SchemaError`` saying
-    what to run otherwise), ``"off"`` trusts it as it is.
+    ``migrate`` says what connecting does to the schema: ``"auto"`` creates or upgrades it and
+    never downgrades it; ``"check"`` changes nothing and refuses (``SchemaError``, naming
+    ``omniq migrate``) a missing or outdated installation; ``"off"`` trusts it as it is. Under
+    both ``"auto"`` and ``"check"``, a schema a newer release migrated is used as it is while it
+    accepts this release, and refused once it does not (README, "Rolling deploys").
     """
 
     host: str = "localhost"

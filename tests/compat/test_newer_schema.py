@@ -14,11 +14,11 @@ the CLI, and still changes nothing. "Nothing" is checked on the catalog (``pg_du
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -93,17 +93,16 @@ async def catalog(dsn: str, name: str) -> tuple[str, list[tuple[str, str]], dict
 
 
 @pytest.fixture
-async def installed(pg_dsn: str) -> AsyncIterator[str]:
-    """A schema HEAD installed (the automatic path), dropped afterwards."""
-    name = f"compat_{uuid.uuid4().hex[:10]}"
-    async with PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=name, max_connections=2)):
+async def installed(pg_dsn: str, scratch_schema: str) -> str:
+    """A schema HEAD installed (the automatic path)."""
+    async with PostgreSQLBackend(config(pg_dsn, scratch_schema)):
         pass
-    yield name
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    finally:
-        await conn.close()
+    return scratch_schema
+
+
+def config(dsn: str, name: str, migrate: str = "auto") -> PostgresConfig:
+    settings = {} if migrate == "auto" else {"migrate": migrate}  # "auto" is the default
+    return PostgresConfig(dsn=dsn, schema=name, max_connections=2, **settings)
 
 
 async def migrate_with(dsn: str, files: SQLFiles, name: str) -> None:
@@ -154,9 +153,7 @@ async def test_a_newer_schema_that_accepts_head_is_used_and_left_unchanged(
     before = await catalog(pg_dsn, installed)
 
     for mode in ("auto", "check"):
-        settings = {} if mode == "auto" else {"migrate": mode}  # "auto" is the default
-        config = PostgresConfig(dsn=pg_dsn, schema=installed, max_connections=2, **settings)
-        async with PostgreSQLBackend(config) as backend:
+        async with PostgreSQLBackend(config(pg_dsn, installed, mode)) as backend:
             assert await backend.migrate() == []  # nothing to apply to a newer schema
             await use_every_component(backend)
     migrated = omniq_cli("migrate", "--dsn", pg_dsn, "--schema", installed)
@@ -177,10 +174,8 @@ async def test_a_newer_schema_that_refuses_head_is_refused_and_left_unchanged(
     assert before[2]["min_code_version"] == str(FUTURE)
 
     for mode in ("auto", "check"):
-        settings = {} if mode == "auto" else {"migrate": mode}  # "auto" is the default
-        config = PostgresConfig(dsn=pg_dsn, schema=installed, max_connections=2, **settings)
-        with pytest.raises(SchemaError, match=REFUSAL.replace("(", r"\(").replace(")", r"\)")):
-            await PostgreSQLBackend(config).connect()
+        with pytest.raises(SchemaError, match=re.escape(REFUSAL)):
+            await PostgreSQLBackend(config(pg_dsn, installed, mode)).connect()
     with pytest.raises(SchemaError, match="upgrade OmniQ"):
         await PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=installed)).migrate()
 

@@ -27,9 +27,8 @@ import sys
 import sysconfig
 import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +111,6 @@ def baseline_python() -> Path:
     return python
 
 
-@pytest.fixture
-async def schema_name(pg_dsn: str) -> AsyncIterator[str]:
-    name = f"compat_{uuid.uuid4().hex[:10]}"
-    yield name
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    finally:
-        await conn.close()
-
-
 class Side:
     """One release: its interpreter, run from a scratch directory holding the task module."""
 
@@ -199,9 +187,10 @@ def runs_of(directory: Path) -> list[dict[str, Any]]:
 
 
 async def test_previous_release_and_head_run_side_by_side(
-    pg_dsn: str, schema_name: str, sides: tuple[Side, Side], baseline_python: Path
+    pg_dsn: str, scratch_schema: str, sides: tuple[Side, Side], baseline_python: Path
 ) -> None:
     old, head = sides
+    schema_name = scratch_schema
     # The previous release really is the one built from history, not HEAD.
     old_file = old.run("-c", "import omniq; print(omniq.__file__)").strip()
     assert old_file.startswith(str(baseline_python.parents[1])), old_file

@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from omniq.backend.postgres import PostgreSQLBackend, schema, sqlfiles
 from omniq.backend.postgres.sqlfiles import SQLFiles
 from omniq.models.config import PostgresConfig
 from omniq.models.task import Task
+from tests.support.db import drop_schemas, unique_schema
 
 # pg_locks' mode names, weakest first (the order of schema.LOCK_MODES).
 PG_MODES = {
@@ -66,13 +66,10 @@ async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 async def schema_name(pg_dsn: str) -> AsyncIterator[str]:
-    name = f"contract_{uuid.uuid4().hex[:10]}"
+    """A schema name of the test's own, dropped afterwards (the shared one is not dropped)."""
+    name = unique_schema("contract")
     yield name
-    c = await asyncpg.connect(pg_dsn)
-    try:
-        await c.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    finally:
-        await c.close()
+    await drop_schemas(pg_dsn, name)
 
 
 def with_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, sql: str) -> SQLFiles:
@@ -263,3 +260,35 @@ async def test_dry_run_names_the_locks_of_each_step(
     assert lines[step + 1] == "    locks in the migration transaction: tasks SHARE"
     assert "would apply functions/tasks.sql" in lines
     assert (await schema.plan(conn, full, schema_name)).version == 8  # nothing was applied
+
+
+async def test_the_psql_script_builds_indexes_inside_its_transaction(
+    pg_dsn: str,
+    conn: asyncpg.Connection,
+    schema_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`omniq sql` prints one transaction: a migration's concurrent builds appear there in
+    their in-transaction form, each after a comment with the statement for a big table."""
+    async with PostgreSQLBackend(PostgresConfig(dsn=pg_dsn, schema=schema_name)):
+        pass
+    files = with_probe(
+        tmp_path,
+        monkeypatch,
+        schema_name,
+        'ALTER TABLE "tasks" ADD COLUMN IF NOT EXISTS probe TEXT;\n'
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_probe_idx ON "tasks" (probe);\n',
+    )
+    (probe,) = [s for s in files.migration_scripts if s.name == "migrations/9000_probe.sql"]
+    text = schema.psql_text(probe)
+    statements = [line for line in text.splitlines() if not line.startswith("--")]
+    assert not any("CONCURRENTLY" in line for line in statements), text
+    assert "--   CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_probe_idx" in text
+    async with conn.transaction():
+        await files.migrations.use_schema(conn)
+        await conn.execute(text)
+    assert await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+        f"{schema_name}.tasks_probe_idx",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -75,8 +76,9 @@ async def test_binaries_without_contrib_modules_start(monkeypatch: pytest.Monkey
     """Issue 11: pgserver's PostgreSQL 16 binaries (the README's fallback for a machine without
     a system PostgreSQL) have no contrib modules; the server was started with
     shared_preload_libraries = 'pg_stat_statements' and died: FATAL: could not access file."""
-    pgserver = pytest.importorskip("pgserver", reason="scripts/lib/venv.sh installs pgserver")
-    bindir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    spec = importlib.util.find_spec("pgserver")  # scripts/lib/venv.sh installs it
+    assert spec is not None and spec.origin, "pgserver is not installed: pip install pgserver"
+    bindir = Path(spec.origin).parent / "pginstall" / "bin"
     monkeypatch.setenv("OMNIQ_PG_BINDIR", str(bindir))
     with EmbeddedPostgres(durable=False) as server:
         assert server.bindir == bindir

@@ -283,14 +283,14 @@ async def test_twenty_processes_starting_together_migrate_once(
 async def test_committed_snapshot_is_the_installed_schema(
     pg_dsn: str, pg_dump_major: int, schemas: list[str]
 ) -> None:
-    committed = snap.SNAPSHOT.read_text()
-    if f"(PostgreSQL {pg_dump_major})" not in committed.splitlines()[1]:
-        pytest.skip(f"the snapshot was made with another pg_dump than {pg_dump_major}")
+    path = snap.snapshot_file(pg_dump_major)  # pg_dump 16 prints views unlike 15: a file each
+    assert path.exists(), f"no {path.name} for pg_dump {pg_dump_major}: run scripts/schema-snapshot"
+    committed = path.read_text()
     name = fresh_name(schemas, "mig_snapshot")
     await install(pg_dsn, name)
     installed = snap.render(dump(pg_dsn, name), pg_dump_major)
     assert installed == committed, (
-        "sql/schema.snapshot.sql differs from the schema OmniQ installs: run "
+        f"sql/{path.name} differs from the schema OmniQ installs: run "
         "scripts/schema-snapshot and commit the file (review its diff)"
     )
 

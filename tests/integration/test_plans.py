@@ -287,8 +287,16 @@ async def test_query_uses_the_index_its_comment_names(big: BigInstallation, case
     if any("Relation Name" in node for node in scans(plan)):  # not only a function call
         check([plan], expected, f"EXPLAIN {case.query}")
 
+
+@pytest.mark.contrib  # auto_explain shows the plans inside the stored functions
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
+async def test_statements_inside_use_the_index_the_comment_names(
+    big: BigInstallation, case: Case
+) -> None:
+    query = big.query(case.file, case.query)
+    expected = expected_indexes(query)
     if not big.auto_explain:
-        pytest.skip("auto_explain unavailable: only the EXPLAIN of plain queries was checked")
+        pytest.skip("auto_explain unavailable (not a superuser, or contrib missing)")
     runs = await logged_plans(big, query, case.params)
     for i, plans in enumerate(runs, start=1):
         assert plans, f"auto_explain logged no plan for {case.query}"
@@ -317,6 +325,7 @@ def test_every_named_query_names_its_index(file: str) -> None:
     assert not missing, f"sql/queries/{file}.sql: no 'Index:' in the comment of {missing}"
 
 
+@pytest.mark.contrib  # measured with auto_explain
 async def test_delayed_tasks_stay_off_the_ready_path(pg_dsn: str) -> None:
     """Issue 9, defect 5: with 50,000 tasks delayed into the future (or retries waiting out
     their backoff), one dequeue must not read them. Measured with auto_explain (ANALYZE,

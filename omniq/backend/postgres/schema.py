@@ -150,6 +150,20 @@ def steps(script: Script) -> Steps:
     return Steps(script.sql[: first.start()], builds)
 
 
+def psql_text(script: Script) -> str:
+    """A script as the one-transaction file `omniq sql` prints runs it: a migration's concurrent
+    index builds inside the transaction (fine on a small table), each after a comment giving the
+    statement to run first, outside the file, on a big one (the file's build then finds it)."""
+    parts = steps(script)
+    text = [parts.transactional.strip()]
+    for build in parts.builds:
+        text.append(
+            f"-- On a big table, build this index first, outside this file (writes go on):\n"
+            f"--   {build.sql}\n{build.in_transaction}"
+        )
+    return "\n".join(t for t in text if t)
+
+
 async def plan(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
     """The installation's state and the scripts not yet applied (or changed since), without
     taking any lock. Nothing is to apply to a database newer than this code: its function
