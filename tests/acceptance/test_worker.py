@@ -581,7 +581,6 @@ async def _statements_started(admin: asyncpg.Connection) -> dict[int, Any]:
     return {row["pid"]: row["query_start"] for row in rows if row["query"].strip()}
 
 
-@pytest.mark.contrib  # counts statements with pg_stat_statements
 async def test_idle_worker_sends_nothing_and_wakes_on_notify(
     backend, db, omniq, admin, tmp_path
 ) -> None:
