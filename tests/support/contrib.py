@@ -2,8 +2,8 @@
 imports its hooks.
 
 ``auto_explain`` (plans of the statements inside the stored functions) and
-``pg_stat_statements`` (statements an idle worker sends) come with Debian's PostgreSQL, not with
-every build: the pgserver wheel's PostgreSQL 16 has neither. Tests marked ``contrib`` are left
+``pg_stat_statements`` come with Debian's PostgreSQL, not with every build: the pgserver wheel's
+PostgreSQL 16 has neither. Tests marked ``contrib`` are left
 out of a run whose server binaries lack them, and the run says so; they run on PostgreSQL 15.
 Against a server of ``OMNIQ_TEST_DSN`` (binaries unknown) nothing is left out.
 """

@@ -106,7 +106,7 @@ def script_text(
         bind(m.set_meta, key=schema.TABLES_KEY, value=tables_text(files)),
     ]
     for script in scripts:
-        parts.append(f"-- ==== {script.name} ====\n{script.sql.strip()}")
+        parts.append(f"-- ==== {script.name} ====\n{schema.psql_text(script)}")
         parts.append(bind(m.record_migration, name=script.name, checksum=script.checksum))
     parts.append("COMMIT;")
     return "\n\n".join(parts) + "\n"
