@@ -8,6 +8,7 @@ rebuilt, and `omniq migrate --dry-run` names each step's locks."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -292,3 +293,33 @@ async def test_the_psql_script_builds_indexes_inside_its_transaction(
         "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
         f"{schema_name}.tasks_probe_idx",
     )
+
+
+async def test_the_migrate_setting_on_the_command_line(pg_dsn: str, schema_name: str) -> None:
+    """--migrate (or $OMNIQ_MIGRATE) overrides a command's own default: a worker started with
+    check refuses a schema that is not installed, naming omniq migrate, and creates nothing."""
+
+    def omniq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "omniq", *args, "--dsn", pg_dsn, "--schema", schema_name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
+
+    for result in (
+        omniq("worker", "--burst", "--migrate", "check"),
+        omniq("enqueue", "json.dumps", "1", OMNIQ_MIGRATE="check"),
+    ):
+        assert result.returncode == 1, result.stderr
+        assert "has no OmniQ installation" in result.stderr
+        assert "omniq migrate" in result.stderr
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regnamespace($1)", schema_name) is None
+    finally:
+        await conn.close()
+    assert omniq("worker", "--burst", "--migrate", "auto").returncode == 0  # installs, runs
+    assert omniq("status", "--migrate", "check").returncode == 0
