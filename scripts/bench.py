@@ -46,6 +46,13 @@ The figures:
   'successful' log row, procrastinate's last 'succeeded' event. Every job must complete:
   fewer is reported as lost. The JSON also gives the steady rate (first start to last
   completion) and, for 1 process, statements executed per job (pg_stat_statements).
+- WAL per job and table + index bytes per job (bytes): in the first 1-process run, the WAL
+  the whole server wrote from before the batch enqueue of ``--tasks`` jobs to the last
+  completion (``pg_current_wal_lsn()``; checkpoint and ANALYZE included), and the size on
+  disk of the system's tables afterwards (heap, indexes, TOAST, dead rows included: what is
+  left until vacuum), each divided by the jobs. The rows and bytes per table are in the JSON.
+  scripts/bench_storage measures the same on its own, load-free, with a breakdown by record
+  type.
 - process with 1 process, 1M finished in history (``--million``, OmniQ only): first
   1,000,000 completed tasks with their results and 4 events each are generated in SQL
   (generate_series) and vacuumed, then the 1-process figure is measured again on top.
@@ -134,6 +141,8 @@ def metrics(args: argparse.Namespace) -> list[Metric]:
         rows.append(Metric("process_1_million", "process, 1 process, 1M done in history", "jobs/s"))
     rows += [
         Metric("statements_per_job", "statements per job (1 process)", "count", False),
+        Metric("wal_per_job", "WAL per job, enqueue_many + 1 process", "bytes", False),
+        Metric("bytes_per_job", "table + index bytes per job, after", "bytes", False),
         Metric("latency_p50", "enqueue-to-start p50", "ms", False),
         Metric("latency_p95", "enqueue-to-start p95", "ms", False),
         Metric("latency_p99", "enqueue-to-start p99", "ms", False),
@@ -254,6 +263,7 @@ class System:
     name = ""
     version = ""
     truncate = ""
+    tables: tuple[str, ...] = ()  # where it keeps jobs and their history (bytes per job)
 
     def __init__(self, dsn: str, logdir: Path) -> None:
         self.dsn = dsn
@@ -292,10 +302,38 @@ class System:
 
     async def unfinished(self) -> int: ...
 
+    async def storage(self) -> dict[str, dict[str, int]]:
+        """Per table: rows, and bytes on disk (heap, indexes, TOAST) as they are now."""
+        rows = await self.db.fetch(
+            "SELECT c.relname AS name, pg_relation_size(c.oid) AS heap, "
+            "pg_indexes_size(c.oid) AS indexes, "
+            "pg_total_relation_size(c.oid) - pg_relation_size(c.oid) - pg_indexes_size(c.oid) "
+            "AS toast FROM unnest($1::text[]) AS n(name) JOIN pg_class AS c "
+            "ON c.oid = to_regclass(n.name)",
+            list(self.tables),
+        )
+        out = {r["name"]: dict(r) for r in rows}
+        for name, entry in out.items():
+            del entry["name"]
+            # The system's own table names (class constants), not input.
+            entry["rows"] = await self.db.fetchval(f'SELECT count(*) FROM "{name}"')  # noqa: S608
+        return out
+
+
+async def wal_lsn(conn: asyncpg.Connection) -> int:
+    """The server's WAL insert position, in bytes (asyncpg reads a pg_lsn as an int)."""
+    return int(await conn.fetchval("SELECT pg_current_wal_lsn()"))
+
+
+async def wal_since(conn: asyncpg.Connection, lsn: int) -> int:
+    """WAL bytes written by the whole server since ``lsn``."""
+    return await wal_lsn(conn) - lsn
+
 
 class OmniQ(System):
     name = "omniq"
     truncate = "TRUNCATE tasks, results, events"
+    tables = ("tasks", "results", "events")
     noop = "bench_tasks.noop"
 
     async def install(self) -> None:
@@ -469,6 +507,7 @@ class Peer(System):
 class PgQueuer(Peer):
     name = "pgqueuer"
     truncate = "TRUNCATE pgqueuer, pgqueuer_log, pgqueuer_statistics"
+    tables = ("pgqueuer", "pgqueuer_log", "pgqueuer_statistics")
 
     def worker(self, burst: bool) -> tuple[list[str], dict[str, str], Path]:
         # What `pgq run pgqueuer_driver:factory --batch-size 10 [--mode drain]` runs (see driver).
@@ -496,6 +535,7 @@ class Procrastinate(Peer):
     truncate = (
         "TRUNCATE procrastinate_jobs, procrastinate_events, procrastinate_periodic_defers CASCADE"
     )
+    tables = ("procrastinate_jobs", "procrastinate_events")
 
     def worker(self, burst: bool) -> tuple[list[str], dict[str, str], Path]:
         argv = [
@@ -698,6 +738,8 @@ class Bench:
         n = self.args.tasks
         if reset:
             await system.reset()
+        count_statements = procs == 1 and reset
+        lsn = await wal_lsn(self.db)
         try:
             await system.fill(n)
         except Exception as exc:
@@ -708,7 +750,6 @@ class Bench:
         # first run after the enqueue figures can be several times slower than the next ones.
         await system.db.execute("ANALYZE")
         await self.db.execute("CHECKPOINT")  # the jobs are on disk; no checkpoint mid-run
-        count_statements = procs == 1 and reset
         if count_statements:
             await self.reset_statements(system)
         stem = self.logdir / f"{system.name}-{key}"
@@ -740,6 +781,12 @@ class Bench:
             )
         elapsed = last - t0
         self.record(system, key, n / elapsed)
+        if count_statements:  # what the jobs cost on disk: WAL and the tables they left
+            self.record(system, "wal_per_job", await wal_since(self.db, lsn) / n)
+            tables = await system.storage()
+            on_disk = sum(t["heap"] + t["indexes"] + t["toast"] for t in tables.values())
+            self.record(system, "bytes_per_job", on_disk / n)
+            self.detail(system, "storage_tables", tables)
         if first is not None:
             self.detail(system, f"{key}_steady", n / max(last - first, 1e-6))
         progress(
