@@ -20,7 +20,7 @@ Progress = Callable[[int], None]  # called with the rows removed so far by a lon
 
 
 class Component:
-    """Base of the storage components; sync ``_sync`` twins are added by ``with_sync_methods``."""
+    """Base of the storage components; their ``_sync`` twins are written by scripts/unasync."""
 
     def __init__(self, backend: PostgreSQLBackend) -> None:
         self._backend = backend

@@ -1,4 +1,5 @@
-"""The sync API: one background event loop per backend, and ``_sync`` methods made from async ones.
+"""The sync API's plumbing: one background event loop per backend, and :func:`run_on`, which
+the ``_sync`` twins (written by scripts/unasync from the async methods) call.
 
 asyncpg pools belong to the loop that created them, so every sync call is sent to the loop
 that owns the backend's pool: a daemon thread the backend starts for sync use, or the
@@ -11,15 +12,12 @@ sockets: :func:`fork_generation` lets a backend notice and start afresh in the c
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-C = TypeVar("C", bound=type)
 
 
 _forks = 0  # how many fork()s led to this process: a backend opened under another count is stale
@@ -71,29 +69,3 @@ def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
             "block it forever; use the async method with await, or call from another thread"
         )
     return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-
-def with_sync_methods(cls: C) -> C:
-    """Add ``name_sync`` for every public coroutine method ``name`` of ``cls`` and its bases.
-
-    The wrapper sends the coroutine to the loop returned by ``self._sync_loop()``. Names in
-    the class attribute ``_async_only`` get no twin (their result belongs to the loop).
-    """
-    async_only = getattr(cls, "_async_only", frozenset())
-    for klass in reversed(cls.__mro__):
-        for name, fn in list(vars(klass).items()):
-            if name.startswith("_") or name in async_only or not inspect.iscoroutinefunction(fn):
-                continue
-            if f"{name}_sync" not in vars(cls):
-                setattr(cls, f"{name}_sync", _make_sync(fn))
-    return cls
-
-
-def _make_sync(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        return run_on(self._sync_loop(), fn(self, *args, **kwargs))
-
-    wrapper.__name__ = wrapper.__qualname__ = f"{fn.__name__}_sync"
-    wrapper.__doc__ = f"Blocking form of :meth:`{fn.__name__}` (same arguments and result)."
-    return wrapper
