@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"
     )
+    if getattr(args, "log_format", "text") == "json":  # omniq worker --log-format json
+        from ..observability.logs import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if not args.debug:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         for handler in logging.getLogger().handlers:

@@ -8,10 +8,14 @@ import logging
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from ..backend.postgres import PostgreSQLBackend
-from .common import positive, whole_number
+from .common import CommandError, positive, whole_number
 from .options import add_connection_options, config_from_args
+
+if TYPE_CHECKING:
+    from ..observability.metrics import WorkerMetrics
 
 log = logging.getLogger("omniq.worker")
 
@@ -63,6 +67,29 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=30.0,
         help="a worker silent this long is presumed dead and its tasks rescued (default: 30)",
     )
+    observe = worker.add_argument_group("metrics and logs")
+    observe.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs omniq[metrics])",
+    )
+    observe.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (default: 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    observe.add_argument(
+        "--metrics-gauges",
+        action="store_true",
+        help="also the queue-wide gauges (depth, oldest ready age, workers alive): one query "
+        "per scrape, so an idle worker sends statements when scraped",
+    )
+    observe.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line, with task_id, func, queue and attempt (default: text)",
+    )
     worker.add_argument(
         "-q",
         "--quiet",
@@ -103,9 +130,16 @@ def run_worker(args: argparse.Namespace) -> int:
         worker_timeout=args.worker_timeout,
         shutdown_grace=args.shutdown_grace,
         run_scheduler=args.scheduler,
+        metrics=_metrics(args),
     )
 
     async def main() -> None:
+        if worker.metrics is not None:
+            if args.metrics_gauges:
+                monitor = backend.monitor
+                worker.metrics.add_gauges(monitor.gauges, asyncio.get_running_loop())
+            worker.metrics.serve(args.metrics_port, args.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         try:
             await worker.run(burst=args.burst)
         finally:
@@ -136,6 +170,25 @@ async def _close(backend: PostgreSQLBackend, bounded: bool) -> None:
         await asyncio.wait_for(backend.close(), 2.0)
     except (Exception, asyncio.CancelledError):
         backend.terminate()
+
+
+def _metrics(args: argparse.Namespace) -> WorkerMetrics | None:
+    """The worker's Prometheus metrics when --metrics-port asks for them."""
+    if args.metrics_port is None:
+        return None
+    try:
+        from ..observability.metrics import WorkerMetrics
+    except ImportError as exc:
+        raise CommandError(
+            f"--metrics-port needs prometheus-client ({exc}): pip install 'omniq[metrics]'"
+        ) from None
+    return WorkerMetrics()
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port (1-65535), got {text!r}")
+    return int(text)
 
 
 def _not_negative(text: str) -> float:

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +34,10 @@ from ..backend.postgres.protocol import Outcome, OutcomeKind, WorkerProtocol
 from ..errors import Backoff, is_transient
 from ..models._common import dump_json, utcnow
 from ..models.task import Task
+from ..observability.logs import fields
+
+if TYPE_CHECKING:
+    from ..observability.metrics import WorkerMetrics
 
 log = logging.getLogger("omniq.worker")
 
@@ -68,6 +72,7 @@ def ended(task: Task, started_at: datetime, t0: float, kind: OutcomeKind, **fiel
         attempt=task.attempts,
         kind=kind,
         func=task.func,
+        queue=task.queue_name,
         started_at=started_at,
         finished_at=utcnow(),
         execution_time=time.perf_counter() - t0,
@@ -85,8 +90,10 @@ class OutcomeRecorder:
         stats: WorkerStats,
         flush_interval: float,
         flush_size: int,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._protocol = protocol
+        self._metrics = metrics
         self._worker_id = worker_id
         self._stats = stats
         self._flush_interval = flush_interval
@@ -202,6 +209,7 @@ class OutcomeRecorder:
                 task_id,
                 outcome.func,
                 _text(error),
+                extra=fields_of(outcome),
             )
             try:
                 return await self._protocol.finish([replacement], self._worker_id)
@@ -211,7 +219,10 @@ class OutcomeRecorder:
                     await self._pause(backoff.next())
                     continue
                 log.error(
-                    "recording that failure failed too (%s); releasing %s", _text(exc), task_id
+                    "recording that failure failed too (%s); releasing %s",
+                    _text(exc),
+                    task_id,
+                    extra=fields_of(outcome),
                 )
                 try:
                     released = await self._protocol.release(
@@ -233,6 +244,7 @@ class OutcomeRecorder:
     def _count(self, outcome: Outcome, status: str | None) -> None:
         """Tally an outcome by the status the database gave the task, and log it for people."""
         task_id, func = outcome.task_id, outcome.func
+        extra = fields_of(outcome)
         if status is None:
             self._stats.lost += 1
             log.warning(
@@ -241,6 +253,7 @@ class OutcomeRecorder:
                 "write whose reply was lost)",
                 task_id,
                 outcome.attempt,
+                extra=extra,
             )
             return
         if status == NOT_RECORDED:
@@ -250,17 +263,27 @@ class OutcomeRecorder:
                 "stays running under this worker's id until the rescue returns it to pending",
                 task_id,
                 func,
+                extra=extra,
             )
             return
         if status == "released":
             log.warning(
-                "released  %s %s: its outcome could not be recorded; it runs again", task_id, func
+                "released  %s %s: its outcome could not be recorded; it runs again",
+                task_id,
+                func,
+                extra=extra,
             )
             return
+        if self._metrics is not None:
+            self._metrics.task_ended(outcome.queue, func, status, outcome.execution_time)
         if status == "completed":
             self._stats.succeeded += 1
             log.info(
-                "done     %s %s in %.1f ms", task_id, func, (outcome.execution_time or 0) * 1000
+                "done     %s %s in %.1f ms",
+                task_id,
+                func,
+                (outcome.execution_time or 0) * 1000,
+                extra=extra,
             )
             return
         if status == "pending":
@@ -270,7 +293,12 @@ class OutcomeRecorder:
         else:
             self._stats.failed += 1
         word = {"pending": "retry", "failed": "failed", "expired": "expired"}.get(status, status)
-        log.info("%-8s %s %s: %s", word, task_id, func, outcome.error)
+        log.info("%-8s %s %s: %s", word, task_id, func, outcome.error, extra=extra)
+
+
+def fields_of(outcome: Outcome) -> dict[str, Any]:
+    """The structured log fields of a line about ``outcome``'s task."""
+    return fields(outcome.task_id, outcome.func, outcome.queue, outcome.attempt)
 
 
 def failure(exc: BaseException) -> dict[str, str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -34,17 +35,22 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backend.postgres import PostgreSQLBackend
 from ..backend.postgres.protocol import Registration, WorkerProtocol
 from ..errors import Backoff, is_transient
 from ..models._common import utcnow
 from ..models.task import Task, check_queue_name
+from ..observability import tracing
+from ..observability.logs import task_fields
 from ..scheduler import AsyncScheduler, run_blocking
 from .imports import resolve
 from .liveness import FORCED_EXIT_AFTER, Liveness
 from .outcomes import OutcomeRecorder, WorkerStats, checked_result, ended, failure
+
+if TYPE_CHECKING:
+    from ..observability.metrics import WorkerMetrics
 
 log = logging.getLogger("omniq.worker")
 
@@ -64,6 +70,7 @@ class _Stuck:
 
     task_id: str
     func: str
+    fields: dict[str, Any]  # the task's log fields
     since: float = field(default_factory=time.monotonic)
 
 
@@ -91,6 +98,7 @@ class AsyncWorker:
         run_scheduler: bool = True,
         install_signal_handlers: bool = True,
         stall_warning: float = 1.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [queues]
@@ -128,6 +136,8 @@ class AsyncWorker:
         self.install_signal_handlers = install_signal_handlers
         self.stall_warning = stall_warning  # log when a task blocks the loop this long
         self.stats = WorkerStats()
+        # Prometheus counters and histogram (omniq.observability.metrics), when wanted.
+        self.metrics = metrics
         self._running: dict[str, _Running] = {}
         self._outcomes: OutcomeRecorder | None = None
         self._slot_free: asyncio.Event | None = None
@@ -188,6 +198,7 @@ class AsyncWorker:
             self.stats,
             self.flush_interval,
             self.flush_size,
+            self.metrics,
         )
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="omniq-task")
         await self.backend.connect()
@@ -364,6 +375,8 @@ class AsyncWorker:
         rescue = await self.protocol.rescue(self.worker_id)
         if rescue.rescued:
             log.warning("rescued %d task(s) from workers that stopped heartbeating", rescue.rescued)
+            if self.metrics is not None:
+                self.metrics.tasks_rescued(rescue.rescued)
         if rescue.next_check_at is None:
             return None
         loop = asyncio.get_running_loop()
@@ -379,6 +392,7 @@ class AsyncWorker:
                 task.id,
                 task.attempts,
                 earlier.task.attempts,
+                extra=task_fields(task),
             )
             earlier.lost = True
             earlier.future.cancel()
@@ -407,7 +421,12 @@ class AsyncWorker:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug of the worker's own: still an outcome
-            log.exception("running task %s (%s) failed inside the worker", task.id, task.func)
+            log.exception(
+                "running task %s (%s) failed inside the worker",
+                task.id,
+                task.func,
+                extra=task_fields(task),
+            )
             assert self._outcomes is not None
             self._outcomes.add(
                 ended(task, utcnow(), time.perf_counter(), "failure", **failure(exc))
@@ -427,8 +446,11 @@ class AsyncWorker:
             expired = {"error": "task expired before it started", "error_type": "TaskExpired"}
             self._outcomes.add(ended(task, started_at, t0, "expired", **expired))
             return
+        if self.metrics is not None:
+            self.metrics.task_started(task.queue_name, task.func)
         try:
-            value = await self._call(running)
+            with tracing.processing(task):  # a consumer span, child of the producer's
+                value = await self._call(running)
             outcome = ended(task, started_at, t0, "success", result=checked_result(value, task))
         except asyncio.CancelledError as exc:
             if self._forced or running.lost:
@@ -478,7 +500,8 @@ class AsyncWorker:
         task = running.task
         running.in_thread = True
         started: asyncio.Future[float] | None = loop.create_future() if timeout else None
-        call = functools.partial(fn, *task.args, **task.kwargs)
+        # in the caller's context (contextvars): the task's trace span is current in the thread
+        call = functools.partial(contextvars.copy_context().run, fn, *task.args, **task.kwargs)
         thread_future = self._executor.submit(self._in_thread, call, loop, started)
         try:
             if started is None:
@@ -531,7 +554,7 @@ class AsyncWorker:
         task = running.task
         running.thread_kept = True
         key = f"{task.id}#{task.attempts}"
-        self._stuck[key] = _Stuck(task.id, task.func)
+        self._stuck[key] = _Stuck(task.id, task.func, task_fields(task))
         log.warning(
             "task %s (%s) was given up but its function still runs in its thread, which keeps "
             "its slot until it returns: %d of %d threads stuck",
@@ -539,6 +562,7 @@ class AsyncWorker:
             task.func,
             len(self._stuck),
             self.concurrency,
+            extra=task_fields(task),
         )
         if len(self._stuck) >= self.concurrency:
             log.warning(
@@ -562,6 +586,7 @@ class AsyncWorker:
                 stuck.func,
                 time.monotonic() - stuck.since,
                 len(self._stuck),
+                extra=stuck.fields,
             )
         if self._liveness is not None:
             self._liveness.poke()
@@ -583,7 +608,11 @@ class AsyncWorker:
         for task_id in lost:
             running = self._running.get(task_id)
             if running is not None:
-                log.warning("task %s was taken from this worker; abandoning it", task_id)
+                log.warning(
+                    "task %s was taken from this worker; abandoning it",
+                    task_id,
+                    extra=task_fields(running.task),
+                )
                 running.lost = True
                 running.future.cancel()
 

@@ -30,13 +30,14 @@ class Outcome:
     """How one attempt of a task ended, as its worker records it.
 
     ``result`` is the return value already serialised to JSON (checked once, when the task
-    returned); ``func`` is for the worker's own log lines and is not sent.
+    returned); ``func`` and ``queue`` are for the worker's own log lines and metrics, not sent.
     """
 
     task_id: str
     attempt: int
     kind: OutcomeKind
     func: str = ""
+    queue: str = ""
     result: orjson.Fragment | None = None
     error: str | None = None
     error_type: str | None = None

@@ -14,6 +14,7 @@ from ...errors import DuplicateTaskError, UnknownDependencyError
 from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
 from ...models.task import Task, check_queue_name, is_reserved_id
+from ...observability import tracing
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .protocol import WorkerProtocol
 from .rows import task_from_row, task_params, tasks_json
@@ -71,23 +72,24 @@ class AsyncPostgresQueue(Component):
                     "'<schedule id>@<UTC time>' and callbacks '<task id>@on_success'...); "
                     "nothing was enqueued. Choose another id."
                 )
-        payload = tasks_json(batch)  # raises TypeError before anything is sent
-        async with self._conn(connection) as conn:
-            try:
-                changed = await self._sql.tasks.enqueue_tasks(conn, tasks=payload)
-            except asyncpg.UniqueViolationError as exc:
-                raise DuplicateTaskError(
-                    f"a task with this id already exists ({exc.detail or exc}); nothing was enqueued. "
-                    "Use a new id, or omit id to get a generated one."
-                ) from None
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise UnknownDependencyError(
-                    f"{exc}; nothing was enqueued. {exc.hint or ''}".strip()
-                ) from None
-            except (asyncpg.InvalidParameterValueError, asyncpg.CheckViolationError) as exc:
-                # A reserved id, a dependency cycle, or a row the database's own checks
-                # refuse (sql/migrations/0005): what Python lets through, the database stops.
-                raise ValueError(f"{_with_hint(exc)}; nothing was enqueued") from None
+        with tracing.publishing(batch):  # a producer span, its trace context in the metadata
+            payload = tasks_json(batch)  # raises TypeError before anything is sent
+            async with self._conn(connection) as conn:
+                try:
+                    changed = await self._sql.tasks.enqueue_tasks(conn, tasks=payload)
+                except asyncpg.UniqueViolationError as exc:
+                    raise DuplicateTaskError(
+                        f"a task with this id already exists ({exc.detail or exc}); nothing was enqueued. "
+                        "Use a new id, or omit id to get a generated one."
+                    ) from None
+                except asyncpg.ForeignKeyViolationError as exc:
+                    raise UnknownDependencyError(
+                        f"{exc}; nothing was enqueued. {exc.hint or ''}".strip()
+                    ) from None
+                except (asyncpg.InvalidParameterValueError, asyncpg.CheckViolationError) as exc:
+                    # A reserved id, a dependency cycle, or a row the database's own checks
+                    # refuse (sql/migrations/0005): what Python lets through, the database stops.
+                    raise ValueError(f"{_with_hint(exc)}; nothing was enqueued") from None
         statuses = {row["id"]: row["status"] for row in changed}
         for task in batch:
             task.status = TaskStatus(
