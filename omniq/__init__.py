@@ -4,6 +4,7 @@ Tasks, results, events and schedules live in PostgreSQL; every query is a named 
 dequeue, retries and schedule advancement are stored procedures; workers wake on NOTIFY.
 """
 
+from .context import TaskAborted, TaskContext, current_task
 from .models import (
     EventType,
     PostgresConfig,
@@ -27,8 +28,11 @@ __all__ = [
     "ScheduleStatus",
     "ScheduleType",
     "Task",
+    "TaskAborted",
+    "TaskContext",
     "TaskEvent",
     "TaskResult",
     "TaskStatus",
     "__version__",
+    "current_task",
 ]

@@ -1,8 +1,11 @@
-"""``omniq retry``, ``omniq cancel`` and ``omniq cleanup``: the operator's corrections."""
+"""``omniq retry``, ``omniq cancel``, ``omniq abort`` and ``omniq cleanup``: the operator's
+corrections."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +60,29 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     cancel.add_argument("ids", metavar="IDS", nargs="+", help="task ids")
     cancel.add_argument("--reason", default="cancelled by request", help="stored with the result")
+
+    abort = add_command(
+        commands,
+        "abort",
+        run_abort,
+        "stop a running task (or cancel one that has not started)",
+        "Ask the worker running the task to stop it, at once (NOTIFY): an async task is\n"
+        "cancelled, a thread task sees omniq.current_task().should_abort(). It ends\n"
+        "'cancelled', with an error naming who asked, and its dependents are cancelled.\n"
+        "A pending or waiting task is cancelled right away. A finished task is left alone.",
+    )
+    abort.add_argument("id", metavar="ID", help="task id")
+    abort.add_argument("--reason", help="why, stored with the result")
+    abort.add_argument(
+        "--by", help="who asks, stored with the result (default: USER@HOST (omniq abort))"
+    )
+    abort.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for a running task to end (default: 10; 0: do not wait)",
+    )
 
     cleanup = add_command(
         commands,
@@ -117,6 +143,46 @@ def run_cancel(args: argparse.Namespace) -> int:
 
     cancelled, before = run(main)
     return _report("cancelled", cancelled, before, CANCELLABLE)
+
+
+def run_abort(args: argparse.Namespace) -> int:
+    by = args.by or f"{_user()}@{socket.gethostname()} (omniq abort)"
+
+    async def main() -> tuple[Task | None, bool, Task | None, float]:
+        async with open_backend(args) as backend:
+            queue = backend.task_queue
+            before = await queue.get_task(args.id)
+            t0 = time.monotonic()
+            done = await queue.abort_task(args.id, args.reason, requested_by=by)
+            if done and before is not None and before.status == "running" and args.wait > 0:
+                await backend.result_storage.wait(args.id, args.wait)
+            return before, done, await queue.get_task(args.id), time.monotonic() - t0
+
+    before, done, after, took = run(main)
+    if before is None or after is None:
+        print(f"omniq: no task with id {args.id!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if not done:
+        print(f"omniq: task {args.id} is {after.status}; nothing to abort", file=sys.stderr)
+        return EXIT_ERROR
+    if before.status != "running":
+        print(f"cancelled task {args.id} (it was {before.status}; it never ran)")
+    elif after.status == "running":
+        waited = f"; not ended after {args.wait:g}s" if args.wait > 0 else ""
+        print(
+            f"abort requested for task {args.id} (running on worker {after.worker_id}){waited}:"
+            " it ends cancelled once its worker stops it"
+        )
+    else:
+        print(f"aborted task {args.id}: {after.status} after {took * 1000:.0f} ms")
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (a container without a passwd entry)
+        return "unknown"
 
 
 def _report(

@@ -54,6 +54,7 @@ class WorkerStats:
     lost: int = 0  # outcomes refused because the task had been rescued or cancelled meanwhile
     released: int = 0
     unrecorded: int = 0  # outcomes given up at a forced stop: rescue returns their tasks
+    aborted: int = 0  # ended cancelled on an abort request
 
 
 NOT_RECORDED = "not recorded"  # the status _write reports for outcomes it gave up on
@@ -118,7 +119,7 @@ class OutcomeRecorder:
         """Queue one outcome for the next batch write."""
         outcomes = self._batch.outcomes
         outcomes.append(outcome)
-        if len(outcomes) >= self._flush_size:
+        if len(outcomes) >= self._flush_size or outcome.kind == "aborted":  # someone waits
             self._due.set()
         elif len(outcomes) == 1:
             asyncio.get_running_loop().call_later(self._flush_interval, self._due.set)
@@ -290,6 +291,8 @@ class OutcomeRecorder:
             self._stats.retried += 1
         elif status == "expired":
             self._stats.expired += 1
+        elif status == "cancelled":
+            self._stats.aborted += 1
         else:
             self._stats.failed += 1
         word = {"pending": "retry", "failed": "failed", "expired": "expired"}.get(status, status)

@@ -39,12 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..backend.postgres import PostgreSQLBackend
 from ..backend.postgres.protocol import Registration, WorkerProtocol
+from ..context import TaskContext, enter
 from ..errors import Backoff, is_transient
 from ..models._common import utcnow
 from ..models.task import Task, check_queue_name
 from ..observability import tracing
 from ..observability.logs import task_fields
 from ..scheduler import AsyncScheduler, run_blocking
+from .abort import Aborts, stopped
 from .imports import resolve
 from .liveness import FORCED_EXIT_AFTER, Liveness
 from .outcomes import OutcomeRecorder, WorkerStats, checked_result, ended, failure
@@ -62,6 +64,9 @@ class _Running:
     in_thread: bool = False
     lost: bool = False
     thread_kept: bool = False  # its thread outlived the run: the slot is freed when it returns
+    context: TaskContext | None = None  # what omniq.current_task() returns inside it
+    began: bool = False  # its asyncio task runs (a cancel reaches our handlers, not before)
+    aborted: bool = False  # someone asked to abort it: it ends cancelled, whatever it does
 
 
 @dataclass
@@ -139,6 +144,7 @@ class AsyncWorker:
         # Prometheus counters and histogram (omniq.observability.metrics), when wanted.
         self.metrics = metrics
         self._running: dict[str, _Running] = {}
+        self._aborts = Aborts(self.worker_id, self.protocol, self._stop_aborted)
         self._outcomes: OutcomeRecorder | None = None
         self._slot_free: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -274,6 +280,8 @@ class AsyncWorker:
                 if listener
                 else None
             )
+            if listener:  # abort requests for this worker's tasks (burst workers hear none)
+                stack.enter_context(listener.subscribe("aborts", self._aborts.on_notice))
             while not self._stopping.is_set():
                 free = self._free_slots()
                 if free <= 0:
@@ -397,9 +405,34 @@ class AsyncWorker:
             earlier.lost = True
             earlier.future.cancel()
         running = _Running(task)
+        running.context = TaskContext(
+            task.id, task.attempts, task.retry_count, self.worker_id, task.queue_name, task.func
+        )
         running.future = asyncio.create_task(self._execute(running), name=f"omniq-task-{task.id}")
         self._running[task.id] = running
         running.future.add_done_callback(lambda _f: self._finished(running))
+        if self._aborts.requested(task):  # the abort notice came before the task
+            self._stop_aborted(task.id, task.attempts)
+
+    def _stop_aborted(self, task_id: str, attempt: int) -> bool:
+        """Stop that attempt of the task on an abort request, if it runs here: an async task is
+        cancelled, a thread task's should_abort() becomes True. False: not running here."""
+        running = self._running.get(task_id)
+        if running is None or running.task.attempts != attempt or running.lost:
+            return False
+        if not running.aborted:
+            running.aborted = True
+            log.info(
+                "aborting %s %s: an abort was requested",
+                task_id,
+                running.task.func,
+                extra=task_fields(running.task),
+            )
+            assert running.context is not None
+            running.context.request_abort()
+            if running.began and not running.in_thread:
+                running.future.cancel()  # else: it sees the request when it starts, or can't
+        return True
 
     def _finished(self, running: _Running) -> None:
         task_id = running.task.id
@@ -413,7 +446,16 @@ class AsyncWorker:
     async def _execute(self, running: _Running) -> None:
         assert self._slots is not None and self._stopping is not None
         task = running.task
-        await self._slots.acquire()
+        running.began = True
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            if not running.aborted or self._forced or running.lost:
+                raise
+            _uncancel()  # aborted while it waited for a slot: it never starts
+            assert self._outcomes is not None
+            self._outcomes.add(ended(task, utcnow(), time.perf_counter(), "aborted"))
+            return
         try:
             if self._stopping.is_set():
                 return  # prefetched but not started: released untouched at shutdown
@@ -438,10 +480,14 @@ class AsyncWorker:
     async def _execute_now(self, running: _Running) -> None:
         """Run the task and queue exactly one outcome, whatever the function does (or none
         when the worker gave the task up: forced stop, or taken away by a rescue)."""
-        assert self._outcomes is not None
+        assert self._outcomes is not None and running.context is not None
         task = running.task
         started_at = utcnow()
         t0 = time.perf_counter()
+        enter(running.context)
+        if running.aborted:  # the request came before it started
+            self._outcomes.add(ended(task, started_at, t0, "aborted"))
+            return
         if task.expires_at is not None and task.expires_at <= started_at:
             expired = {"error": "task expired before it started", "error_type": "TaskExpired"}
             self._outcomes.add(ended(task, started_at, t0, "expired", **expired))
@@ -452,16 +498,27 @@ class AsyncWorker:
             with tracing.processing(task):  # a consumer span, child of the producer's
                 value = await self._call(running)
             outcome = ended(task, started_at, t0, "success", result=checked_result(value, task))
+            if running.aborted:  # it returned after the request (or swallowed the cancel)
+                _uncancel()
+                outcome = ended(task, started_at, t0, "aborted", **stopped(None))
         except asyncio.CancelledError as exc:
             if self._forced or running.lost:
                 return  # released at shutdown, or already taken away by a rescue
             current = asyncio.current_task()
+            if running.aborted:  # cancelled on the abort request
+                _uncancel()
+                outcome = ended(task, started_at, t0, "aborted", **stopped(exc))
+                self._outcomes.add(outcome)
+                return
             if current is not None and current.cancelling():
                 raise  # the worker's own task was cancelled (the loop is closing)
             # the task function raised CancelledError itself
             outcome = ended(task, started_at, t0, "failure", **failure(exc))
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the task's failure
-            outcome = ended(task, started_at, t0, "failure", **failure(exc))
+            if running.aborted:
+                outcome = ended(task, started_at, t0, "aborted", **stopped(exc))
+            else:
+                outcome = ended(task, started_at, t0, "failure", **failure(exc))
         self._outcomes.add(outcome)
 
     async def _call(self, running: _Running) -> Any:
@@ -764,6 +821,14 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *a
     """``loop.call_soon_threadsafe``, quietly doing nothing once the loop is closed."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback, *args)
+
+
+def _uncancel() -> None:
+    """The current asyncio task handled the cancellation (an abort's): it goes on, so it is no
+    longer being cancelled (asyncio.timeout and TaskGroup count on that)."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        current.uncancel()
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

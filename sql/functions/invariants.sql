@@ -32,6 +32,10 @@ LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
 --   invalid_row            a task (among those looked at) or schedule whose id or queue name
 --                          the models would refuse (omniq_valid_id, omniq_valid_queue_name)
 --   constraint_not_validated  a CHECK constraint of migration 0005 a DBA has yet to VALIDATE
+--   abort_not_honoured     a finished task someone asked to abort while it ran
+--                          (abort_requested_at) that did not end 'cancelled': once recorded,
+--                          the request decides the end (a finish that committed first leaves
+--                          no request: omniq_abort_task found the task finished)
 -- Bounds: waiting tasks, at most p_limit (tasks_waiting_ids_idx); finished tasks created
 -- within p_window or with a final event within p_window, at most p_limit of each
 -- (tasks_finished_idx, events_timestamp_idx), each checked by primary key and
@@ -145,6 +149,13 @@ BEGIN
     WHERE c.conrelid IN (SELECT y.typrelid FROM pg_type AS y
                          WHERE y.oid IN (pg_typeof(NULL::"tasks"), pg_typeof(NULL::"schedules")))
       AND c.contype = 'c' AND NOT c.convalidated;
+
+    RETURN QUERY
+    SELECT 'abort_not_honoured', t.id, NULL::text,
+           'abort requested by ' || coalesce(t.abort_requested_by, '?') || ' at '
+           || t.abort_requested_at || ', yet it ended ' || t.status
+    FROM "tasks" AS t
+    WHERE t.id = ANY (v_recent) AND t.abort_requested_at IS NOT NULL AND t.status <> 'cancelled';
 
     RETURN QUERY
     SELECT 'invalid_row', t.id, NULL::text,

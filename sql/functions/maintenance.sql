@@ -110,6 +110,9 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
+    -- a task someone asked to abort ends 'cancelled' instead of running again
+    PERFORM omniq_end_aborted(v_ids, NULL,
+        'running longer than ' || p_older_than || '; ended by omniq_requeue_stalled');
     WITH requeued AS (
         UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL,
             delayed = coalesce(t.run_at > now(), false)
@@ -140,7 +143,8 @@ BEGIN
     WITH retried AS (
         UPDATE "tasks" AS t
         SET status = 'pending', delayed = false, retry_count = 0, run_at = NULL, expires_at = NULL,
-            worker_id = NULL, started_at = NULL, finished_at = NULL
+            worker_id = NULL, started_at = NULL, finished_at = NULL,
+            abort_requested_at = NULL, abort_requested_by = NULL, abort_reason = NULL
         WHERE (CASE WHEN p_ids IS NULL THEN t.status = 'failed'
                     ELSE t.status IN ('failed', 'cancelled', 'expired') AND t.id = ANY (p_ids) END)
           AND (p_queue IS NULL OR t.queue_name = p_queue)

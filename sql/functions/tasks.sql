@@ -314,12 +314,14 @@ RETURNS TABLE (id TEXT, status TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
 -- Record a batch of runs in one transaction. p_outcomes is a JSON array of
--- {id, attempt, outcome: success|failure|expired, result, error, error_type, traceback,
+-- {id, attempt, outcome: success|failure|expired|aborted, result, error, error_type, traceback,
 --  started_at, finished_at, execution_time}. Only tasks still running in that attempt are
 -- touched (a rescued task's late outcome is ignored); they are absent from the result.
 -- A failure with retries left is not an ending: the task goes back to pending, delayed by
--- omniq_retry_delay(), with 'executing' and 'retry' events. Every other outcome ends the
--- task through omniq_end_tasks. A deadlock (possible only around dependency graphs) is
+-- omniq_retry_delay(), with 'executing' and 'retry' events, unless someone asked to abort it
+-- (abort_requested_at). Every other outcome ends the task through omniq_end_tasks, which
+-- ends a task with an abort request 'cancelled' whatever the outcome ('aborted': the worker
+-- stopped it on the request). A deadlock (possible only around dependency graphs) is
 -- retried here, so it never reaches the worker. Index: tasks_pkey.
 DECLARE
     v_ids TEXT[];
@@ -345,7 +347,7 @@ BEGIN
                         started_at = coalesce(o.started_at, t.started_at)
                     FROM o
                     WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = v_running
-                      AND t.retry_count < t.max_retries
+                      AND t.retry_count < t.max_retries AND t.abort_requested_at IS NULL
                     RETURNING t.id, t.queue_name, t.run_at, t.retry_count, t.started_at,
                               o.error, o.error_type, o.traceback, o.finished_at, o.execution_time
                 ), logged AS (
@@ -396,10 +398,13 @@ LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generi
 --     with a dependency that did not complete is cancelled, with all the tasks waiting for it
 --     (omniq_cancel_dependents), through this same routine.
 -- Callers: the worker (omniq_finish_tasks_v1), rescue out of retries, expiry (dequeue and
--- cleanup), cancel (Python, CLI, psql), cascaded cancellation, omniq_update_task_v1. A running
--- task can be ended too (p_from '{running}'), as an abort will.
+-- cleanup), cancel (Python, CLI, psql), cascaded cancellation, omniq_update_task_v1, abort.
+-- A running task someone asked to abort (abort_requested_at, sql/functions/abort.sql) ends
+-- 'cancelled' whatever the element says, with no result value, error_type TaskAborted and
+-- an error and final event naming who asked (omniq_abort_text): the request, once recorded,
+-- decides how the task ends, on every path.
 -- p_ends: JSON array of {id, status: completed|failed|expired|cancelled, or outcome:
--- success|failure|expired as a worker reports it, attempt, result, error, error_type,
+-- success|failure|expired|aborted as a worker reports it, attempt, result, error, error_type,
 -- traceback, started_at, finished_at, execution_time, message (of the final event),
 -- worker_id (else p_worker_id)}. Returns the tasks ended with their final status.
 -- Index: tasks_pkey, results_pkey; tasks_waiting_ids_idx and tasks_waiting_idx for dependents.
@@ -418,13 +423,15 @@ BEGIN
     WITH o AS MATERIALIZED (
         SELECT x.*, coalesce(x.status, CASE x.outcome WHEN 'success' THEN 'completed'
                                                       WHEN 'failure' THEN 'failed'
+                                                      WHEN 'aborted' THEN 'cancelled'
                                                       ELSE x.outcome END) AS final
         FROM jsonb_to_recordset(p_ends) AS x(id TEXT, status TEXT, outcome TEXT, attempt INTEGER,
             result JSONB, error TEXT, error_type TEXT, traceback TEXT, started_at TIMESTAMPTZ,
             finished_at TIMESTAMPTZ, execution_time REAL, message TEXT, worker_id TEXT)
     ), ended AS (
         UPDATE "tasks" AS t
-        SET status = o.final, delayed = false,
+        SET status = CASE WHEN t.abort_requested_at IS NULL THEN o.final ELSE 'cancelled' END,
+            delayed = false,
             finished_at = coalesce(o.finished_at, now()),
             started_at = coalesce(o.started_at, t.started_at)
         FROM o
@@ -432,8 +439,16 @@ BEGIN
           AND (o.attempt IS NULL OR t.attempts = o.attempt)
           AND o.final IN ('completed', 'failed', 'expired', 'cancelled')
         RETURNING t.id, t.status, t.queue_name, t.callbacks, t.task_data, t.started_at,
-                  t.finished_at, o.outcome, o.result, o.error, o.error_type, o.traceback,
-                  o.execution_time, o.message, coalesce(o.worker_id, p_worker_id) AS worker_id
+                  t.finished_at, o.outcome, o.traceback, o.execution_time,
+                  coalesce(o.worker_id, p_worker_id) AS worker_id,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.result END AS result,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.error
+                       ELSE omniq_abort_text(t.abort_requested_by, t.abort_reason) END AS error,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.error_type
+                       ELSE 'TaskAborted' END AS error_type,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.message
+                       ELSE omniq_abort_text(t.abort_requested_by, t.abort_reason)
+                            || coalesce(' (' || o.message || ')', '') END AS message
     ), results_written AS (
         INSERT INTO "results" AS r (task_id, status, result, error, error_type, traceback,
             created_at, started_at, completed_at, expires_at, worker_id, execution_time, result_data)
@@ -460,7 +475,7 @@ BEGIN
             (u.status, u.finished_at, u.message, u.execution_time, u.error_type, u.error,
              u.traceback)
         ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
-        WHERE e.event_type <> 'executing' OR u.outcome IN ('success', 'failure')
+        WHERE e.event_type <> 'executing' OR u.outcome IN ('success', 'failure', 'aborted')
     )
     SELECT array_agg(u.id), array_agg(u.status),
            array_agg(u.id) FILTER (WHERE u.status = 'completed'),
@@ -631,10 +646,15 @@ CREATE OR REPLACE FUNCTION omniq_release_tasks_v1(p_ids TEXT[], p_worker_id TEXT
 RETURNS INTEGER
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Give running tasks back to the queue unchanged (graceful shutdown): no retry is counted.
--- Index: tasks_pkey.
+-- A task someone asked to abort ends 'cancelled' instead (omniq_end_aborted): it is not
+-- counted. Index: tasks_pkey.
 DECLARE
     v_n INTEGER;
 BEGIN
+    PERFORM omniq_end_aborted(ARRAY(
+        SELECT t.id FROM "tasks" AS t
+        WHERE t.id = ANY (p_ids) AND t.status = 'running' AND t.abort_requested_at IS NOT NULL
+          AND t.worker_id IS NOT DISTINCT FROM p_worker_id), p_worker_id, p_reason);
     WITH released AS (
         UPDATE "tasks" AS t
         SET status = 'pending', worker_id = NULL, started_at = NULL,
@@ -766,6 +786,9 @@ BEGIN
         retry_count = p_retry_count, max_retries = p_max_retries, retry_delay = p_retry_delay,
         callbacks = p_callbacks, metadata = p_metadata, task_data = p_task_data,
         status = CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END,
+        -- an abort request belongs to the run it was made for: kept only while it runs
+        abort_requested_at = CASE WHEN p_status = ANY (v_final) OR p_status = 'running'
+                                  THEN t.abort_requested_at END,
         delayed = (CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END) = 'pending'
                   AND coalesce(p_run_at > now(), false)
     WHERE t.id = p_id;

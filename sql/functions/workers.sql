@@ -59,9 +59,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Tasks held by workers silent for longer than their own stale_after (registered with their
 -- heartbeat) go back to pending, delayed by nothing; each rescue counts as a retry, and a
 -- task out of retries ends 'failed' with WorkerLost through omniq_end_tasks (result, event,
--- callbacks, dependents). A worker id with no registration (a dequeue through the API with a
--- worker id, or a worker whose row a rescue removed and that has not heartbeated since) is
--- judged by the default 30 s from the task's start. Dead workers leave the registry. Tasks
+-- callbacks, dependents). A task someone asked to abort is not run again: it ends there too,
+-- 'cancelled' (omniq_end_tasks honours the request: the "rescue guard"). A worker id with no
+-- registration (a dequeue through the API with a worker id, or a worker whose row a rescue
+-- removed and that has not heartbeated since) is judged by the default 30 s from the task's
+-- start. Dead workers leave the registry. Tasks
 -- dequeued without a worker id are not touched (see omniq_requeue_stalled).
 -- Then the bounded safety net for waiting tasks (omniq_recheck_waiting).
 -- next_check_at is when the next held task could go stale (NULL: no other worker holds a
@@ -83,7 +85,8 @@ BEGIN
             SELECT array_agg(s.id), array_agg(s.worker_id), array_agg(s.attempts),
                    array_agg(s.again)
             INTO v_ids, v_holders, v_attempts, v_again
-            FROM (SELECT t.id, t.worker_id, t.attempts, t.retry_count < t.max_retries AS again
+            FROM (SELECT t.id, t.worker_id, t.attempts,
+                         t.retry_count < t.max_retries AND t.abort_requested_at IS NULL AS again
                   FROM "tasks" AS t
                   WHERE t.status = 'running' AND t.worker_id IS DISTINCT FROM p_caller
                     AND (t.worker_id IN (SELECT w.id FROM omniq_workers AS w

@@ -30,6 +30,11 @@ SELECT "public".omniq_release_tasks_v1(:ids::text[], :worker_id::text, :reason::
 -- Index: tasks_pkey, then tasks_waiting_idx for the tasks depending on them.
 SELECT "public".omniq_cancel_tasks_v1(:ids::text[], :reason::text);
 
+-- name: abort_task(id, reason, requested_by)$
+-- Abort a task: cancel it if it has not started, else ask its worker to stop it (NOTIFY);
+-- false for a finished task or an unknown id. Index: tasks_pkey.
+SELECT "public".omniq_abort_task_v1(:id::text, :reason::text, :requested_by::text);
+
 -- name: retry_tasks(ids, queue_name, func)$
 -- Reset failed tasks to pending (by ids, queue or func).
 -- Index: tasks_finished_idx, or tasks_failed_idx for the failed tasks of one queue.

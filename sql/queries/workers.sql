@@ -14,6 +14,14 @@ SELECT "public".omniq_heartbeat_v1(:worker_id::text, :hostname::text, :pid::int,
 SELECT t.id FROM "public"."tasks" AS t
 WHERE t.status = 'running' AND t.worker_id = :worker_id::text;
 
+-- name: abort_requests(worker_id)
+-- The tasks this worker runs that someone asked to abort, with their attempt: read when its
+-- LISTEN connection comes back (a NOTIFY sent while it was deaf is lost).
+-- Index: tasks_running_idx (partial on status = 'running', keyed by worker_id).
+SELECT t.id, t.attempts FROM "public"."tasks" AS t
+WHERE t.status = 'running' AND t.worker_id = :worker_id::text
+  AND t.abort_requested_at IS NOT NULL;
+
 -- name: worker_stopped(worker_id)$
 -- Remove a stopped worker from the registry, releasing any task it still holds.
 -- Index: omniq_workers_pkey, tasks_running_idx.

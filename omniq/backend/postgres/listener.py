@@ -25,7 +25,7 @@ import asyncpg
 
 log = logging.getLogger("omniq.listener")
 
-CHANNEL_KINDS = ("tasks", "results", "schedules")
+CHANNEL_KINDS = ("tasks", "results", "schedules", "aborts")
 PING_INTERVAL = 30.0  # seconds between pings of the LISTEN connection while someone waits
 PING_TIMEOUT = 5.0  # an unanswered ping after this long drops the connection
 
@@ -67,6 +67,8 @@ class Listener:
         self._channels = channels  # kind -> channel name
         self._kinds = {name: kind for kind, name in channels.items()}
         self._waiters: dict[str, set[Wakeup]] = {kind: set() for kind in channels}
+        # Callbacks given each payload of a kind (None after a reconnect: some may be lost).
+        self._subscribers: dict[str, set[Callable[[str | None], None]]] = {}
         self._conn: asyncpg.Connection | None = None
         self._started = asyncio.Lock()
         self._reconnecting: asyncio.Task[None] | None = None
@@ -100,6 +102,8 @@ class Listener:
         kind = self._kinds.get(channel)
         if kind is None:
             return
+        for callback in list(self._subscribers.get(kind, ())):
+            callback(payload)
         keys = payload.split(",") if kind == "results" else (payload,)
         for waiter in self._waiters[kind]:
             if waiter.keys is None or not waiter.keys.isdisjoint(keys):
@@ -130,6 +134,9 @@ class Listener:
                 self.reconnects += 1
                 log.warning("LISTEN connection re-established")
                 self.wake_all()  # notifications sent while deaf are lost: everyone looks again
+                for callbacks in self._subscribers.values():
+                    for callback in list(callbacks):
+                        callback(None)
                 return
         finally:
             self._reconnecting = None
@@ -166,6 +173,17 @@ class Listener:
             yield waiter
         finally:
             self._waiters[kind].discard(waiter)
+
+    @contextlib.contextmanager
+    def subscribe(self, kind: str, callback: Callable[[str | None], None]) -> Iterator[None]:
+        """Call ``callback(payload)`` on the loop for each notification of ``kind``, and
+        ``callback(None)`` after a reconnect (what was sent meanwhile is lost: look again)."""
+        callbacks = self._subscribers.setdefault(kind, set())
+        callbacks.add(callback)
+        try:
+            yield
+        finally:
+            callbacks.discard(callback)
 
     @property
     def closed(self) -> bool:

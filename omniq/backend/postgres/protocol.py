@@ -22,7 +22,7 @@ from .base import Component
 from .connection import connect_kwargs, translate_errors
 from .rows import task_from_row
 
-OutcomeKind = Literal["success", "failure", "expired"]
+OutcomeKind = Literal["success", "failure", "expired", "aborted"]  # aborted: on a request
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +170,12 @@ class WorkerProtocol(Component):
         async with self._conn() as conn:
             rows = await self._sql.workers.held_tasks(conn, worker_id=worker_id)
         return [row["id"] for row in rows]
+
+    async def abort_requests(self, worker_id: str) -> list[tuple[str, int]]:
+        """(id, attempt) of the tasks this worker runs that someone asked to abort."""
+        async with self._conn() as conn:
+            rows = await self._sql.workers.abort_requests(conn, worker_id=worker_id)
+        return [(row["id"], row["attempts"]) for row in rows]
 
     async def worker_stopped(self, worker_id: str) -> int:
         """Deregister a worker, releasing any task it still holds; returns tasks released."""

@@ -190,6 +190,22 @@ class AsyncPostgresQueue(Component):
         async with self._conn() as conn:
             return await self._sql.tasks.cancel_tasks(conn, ids=list(task_ids), reason=reason)
 
+    async def abort_task(
+        self, task_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> bool:
+        """Abort a task: one that has not started is cancelled (with the tasks that depend on
+        it); a running one is asked to stop, and its worker hears it at once (NOTIFY): an
+        ``async def`` task is cancelled, a thread task sees ``omniq.current_task().
+        should_abort()`` become True. It ends ``cancelled``, with an error naming
+        ``requested_by`` (default: the database user) and ``reason``. False, changing nothing,
+        for a finished task or an unknown id; asking again is harmless."""
+        async with self._conn() as conn:
+            return bool(
+                await self._sql.tasks.abort_task(
+                    conn, id=task_id, reason=reason, requested_by=requested_by
+                )
+            )
+
     async def retry_tasks(
         self,
         task_ids: Sequence[str] | None = None,
@@ -315,6 +331,14 @@ class PostgresQueue(AsyncPostgresQueue):
     ) -> int:
         """Blocking form of :meth:`cancel_tasks` (same arguments and result)."""
         return run_on(self._sync_loop(), self.cancel_tasks(task_ids, reason))
+
+    def abort_task_sync(
+        self, task_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> bool:
+        """Blocking form of :meth:`abort_task` (same arguments and result)."""
+        return run_on(
+            self._sync_loop(), self.abort_task(task_id, reason, requested_by=requested_by)
+        )
 
     def retry_tasks_sync(
         self,
