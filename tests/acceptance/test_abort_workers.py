@@ -52,13 +52,17 @@ async def test_aborts_reach_worker_processes_and_take_effect_promptly(
     print(f"\nabort latency, async tasks, request to stored result: {summary(latencies)}")
     threads = await abort_latencies(backend, str(tmp_path / "threads"), 10, "polite")
     print(f"abort latency, thread tasks polling every 10 ms: {summary(threads)}")
-    cancelled = await db.rows("results", "status = 'cancelled' AND error = 'aborted by bench: latency'")
+    cancelled = await db.rows(
+        "results", "status = 'cancelled' AND error = 'aborted by bench: latency'"
+    )
     assert len(cancelled) == 40
     assert len({s["worker_id"] for s in started(tmp_path / "async")}) == 2  # both workers took some
     assert await violations(db) == []
 
 
-async def test_omniq_abort_on_the_command_line(backend, db, omniq: Processes, tmp_path: Path) -> None:
+async def test_omniq_abort_on_the_command_line(
+    backend, db, omniq: Processes, tmp_path: Path
+) -> None:
     """What a person sees: a running task aborted and waited for, a pending one cancelled, a
     finished one refused (exit 1), an unknown id (exit 3); and the SQL form."""
     await omniq.worker("--concurrency", "4")

@@ -182,9 +182,7 @@ async def test_a_finish_waiting_behind_the_abort_ends_the_task_cancelled(backend
         "the finish to wait for the abort's lock",
     )
     await tx.commit()
-    assert [tuple(r) for r in await asyncio.wait_for(finishing, 30)] == [
-        (running.id, "cancelled")
-    ]
+    assert [tuple(r) for r in await asyncio.wait_for(finishing, 30)] == [(running.id, "cancelled")]
     user = await aborter.fetchval("SELECT session_user")
     await assert_aborted(db, running.id, user, "race")
     assert await violations(db) == []
