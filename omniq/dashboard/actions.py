@@ -47,6 +47,17 @@ async def _cancel(backend: PostgreSQLBackend, ids: Sequence[str]) -> int:
     return await backend.task_queue.cancel_tasks(list(ids), "cancelled from the dashboard")
 
 
+async def _abort(backend: PostgreSQLBackend, ids: Sequence[str]) -> int:
+    """Ask the workers running these tasks to stop them (they end cancelled)."""
+    queue = backend.task_queue
+    return sum(
+        [
+            await queue.abort_task(i, "aborted from the dashboard", requested_by="dashboard")
+            for i in ids
+        ]
+    )
+
+
 async def _delete(backend: PostgreSQLBackend, ids: Sequence[str]) -> int:
     """Delete finished tasks with their results (their events stay in the log)."""
     states = await backend.monitor.task_states(ids)
@@ -73,6 +84,9 @@ ACTIONS: dict[tuple[str, str], Action] = {
                "retried"),
         Action("cancel", "Cancel", "task", frozenset({"pending", "waiting"}), _cancel,
                "cancelled", "Cancel? Tasks that depend on it are cancelled too.", danger=True),
+        Action("abort", "Abort", "task", frozenset({"running"}), _abort, "aborted",
+               "Abort? Its worker stops it now; it ends cancelled, and tasks that depend on "
+               "it are cancelled too.", danger=True),
         Action("delete", "Delete", "task", FINISHED, _delete, "deleted",
                "Delete for good? Its result goes too; its events stay.", danger=True),
         Action("pause", "Pause", "schedule", frozenset({"active"}), _pause_schedule, "paused"),

@@ -16,8 +16,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.models.task import Task
+from tests.support.abort_jobs import started
 from tests.support.dashboard import TOKEN, seed, start
-from tests.support.processes import Processes
+from tests.support.processes import Processes, wait_until
 
 CHROMIUM = os.environ.get("OMNIQ_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Playwright adds --headless and a fresh --user-data-dir (a temporary profile) itself.
@@ -128,6 +129,37 @@ async def test_retry_a_failed_task_and_see_it_complete_live(
     attempts = page.locator("section:has(h2:text-is('Attempts')) tbody tr")
     await expect(attempts).to_have_count(2)
     await expect(attempts.first).to_contain_text("attempt 1 of 2 fails on purpose")
+
+
+async def test_abort_a_running_task_from_its_page(
+    backend: PostgreSQLBackend, omniq: Processes, page: Page, tmp_path: Path
+) -> None:
+    """A running async task (a real worker) aborted with its page's button, after the browser's
+    confirmation: it ends cancelled before our eyes, its result naming who asked."""
+    path = tmp_path / "started"
+    task = Task(func="tests.support.abort_jobs.sleeper", args=(str(path),), queue_name="live")
+    await backend.task_queue.enqueue(task)
+    await omniq.worker("--queues", "live", "--no-scheduler")
+    await wait_until(lambda: started(path), 60, "the task to start")
+    url = await start(omniq)
+
+    await page.goto(f"{url}/tasks/{task.id}")
+    await expect(page.locator("#task-head .badge")).to_have_text("running")
+    await expect(page.get_by_role("button", name="Cancel")).to_have_count(0)  # not for running
+
+    async def accept(dialog: Any) -> None:
+        assert dialog.message.startswith("Abort? Its worker stops it now")
+        await dialog.accept()
+
+    page.once("dialog", accept)
+    await page.get_by_role("button", name="Abort").click()
+    await expect(page.locator(".flash")).to_have_text("1 of 1 task aborted.")
+    await expect(page.locator("#task-head .badge")).to_have_text("cancelled", timeout=WAIT)
+    await expect(page.locator("main")).to_contain_text(
+        "aborted by dashboard: aborted from the dashboard"
+    )
+    await expect(page.get_by_role("button", name="Abort")).to_have_count(0)
+    await page.screenshot(path=str(tmp_path / "aborted.png"), full_page=True)
 
 
 async def test_read_only_dashboard_shows_no_actions(
