@@ -12,6 +12,8 @@ Actors, each with its own random generator seeded from the run's seed:
 * a manual worker dequeues through the API and finishes with success or failure, releases, or
   falls silent while holding tasks (so that they are rescued, and its late outcomes ignored);
 * a canceller cancels random parents and children;
+* an aborter aborts random recent tasks, running ones above all (issue 13): each abort that
+  returned True must end its task cancelled, however the task's run ended;
 * a killer SIGKILLs a random `omniq worker` process and starts another;
 * a schedule keeper adds interval schedules and pauses and resumes them, while several
   schedulers (`omniq scheduler` and the ones inside the workers) fire them;
@@ -68,6 +70,7 @@ class Counts:
     graphs: int = 0
     with_dependencies: int = 0
     cancels: int = 0
+    aborts: int = 0  # abort_task calls that returned True
     manual_finishes: int = 0
     manual_deaths: int = 0
     kills: int = 0
@@ -82,7 +85,7 @@ class Counts:
         return (
             f"chaos seed={seed}: {seconds:.0f} s, {self.tasks} tasks in {self.graphs} graphs "
             f"({self.with_dependencies} with dependencies; {self.rolled_back} rolled back), "
-            f"{self.cancels} cancels, {self.manual_finishes} manual outcomes, "
+            f"{self.cancels} cancels, {self.aborts} aborts, {self.manual_finishes} manual outcomes, "
             f"{self.manual_deaths} manual-worker deaths, {self.kills} worker kills, "
             f"{self.schedules} schedules fired {self.schedule_fires} times, "
             f"{self.invariant_checks} invariant checks, {len(self.violations)} violations; "
@@ -97,6 +100,7 @@ class Model:
     kinds: dict[str, str] = field(default_factory=dict)  # task id -> "ok" | "fail"
     dependencies: dict[str, list[str]] = field(default_factory=dict)
     rolled_back: set[str] = field(default_factory=set)
+    aborted: set[str] = field(default_factory=set)  # abort_task returned True
     schedules: list[str] = field(default_factory=list)
 
 
@@ -132,6 +136,7 @@ class Chaos:
                 self.producer("producer-2"),
                 self.manual_worker(),
                 self.canceller(),
+                self.aborter(),
                 self.killer(),
                 self.schedule_keeper(),
                 self.checker(),
@@ -275,6 +280,20 @@ class Chaos:
                 picked = rng.sample(known[-300:], k=min(len(known), rng.randint(1, 3)))
                 self.counts.cancels += await self.backend.task_queue.cancel_tasks(picked, "chaos")
 
+    async def aborter(self) -> None:
+        rng = self.rng("aborter")
+        assert self.backend is not None
+        queue = self.backend.task_queue
+        while not self.stopping.is_set():
+            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            running = await queue.list_tasks(QUEUE, "running", limit=20)
+            known = [t.id for t in running] or list(self.model.kinds)[-50:]
+            if known and rng.random() < 0.7:
+                task_id = rng.choice(known)
+                if await queue.abort_task(task_id, "chaos", requested_by="chaos"):
+                    self.model.aborted.add(task_id)
+                    self.counts.aborts += 1
+
     async def killer(self) -> None:
         rng = self.rng("killer")
         while not self.stopping.is_set():
@@ -389,6 +408,8 @@ class Chaos:
                 "expired",
             ):
                 bad.append(f"task {task_id} is {got} though a dependency did not complete")
+            if task_id in self.model.aborted and got != "cancelled":
+                bad.append(f"task {task_id} was aborted (abort_task returned True), yet is {got}")
             if kind == "fail" and got == "completed":
                 bad.append(f"task {task_id} always fails, yet completed")
             if got == "failed" and error_type.get(task_id) not in ("RuntimeError", "WorkerLost"):
