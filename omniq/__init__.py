@@ -16,6 +16,7 @@ from .models import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    Unique,
 )
 
 __version__ = "0.1.0"
@@ -28,11 +29,12 @@ __all__ = [
     "ScheduleStatus",
     "ScheduleType",
     "Task",
+    "TaskEvent",
     "TaskAborted",
     "TaskContext",
-    "TaskEvent",
     "TaskResult",
     "TaskStatus",
+    "Unique",
     "__version__",
     "current_task",
 ]

@@ -71,7 +71,7 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gexec
 -- whoever installed OmniQ (often a superuser).
 SELECT format('ALTER TABLE %I.%I OWNER TO %I', :'schema', t, :'admin_role')
 FROM unnest(ARRAY[:'tasks_table', :'results_table', :'events_table', :'schedules_table',
-                  'omniq_workers', 'omniq_migrations', 'omniq_meta']) AS t \gexec
+                  'omniq_workers', 'omniq_migrations', 'omniq_meta', 'omniq_queues']) AS t \gexec
 SELECT format('ALTER %s %I.%I OWNER TO %I',
               CASE c.relkind WHEN 'v' THEN 'VIEW' ELSE 'SEQUENCE' END,
               :'schema', c.relname, :'admin_role')
@@ -119,7 +119,8 @@ GRANT SELECT ON :"schema".:"results_table" TO :"producer_role";
 -- worker host cannot rewrite other tasks (their func, their arguments) or forge results.
 -- Privileges granted by earlier versions of this script are taken back first.
 REVOKE ALL ON :"schema".:"tasks_table", :"schema".:"results_table", :"schema".:"events_table",
-    :"schema".:"schedules_table", :"schema".omniq_workers FROM :"worker_role";
+    :"schema".:"schedules_table", :"schema".omniq_workers, :"schema".omniq_queues
+    FROM :"worker_role";
 SELECT format('REVOKE ALL ON SEQUENCE %I.%I FROM %I', :'schema', c.relname, :'worker_role')
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = :'schema' AND c.relkind = 'S' AND c.relname LIKE 'omniq\_%' \gexec
@@ -131,6 +132,9 @@ WHERE n.nspname = :'schema'
                    '|channel)(_v[0-9]+)?$') \gexec
 GRANT SELECT ON :"schema".:"tasks_table", :"schema".:"results_table",
     :"schema".:"schedules_table", :"schema".omniq_workers TO :"worker_role";
+-- Queue settings (pause, limits): a worker reads them to know when a rate-limited queue's next
+-- task may start (next_due_at); it changes none. Pausing and limits are the admin's.
+GRANT SELECT ON :"schema".omniq_queues TO :"worker_role";
 
 COMMIT;
 

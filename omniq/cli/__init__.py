@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import asyncpg
 
 from ..errors import OmniQError
-from . import admin, dashboard, demo, doctor, manage, produce, run, show, status
+from . import admin, dashboard, demo, doctor, manage, produce, queues, run, show, status
 from .common import CommandError
 
-COMMAND_MODULES = [run, demo, produce, status, show, manage, admin, doctor, dashboard]
+COMMAND_MODULES = [run, demo, produce, status, show, manage, queues, admin, doctor, dashboard]
 
 EXAMPLES = """\
 examples:
@@ -27,6 +27,7 @@ examples:
   omniq status --watch                        queues, workers and schedules, refreshed
   omniq tasks --status failed                 then: omniq task ID, omniq retry ID
   omniq schedule add app.tasks.report --cron '0 6 * * *'
+  omniq queue limit emails --max-running 2    then: omniq queue pause emails, queue list
   omniq cleanup --purge-finished-older-than 7
   omniq sql | psql "$DSN"                     install/migrate by hand (see omniq doctor)
 

@@ -14,8 +14,12 @@ from ..backend.postgres.connection import target
 from ..errors import is_transient
 from ..models._common import utcnow
 from ..models.config import redact_dsn
+from ..models.unique import QueueSettings
 from . import output
 from .common import add_command, add_json_option, open_backend, positive, run, seconds
+from .queues import limits_text
+
+LIMITS = ("max_running", "rate", "burst")
 
 HOME, CLEAR_SCREEN, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[2J", "\x1b[K", "\x1b[J"
 
@@ -111,6 +115,13 @@ async def snapshot(backend: PostgreSQLBackend, recent: float) -> dict[str, Any]:
         done = outcomes.pop(row["queue_name"], None)
         queues.append(_queue(row, done))
     queues += [_queue({"queue_name": name}, done) for name, done in outcomes.items() if name]
+    settings = {q.name: q for q in await backend.task_queue.queue_settings()}
+    named = {q["queue"] for q in queues}
+    queues += [_queue({"queue_name": name}, None) for name in settings if name not in named]
+    for q in queues:  # paused and limited queues (omniq queue ...), shown even when empty
+        held = settings.get(q["queue"])
+        q["paused"] = bool(held and held.paused)
+        q.update({k: getattr(held, k, None) for k in ("max_running", "rate", "burst")})
     queues.sort(key=lambda q: q["queue"])
     if upcoming:
         s = upcoming[0]
@@ -198,7 +209,8 @@ def render(snap: dict[str, Any]) -> str:
         headers = ["QUEUE", "READY", "LATER", "WAITING", "RUNNING", "FAILED"]
         headers += [f"DONE {recent}", f"FAILED {recent}", "OLDEST READY"]
         rows = [
-            [q["queue"], q["ready"], q["scheduled_later"], q["waiting"], q["running"], q["failed"]]
+            [q["queue"] + (" (paused)" if q["paused"] else "")]
+            + [q["ready"], q["scheduled_later"], q["waiting"], q["running"], q["failed"]]
             + [
                 q["completed_recently"],
                 q["failed_recently"],
@@ -207,6 +219,13 @@ def render(snap: dict[str, Any]) -> str:
             for q in queues
         ]
         parts.append(output.table(headers, rows, right=range(1, 9)))
+        limited = [
+            f"{q['queue']}: {limits_text(QueueSettings(q['queue'], **{k: q[k] for k in LIMITS}), False)}"
+            for q in queues
+            if any(q[k] is not None for k in LIMITS)
+        ]
+        if limited:
+            parts.append("Limits: " + "; ".join(limited))
     else:
         parts.append(
             "No tasks yet. Queue one with: omniq enqueue package.module.function [ARGS...]"

@@ -6,10 +6,13 @@ from .event import TaskEvent
 from .result import TaskResult
 from .schedule import Schedule
 from .task import Task
+from .unique import Enqueued, QueueSettings, Unique, unique_key_for
 
 __all__ = [
+    "Enqueued",
     "EventType",
     "PostgresConfig",
+    "QueueSettings",
     "ResultStatus",
     "Schedule",
     "ScheduleStatus",
@@ -18,4 +21,6 @@ __all__ = [
     "TaskEvent",
     "TaskResult",
     "TaskStatus",
+    "Unique",
+    "unique_key_for",
 ]

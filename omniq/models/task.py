@@ -10,6 +10,7 @@ from typing import Any
 
 from ._common import as_utc, new_id, utcnow
 from .enums import TaskStatus
+from .unique import Unique, check_unique_key, unique_key_for
 
 # "package.module.function" or "package.module:Class.method"
 _IDENT = r"[A-Za-z_]\w*"
@@ -88,6 +89,9 @@ class Task:
     metadata: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None  # seconds; None uses the worker's default
     result_ttl: float | None = None  # seconds to keep the result; None keeps it
+    # A second task with the same key is not created while this one holds it (models/unique.py).
+    unique_key: str | None = None
+    unique: Unique | None = None
     # Set by workers, read-only for producers.
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -126,6 +130,22 @@ class Task:
                 f"callbacks keys must be among {sorted(CALLBACK_KINDS)}, got {sorted(unknown)}"
             )
         self.callbacks = {kind: func_path(path) for kind, path in self.callbacks.items()}
+        if self.unique is not None or self.unique_key is not None:
+            self._resolve_unique()
+
+    def _resolve_unique(self) -> None:
+        unique = self.unique or Unique(key=check_unique_key(self.unique_key))
+        if not isinstance(unique, Unique):
+            raise TypeError(f"unique must be a Unique, got {unique!r}")
+        if self.unique_key is not None and unique.key not in (None, self.unique_key):
+            raise ValueError(
+                f"unique_key {self.unique_key!r} and unique.key {unique.key!r} differ; give one"
+            )
+        key = unique.key or self.unique_key
+        if key is None:
+            key = unique_key_for(self.func, self.args, self.kwargs, self.queue_name)
+        self.unique_key = check_unique_key(key)
+        self.unique = unique
 
 
 def check_task_id(value: Any) -> str:

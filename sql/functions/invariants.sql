@@ -27,6 +27,13 @@ LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
 --   held_but_not_running   a task running under a live worker, started more than p_grace
 --                          before that worker's last heartbeat, which did not list it: the
 --                          worker does not run it, and no rescue takes it back while it lives
+--   unique_key_shared      two tasks in their counted states (unique_states) with one unique
+--                          key (tasks_unique_key_idx makes it impossible; checked all the same)
+--   max_running_exceeded   a queue with more running tasks started since its limits were last
+--                          set than its max_running (tasks that started before a limit was
+--                          lowered finish and are not counted)
+--   tokens_out_of_bounds   a rate-limited queue whose bucket holds less than 0 or more than
+--                          burst tokens
 --   schedule_next_run      an active schedule without a next_run later than its last_run
 --   schedule_fired_twice   one due time of a schedule fired twice
 --   invalid_row            a task (among those looked at) or schedule whose id or queue name
@@ -140,6 +147,31 @@ BEGIN
     FROM "events" AS e
     WHERE e.timestamp > now() - p_window AND e.event_type = 'scheduled'
     GROUP BY e.task_id HAVING count(*) > 1;
+
+    RETURN QUERY
+    SELECT 'unique_key_shared', min(t.id), NULL::text,
+           count(*) || ' tasks hold unique key ' || quote_literal(left(t.unique_key, 80))
+    FROM "tasks" AS t
+    WHERE t.unique_key IS NOT NULL AND t.status = ANY (t.unique_states)
+    GROUP BY t.unique_key HAVING count(*) > 1
+    LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT v.invariant, NULL::text, NULL::text, v.detail
+    FROM omniq_queues AS q
+    CROSS JOIN LATERAL (VALUES
+        ('max_running_exceeded',
+         (SELECT 'queue ' || quote_literal(q.name) || ': ' || count(*) || ' running tasks started since '
+                 || q.updated_at || ', max_running ' || q.max_running
+          FROM "tasks" AS t
+          WHERE t.status = 'running' AND t.queue_name = q.name AND t.started_at >= q.updated_at
+          HAVING count(*) > q.max_running)),
+        ('tokens_out_of_bounds',
+         CASE WHEN q.rate IS NOT NULL AND NOT q.tokens BETWEEN 0 AND q.burst
+              THEN 'queue ' || quote_literal(q.name) || ': ' || q.tokens || ' tokens, burst '
+                   || q.burst END)
+    ) AS v(invariant, detail)
+    WHERE v.detail IS NOT NULL;
 
     RETURN QUERY
     SELECT 'constraint_not_validated', NULL::text, NULL::text,

@@ -29,7 +29,11 @@ CREATE OR REPLACE FUNCTION omniq_add_task(
     dependencies TEXT[] DEFAULT '{}',
     callbacks JSONB DEFAULT '{}',
     metadata JSONB DEFAULT '{}',
-    id TEXT DEFAULT NULL)
+    id TEXT DEFAULT NULL,
+    unique_key TEXT DEFAULT NULL,
+    unique_states TEXT[] DEFAULT NULL,
+    unique_window INTERVAL DEFAULT NULL,
+    unique_mode TEXT DEFAULT 'skip')
 RETURNS TEXT
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Enqueue one task and return its id; arguments are checked like the Python Task model does.
@@ -37,9 +41,15 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- JSON array, kwargs a JSON object; timeout and result_ttl are seconds. Call it with named
 -- arguments, for example omniq_add_task('app.mail.send', '["a@example.com"]', queue_name => 'mail').
 -- Runs in the caller's transaction: the task becomes visible, and wakes workers, on commit.
--- Index: tasks_pkey (the insert); the NOTIFY comes from the insert trigger.
+-- With unique_key (sql/README.md, "Unique tasks"): while a task with that key is in one of
+-- unique_states (default pending, waiting, running), no second task is made and the id
+-- returned is that task's; unique_window makes the key unique per window ('1 hour');
+-- unique_mode 'replace' gives the waiting task these args, kwargs and run_at, 'keep_run_at'
+-- these args and kwargs only.
+-- Index: tasks_pkey (the insert), tasks_unique_key_idx; the NOTIFY comes from the insert trigger.
 DECLARE
     v_id TEXT := coalesce(omniq_add_task.id, omniq_new_id());
+    v_existing TEXT;
 BEGIN
     IF omniq_add_task.func IS NULL OR omniq_add_task.func !~
             '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*[.:][A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
@@ -71,7 +81,11 @@ BEGIN
         RAISE EXCEPTION 'priority is required, max_retries must be 0-10000, retry_delay >= 0, timeout and result_ttl > 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM omniq_enqueue(jsonb_build_array(jsonb_build_object(
+    SELECT e.existing_id INTO v_existing FROM omniq_enqueue_v2(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'unique_key', omniq_add_task.unique_key,
+        'unique_states', to_jsonb(omniq_add_task.unique_states),
+        'unique_window', extract(epoch FROM omniq_add_task.unique_window),
+        'unique_mode', omniq_add_task.unique_mode)) || jsonb_build_object(
         'id', v_id,
         'func', omniq_add_task.func,
         'args', omniq_add_task.args,
@@ -86,7 +100,8 @@ BEGIN
         'callbacks', coalesce(omniq_add_task.callbacks, '{}'),
         'metadata', coalesce(omniq_add_task.metadata, '{}'),
         'task_data', jsonb_strip_nulls(jsonb_build_object(
-            'timeout', omniq_add_task.timeout, 'result_ttl', omniq_add_task.result_ttl)))));
-    RETURN v_id;
+            'timeout', omniq_add_task.timeout, 'result_ttl', omniq_add_task.result_ttl)))))
+        AS e WHERE e.existing_id IS NOT NULL;
+    RETURN coalesce(v_existing, v_id);
 END
 $$;

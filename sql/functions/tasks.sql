@@ -64,13 +64,17 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- 'pending' after enqueue (waiting, or cancelled because a dependency already failed).
 -- Ids in OmniQ's reserved namespace (omniq_reserved_id) are refused; an id that exists
 -- raises unique_violation. Nothing is stored when anything is refused. Index: tasks_pkey.
--- The work is omniq_insert_tasks'.
+-- The work is omniq_insert_tasks' (omniq_insert_unique_tasks' when a task has a unique key).
 -- SECURITY DEFINER: runs with its owner's rights, so a producer role needs EXECUTE on this
 -- function and no write privilege on any table (sql/roles.sql).
 DECLARE
     v_waiting TEXT[];
 BEGIN
-    SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
+    IF jsonb_path_exists(p_tasks, '$[*].unique_key ? (@ != null)') THEN  -- sql/functions/unique.sql
+        SELECT i.waiting INTO v_waiting FROM omniq_insert_unique_tasks(p_tasks) AS i;
+    ELSE
+        SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
+    END IF;
     IF v_waiting IS NOT NULL THEN
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
     END IF;
@@ -239,12 +243,19 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- lock would otherwise look as if it started before it was enqueued.
 -- Holding tasks counts as a heartbeat of a registered worker; an unknown worker id is not
 -- registered here (its heartbeat registers it, with its own stale_after).
+-- Queue settings (sql/functions/queues.sql): a paused queue is skipped (its delayed and
+-- expired tasks are still seen to above); a queue with max_running or a rate gives at most
+-- its allowance, computed with its omniq_queues row locked until commit, so concurrent
+-- dequeuers of that queue take turns and no race exceeds a limit. Queues without a row (or
+-- with no limit set) cost one probe of omniq_queues_pkey and take no lock.
 DECLARE
     v_queue TEXT;
     v_got INTEGER := 0;
     v_n INTEGER;
     v_expire BOOLEAN;
     v_due BOOLEAN;
+    v_limited TEXT[];
+    v_allow INTEGER;
 BEGIN
     SELECT EXISTS (SELECT 1 FROM "tasks" AS t
                    WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
@@ -264,7 +275,13 @@ BEGIN
                        ORDER BY d.run_at LIMIT 10000
                        FOR NO KEY UPDATE SKIP LOCKED);
     END IF;
+    v_limited := omniq_lock_limited_queues(p_queues);
     FOREACH v_queue IN ARRAY p_queues LOOP
+        v_allow := p_limit - v_got;
+        IF v_queue = ANY (v_limited) THEN
+            v_allow := omniq_queue_allowance(v_queue, v_allow);
+            CONTINUE WHEN v_allow <= 0;
+        END IF;
         RETURN QUERY
         WITH picked AS (
             SELECT t.id FROM "tasks" AS t
@@ -272,7 +289,7 @@ BEGIN
               AND (t.run_at IS NULL OR t.run_at <= now())
               AND (t.expires_at IS NULL OR t.expires_at > now())
             ORDER BY t.priority DESC, t.created_at ASC
-            LIMIT p_limit - v_got
+            LIMIT v_allow
             FOR UPDATE SKIP LOCKED
         ), taken AS (
             UPDATE "tasks" AS t
@@ -290,6 +307,9 @@ BEGIN
         )
         SELECT k.* FROM taken AS k;
         GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_queue = ANY (v_limited) THEN
+            PERFORM omniq_queue_took(v_queue, v_n);
+        END IF;
         v_got := v_got + v_n;
         EXIT WHEN v_got >= p_limit;
     END LOOP;

@@ -3,9 +3,11 @@
 -- Optional filters are written (:x IS NULL OR col = :x) so one query serves every combination.
 
 -- name: enqueue_tasks(tasks)
--- Insert a JSON array of tasks; returns those not left 'pending' (see omniq_enqueue_v1).
--- Index: tasks_pkey (the inserts), tasks_waiting_idx when tasks have dependencies.
-SELECT id, status FROM "public".omniq_enqueue_v1(:tasks::jsonb);
+-- Insert a JSON array of tasks; returns those not left 'pending', and those not created
+-- because another task holds their unique key (existing_id: that task; see omniq_enqueue_v2).
+-- Index: tasks_pkey (the inserts), tasks_waiting_idx when tasks have dependencies,
+-- tasks_unique_key_idx for unique keys.
+SELECT id, status, existing_id FROM "public".omniq_enqueue_v2(:tasks::jsonb);
 
 -- name: dequeue_tasks(queues, limit, worker_id)
 -- Hand out up to :limit ready tasks, marked running. Index: tasks_pending_idx.
@@ -84,9 +86,19 @@ SELECT "public".omniq_delete_task_v1(:id::text);
 SELECT count(*) FROM "public"."tasks" WHERE status = 'pending' AND queue_name = :queue_name::text;
 
 -- name: next_due_at(queues)$
--- When the earliest delayed task of these queues becomes due. Index: tasks_delayed_until_idx.
-SELECT min(run_at) FROM "public"."tasks"
-WHERE status = 'pending' AND delayed AND queue_name = ANY (:queues::text[]) AND run_at > now();
+-- When the earliest delayed task of these queues becomes due, or the next token of a
+-- rate-limited queue whose bucket is empty while it has ready tasks (a worker held back by the
+-- rate sleeps until then). Index: tasks_delayed_until_idx; omniq_queues_pkey and
+-- tasks_pending_idx for the rate-limited queues.
+SELECT least(
+    (SELECT min(run_at) FROM "public"."tasks"
+     WHERE status = 'pending' AND delayed AND queue_name = ANY (:queues::text[]) AND run_at > now()),
+    (SELECT min(q.refilled_at + make_interval(secs => (1 - q.tokens) / q.rate))
+     FROM "public".omniq_queues AS q
+     WHERE q.name = ANY (:queues::text[]) AND q.rate IS NOT NULL AND q.tokens < 1
+       AND NOT q.paused AND q.max_running IS DISTINCT FROM 0
+       AND EXISTS (SELECT 1 FROM "public"."tasks" AS t
+                   WHERE t.status = 'pending' AND t.queue_name = q.name AND NOT t.delayed)));
 
 -- name: cleanup_expired_tasks(batch)$
 -- Expire overdue tasks and delete up to :batch expired ones.

@@ -14,6 +14,7 @@ from ...errors import DuplicateTaskError, UnknownDependencyError
 from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
 from ...models.task import Task, check_queue_name, is_reserved_id
+from ...models.unique import Enqueued, QueueSettings, check_limits
 from ...observability import tracing
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .protocol import WorkerProtocol
@@ -95,7 +96,9 @@ class AsyncPostgresQueue(Component):
             task.status = TaskStatus(
                 statuses.get(task.id, "waiting" if task.dependencies else "pending")
             )
-        return [task.id for task in batch]
+        # A unique task not created: the id of the task that holds its key (omniq_enqueue_v2).
+        held = {row["id"]: row["existing_id"] for row in changed if row["existing_id"]}
+        return [held.get(task.id, task.id) for task in batch]
 
     async def dequeue(
         self,
@@ -267,6 +270,74 @@ class AsyncPostgresQueue(Component):
         async with self._conn() as conn:
             return await self._sql.tasks.requeue_stalled(conn, older_than=older_than)
 
+    # Unique tasks and queue settings (issue 13): sql/functions/unique.sql and queues.sql.
+
+    async def enqueue_unique(
+        self, task: Task, *, connection: asyncpg.Connection | None = None
+    ) -> Enqueued:
+        """Enqueue ``task`` and tell whether it was created: ``(id, created)``; when another
+        task holds its unique key, ``created`` is False and ``id`` is that task's."""
+        (enqueued,) = await self.enqueue_many_unique([task], connection=connection)
+        return enqueued
+
+    async def enqueue_many_unique(
+        self, tasks: Iterable[Task], *, connection: asyncpg.Connection | None = None
+    ) -> list[Enqueued]:
+        """:meth:`enqueue_many`, telling for each task whether it was created. A key repeated
+        in the batch: the first task takes it, the later ones are deduplicated against it."""
+        batch = list(tasks)
+        ids = await self.enqueue_many(batch, connection=connection)
+        return [Enqueued(got, got == task.id) for task, got in zip(batch, ids, strict=True)]
+
+    async def pause_queue(self, name: str) -> bool:
+        """Pause a queue: it keeps accepting tasks, no worker takes any, running ones finish.
+        A name never used before is fine. True when this call paused it."""
+        async with self._conn() as conn:
+            return bool(await self._sql.queues.pause_queue(conn, name=check_queue_name(name)))
+
+    async def resume_queue(self, name: str) -> bool:
+        """Resume a paused queue; its workers are woken by NOTIFY. True when it was paused."""
+        async with self._conn() as conn:
+            return bool(await self._sql.queues.resume_queue(conn, name=check_queue_name(name)))
+
+    async def set_queue_limits(
+        self,
+        name: str,
+        *,
+        max_running: int | None = None,
+        rate: float | None = None,
+        burst: int | None = None,
+    ) -> QueueSettings:
+        """Set the queue's limits, enforced in the database across every worker: at most
+        ``max_running`` of its tasks running (0 pauses, 1 runs them one at a time), at most
+        ``rate`` started per second with up to ``burst`` at once (default: one second's worth).
+        Each call sets all three; None removes that limit. Returns the queue's settings."""
+        check_limits(max_running, rate, burst)
+        async with self._conn() as conn:
+            try:
+                await self._sql.queues.set_queue_limits(
+                    conn,
+                    name=check_queue_name(name),
+                    max_running=max_running,
+                    rate=rate,
+                    burst=burst,
+                )
+            except (asyncpg.InvalidParameterValueError, asyncpg.CheckViolationError) as exc:
+                raise ValueError(f"{_with_hint(exc)}; nothing was changed") from None
+        (settings,) = await self.queue_settings([name])
+        return settings
+
+    async def queue_settings(self, names: Sequence[str] | None = None) -> list[QueueSettings]:
+        """The settings of the named queues (every queue that has some when None), by name;
+        a named queue never paused or limited is listed with no limit."""
+        wanted = None if names is None else [check_queue_name(n) for n in names]
+        async with self._conn() as conn:
+            rows = await self._sql.queues.queue_settings(conn, names=wanted)
+        found = {row["name"]: QueueSettings(**dict(row)) for row in rows}
+        if wanted is None:
+            return list(found.values())
+        return [found.get(n) or QueueSettings(n) for n in sorted(set(wanted))]
+
 
 class PostgresQueue(AsyncPostgresQueue):
     """The task queue with its blocking methods: ``enqueue_sync``, ``dequeue_sync``, ..."""
@@ -385,5 +456,43 @@ class PostgresQueue(AsyncPostgresQueue):
     def requeue_stalled_sync(self, older_than: timedelta) -> int:
         """Blocking form of :meth:`requeue_stalled` (same arguments and result)."""
         return run_on(self._sync_loop(), self.requeue_stalled(older_than))
+
+    def enqueue_unique_sync(
+        self, task: Task, *, connection: asyncpg.Connection | None = None
+    ) -> Enqueued:
+        """Blocking form of :meth:`enqueue_unique` (same arguments and result)."""
+        return run_on(self._sync_loop(), self.enqueue_unique(task, connection=connection))
+
+    def enqueue_many_unique_sync(
+        self, tasks: Iterable[Task], *, connection: asyncpg.Connection | None = None
+    ) -> list[Enqueued]:
+        """Blocking form of :meth:`enqueue_many_unique` (same arguments and result)."""
+        return run_on(self._sync_loop(), self.enqueue_many_unique(tasks, connection=connection))
+
+    def pause_queue_sync(self, name: str) -> bool:
+        """Blocking form of :meth:`pause_queue` (same arguments and result)."""
+        return run_on(self._sync_loop(), self.pause_queue(name))
+
+    def resume_queue_sync(self, name: str) -> bool:
+        """Blocking form of :meth:`resume_queue` (same arguments and result)."""
+        return run_on(self._sync_loop(), self.resume_queue(name))
+
+    def set_queue_limits_sync(
+        self,
+        name: str,
+        *,
+        max_running: int | None = None,
+        rate: float | None = None,
+        burst: int | None = None,
+    ) -> QueueSettings:
+        """Blocking form of :meth:`set_queue_limits` (same arguments and result)."""
+        return run_on(
+            self._sync_loop(),
+            self.set_queue_limits(name, max_running=max_running, rate=rate, burst=burst),
+        )
+
+    def queue_settings_sync(self, names: Sequence[str] | None = None) -> list[QueueSettings]:
+        """Blocking form of :meth:`queue_settings` (same arguments and result)."""
+        return run_on(self._sync_loop(), self.queue_settings(names))
 
     # -- end of generated code --

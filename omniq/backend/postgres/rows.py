@@ -51,6 +51,12 @@ def task_document(task: Task) -> dict[str, Any]:
     for key in ("run_at", "expires_at"):
         if doc[key] is None:
             del doc[key]
+    if task.unique is not None:  # only then: a batch without keys takes the plain insert
+        doc["unique_key"] = task.unique_key
+        doc["unique_states"] = sorted(task.unique.states)
+        doc["unique_mode"] = task.unique.mode
+        if task.unique.window is not None:
+            doc["unique_window"] = task.unique.window.total_seconds()
     return doc
 
 
