@@ -17,6 +17,7 @@ import pytest
 from omniq.backend.postgres import PostgreSQLBackend, create_postgres_backend
 from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.embedded import EmbeddedPostgres
+from omniq.identifiers import quote_identifier
 from omniq.models.config import PostgresConfig
 from tests.support.ci import (  # in CI a skip is a failure: its hooks, imported, apply here
     pytest_make_collect_report,  # noqa: F401
@@ -90,6 +91,23 @@ async def backend(pg_dsn: str, schema_name: str) -> AsyncIterator[PostgreSQLBack
     finally:
         await b.close()
         await drop_schemas(pg_dsn, schema_name)
+
+
+@pytest.fixture
+async def raw(pg_dsn: str, backend: PostgreSQLBackend) -> AsyncIterator[Any]:
+    """Plain connections on the backend's schema (no codecs, as an application's own), for
+    holding transactions open by hand; ``await raw()`` makes one, all closed afterwards."""
+    made: list[asyncpg.Connection] = []
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute(f"SET search_path TO {quote_identifier(backend.config.schema)}")
+        made.append(conn)
+        return conn
+
+    yield connect
+    for conn in made:
+        await conn.close()
 
 
 @pytest.fixture

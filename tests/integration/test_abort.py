@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 import omniq
@@ -60,22 +59,6 @@ async def assert_aborted(db: Database, task_id: str, by: str, reason: str | None
     assert result["error"] == text and result["result"] is None
     events = await db.rows("events", "task_id = $1 AND event_type = 'cancelled'", task_id)
     assert len(events) == 1 and events[0]["message"].startswith(text), events
-
-
-@pytest.fixture
-async def raw(pg_dsn: str, backend: PostgreSQLBackend) -> AsyncIterator[Any]:
-    """Plain connections on the backend's schema, for transactions held open by hand."""
-    made: list[asyncpg.Connection] = []
-
-    async def connect() -> asyncpg.Connection:
-        conn = await asyncpg.connect(pg_dsn)
-        await conn.execute(f"SET search_path TO {quote_identifier(backend.config.schema)}")
-        made.append(conn)
-        return conn
-
-    yield connect
-    for conn in made:
-        await conn.close()
 
 
 # -- the database side ---------------------------------------------------------------------
