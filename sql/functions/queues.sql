@@ -114,23 +114,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_queue_settings_v1(TEXT[]) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION omniq_lock_limited_queues(p_queues TEXT[]) RETURNS TEXT[]
-LANGUAGE sql SET search_path FROM CURRENT AS $$
--- Of p_queues, those paused or limited, their omniq_queues rows locked in name order (so two
--- dequeuers locking overlapping sets never deadlock) until the dequeue commits: dequeuers of
--- a limited queue take turns, those of other queues never wait here. NULL when none.
--- Index: omniq_queues_pkey.
-    SELECT array_agg(l.name) FROM (
-        SELECT q.name FROM omniq_queues AS q
-        WHERE q.name = ANY (p_queues)
-          AND (q.paused OR q.max_running IS NOT NULL OR q.rate IS NOT NULL)
-        ORDER BY q.name FOR NO KEY UPDATE) AS l
-$$;
-
 CREATE OR REPLACE FUNCTION omniq_queue_allowance(p_queue TEXT, p_want INTEGER) RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- How many tasks a dequeue may take from a limited queue now (its row locked by
--- omniq_lock_limited_queues): 0 when paused or max_running is 0; at most max_running minus
+-- omniq_dequeue_v1 until commit): 0 when paused or max_running is 0; at most max_running minus
 -- the tasks running (read after the lock, so committed dequeues are counted); at most the
 -- whole tokens in the bucket, refilled for the time elapsed (the refill is stored).
 -- Index: omniq_queues_pkey; tasks_running_queue_idx for the count.
