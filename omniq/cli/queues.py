@@ -49,7 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     limit.add_argument("--rate", type=positive(float), metavar="R", help="tasks per second")
     limit.add_argument("--burst", type=positive(int), metavar="B")
     listing = add_command(
-        actions, "list", run_list, "list queues that are paused or limited, with their counts"
+        actions, "list", run_list, "list queues that were paused or limited, with their task counts"
     )
     add_json_option(listing)
 

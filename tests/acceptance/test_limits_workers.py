@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.identifiers import quote_identifier
 from omniq.models.task import Task
-from tests.support.db import Database
+from tests.acceptance.test_cli import CLI
+from tests.support.db import Database, drop_schemas, run_in_thread, unique_schema
 from tests.support.processes import Processes, wait_until
 
 QUEUE = "limited"
@@ -129,3 +131,40 @@ async def test_paused_queue_idles_its_workers_until_resume_wakes_them(
     assert await db.count("tasks", "status = 'pending'") == 3  # none taken while paused
     await q.resume_queue(QUEUE)  # its NOTIFY is the only thing that can wake them
     await wait_until(lambda: all_done(db, 3), 60, "the tasks to run after resume", workers[0])
+
+
+def test_queue_commands(pg_dsn: str, tmp_path: Path) -> None:
+    """``omniq queue ...`` and ``omniq status`` run for real; their output read as a person would."""
+    cli = CLI(pg_dsn, unique_schema("cli"), tmp_path)
+    try:
+        cli.install()
+        shown = []
+
+        def run(*args: str, code: int = 0) -> str:
+            done = cli(*args, code=code)
+            shown.append(f"$ omniq {' '.join(args)}\n{done.stdout}{done.stderr}")
+            return done.stdout + done.stderr
+
+        assert run("queue", "list") == "no queue is paused or limited\n"
+        assert run("queue", "pause", "emails") == "queue 'emails' paused\n"
+        assert run("queue", "pause", "emails") == "queue 'emails' was already paused\n"
+        assert run("queue", "limit", "emails", "--max-running", "2", "--rate", "5") == (
+            "queue 'emails': paused, max_running 2, rate 5/s (burst 5)\n"
+        )
+        assert "must be positive" in run("queue", "limit", "emails", "--rate", "-1", code=2)
+        assert "whole number" in run("queue", "limit", "emails", "--max-running", "-1", code=2)
+        with cli.backend() as backend:
+            backend.task_queue.enqueue_sync(Task(func="app.jobs.mail", queue_name="emails"))
+        listing = run("queue", "list").splitlines()
+        assert listing[0].split() == ["QUEUE", "STATE", "LIMITS", "RUNNING", "PENDING"]
+        assert listing[1].split() == ["emails", "paused", "max_running", "2,", "rate", "5/s", "(burst", "5)", "0", "1"]  # fmt: skip
+        assert cli.json("queue", "list")[0]["max_running"] == 2
+        status = run("status")
+        assert "emails (paused)" in status
+        assert "Limits: emails: max_running 2, rate 5/s (burst 5)" in status
+        assert run("queue", "resume", "emails") == "queue 'emails' resumed\n"
+        assert run("queue", "limit", "emails") == "queue 'emails': no limits\n"
+        assert "(paused)" not in run("status")
+        print("\n" + "\n".join(shown))
+    finally:
+        run_in_thread(lambda: drop_schemas(pg_dsn, cli.schema))
