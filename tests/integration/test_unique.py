@@ -254,3 +254,20 @@ def test_sync_forms(sync_backend: PostgreSQLBackend) -> None:
     assert first.created
     got = q.enqueue_many_unique_sync([job(2, unique_key="s"), job(3, unique_key="t")])
     assert got == [Enqueued(first.id, False), Enqueued(got[1].id, True)]
+
+
+async def test_retrying_a_task_whose_key_was_taken_is_refused(
+    backend: PostgreSQLBackend, protocol: object, db: Database
+) -> None:
+    q = backend.task_queue
+    first = await q.enqueue(Task(func="app.jobs.report", unique_key="k", max_retries=0))
+    taken = await q.dequeue("default", worker_id="w")
+    assert taken is not None
+    await protocol.finish([outcome(taken, "failure", error="boom")], "w")  # type: ignore[attr-defined]
+    second = await q.enqueue_unique(job(2, unique_key="k"))
+    assert second.created
+    with pytest.raises(
+        ValueError, match=r"Key \(unique_key\)=\(k\) already exists.*another task holds"
+    ):
+        await q.retry_tasks([first])
+    assert await db.count("tasks", "status = 'failed'") == 1

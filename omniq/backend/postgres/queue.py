@@ -219,9 +219,16 @@ class AsyncPostgresQueue(Component):
         """Send failed tasks (or the given failed/cancelled/expired ones) back to pending."""
         async with self._conn() as conn:
             ids = list(task_ids) if task_ids is not None else None
-            return await self._sql.tasks.retry_tasks(
-                conn, ids=ids, queue_name=queue_name, func=func
-            )
+            try:
+                retried = await self._sql.tasks.retry_tasks(
+                    conn, ids=ids, queue_name=queue_name, func=func
+                )
+            except asyncpg.UniqueViolationError as exc:  # tasks_unique_key_idx
+                raise ValueError(
+                    f"{exc.detail or exc}: another task holds the unique key of a task to retry; "
+                    "nothing was retried. Cancel one of the two first."
+                ) from None
+        return retried or 0
 
     async def list_tasks(
         self,
