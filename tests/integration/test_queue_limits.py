@@ -190,3 +190,32 @@ def test_sync_forms(sync_backend: PostgreSQLBackend) -> None:
     settings = q.set_queue_limits_sync("s", max_running=4, rate=2.0, burst=5)
     assert (settings.max_running, settings.rate, settings.burst) == (4, 2.0, 5)
     assert [s.name for s in q.queue_settings_sync()] == ["s"]
+
+
+async def test_the_limit_invariants_report_what_a_hand_made_change_broke(
+    backend: PostgreSQLBackend, db: Database
+) -> None:
+    """max_running_exceeded, tokens_out_of_bounds and unique_key_shared, each broken by hand as
+    only the table owner can (the unique index dropped inside a transaction rolled back)."""
+    q = backend.task_queue
+    await fill(backend, 3)
+    await q.set_queue_limits("q", max_running=1, rate=100, burst=5)
+    assert len(await q.dequeue_many("q", 3)) == 1
+    assert await violations(db) == []
+    await db.execute("UPDATE {tasks} SET status = 'running', started_at = clock_timestamp()")
+    await db.conn.execute("UPDATE omniq_queues SET tokens = 7")
+    await q.enqueue_many([Task(func="app.jobs.work", unique_key=k) for k in ("a", "b")])
+    broken = db.conn.transaction()
+    await broken.start()
+    try:
+        await db.conn.execute("DROP INDEX tasks_unique_key_idx")
+        await db.execute("UPDATE {tasks} SET unique_key = 'a' WHERE unique_key = 'b'")
+        found = sorted(v.split(":")[0] for v in await violations(db))
+    finally:
+        await broken.rollback()
+    print("\n" + "\n".join(await violations(db)))
+    assert found == ["max_running_exceeded", "tokens_out_of_bounds", "unique_key_shared"]
+    assert sorted(v.split(":")[0] for v in await violations(db)) == [
+        "max_running_exceeded",
+        "tokens_out_of_bounds",
+    ]
