@@ -170,6 +170,7 @@ def _worker(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "hostname": row.get("hostname"),
         "pid": row.get("pid"),
+        "version": row.get("version"),  # None: an earlier release's worker does not say
         "queues": list(row.get("queues") or []),
         "concurrency": row.get("concurrency"),
         "held": held,
@@ -237,6 +238,7 @@ def render(snap: dict[str, Any]) -> str:
                 w["id"],
                 w["hostname"],
                 w["pid"],
+                w["version"] or "unknown",
                 ",".join(w["queues"]),
                 w["held"],
                 w["concurrency"],
@@ -246,14 +248,14 @@ def render(snap: dict[str, Any]) -> str:
             ]
             for w in workers
         ]
-        headers = ["WORKER", "HOST", "PID", "QUEUES", "HELD", "CONCURRENCY", "STATE"]
+        headers = ["WORKER", "HOST", "PID", "VERSION", "QUEUES", "HELD", "CONCURRENCY", "STATE"]
         headers += ["LAST HEARTBEAT", "STARTED"]
-        right = [2, 4, 5]
+        right = [2, 5, 6]
         if any(w["stuck_threads"] for w in workers):  # only then: it is rare, and explained
-            headers.insert(6, "STUCK")
-            right.append(6)
+            headers.insert(7, "STUCK")
+            right.append(7)
             for w, row in zip(workers, rows, strict=True):
-                row.insert(6, w["stuck_threads"])
+                row.insert(7, w["stuck_threads"])
         parts.append(output.table(headers, rows, right=right))
         stuck = [w for w in workers if w["stuck_threads"]]
         if stuck:

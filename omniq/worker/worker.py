@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from ..backend.postgres import PostgreSQLBackend
 from ..backend.postgres.protocol import Registration, WorkerProtocol
 from ..context import TaskContext, enter
@@ -215,6 +216,7 @@ class AsyncWorker:
             self.queues,
             self.concurrency,
             timedelta(seconds=self.worker_timeout),
+            __version__,
         )
         await self.protocol.heartbeat(registration)  # register
         self._liveness = liveness = Liveness(

@@ -16,8 +16,12 @@ LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
 --   final_without_result   a finished task without its result row (results past the task's
 --                          result_ttl are cleaned up and not counted)
 --   result_mismatch        a finished task whose result says another outcome
---   final_without_event    a finished task without the event of its final status
---   ended_twice            a finished task with two final events since it was last (re)queued
+--   final_without_event    a finished task without the event of its final status, stored or
+--                          derived (a completed task's 'completed' event is derived from its
+--                          success result, list_events in sql/queries/events.sql)
+--   ended_twice            a finished task with two stored final events since it was last
+--                          (re)queued (a worker's success stores none: its single result row
+--                          records it)
 --   callback_missing       a finished task whose callback (of a kind its status triggers) was
 --                          never enqueued; callbacks have one id per task and kind, so none
 --                          can be enqueued twice
@@ -45,7 +49,7 @@ LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
 --                          no request: omniq_abort_task found the task finished)
 -- Bounds: waiting tasks, at most p_limit (tasks_waiting_ids_idx); finished tasks created
 -- within p_window or with a final event within p_window, at most p_limit of each
--- (tasks_finished_idx, events_timestamp_idx), each checked by primary key and
+-- (tasks_finished_idx, events_timestamp_idx, results_status_created_idx), each checked by primary key and
 -- events_task_idx; running tasks (tasks_running_idx); schedules (small); 'scheduled' events
 -- within p_window (events_timestamp_idx).
 #variable_conflict use_column
@@ -72,7 +76,11 @@ BEGIN
         (SELECT e.task_id FROM "events" AS e
          WHERE e.timestamp > now() - p_window
            AND e.event_type IN ('completed', 'failed', 'cancelled', 'expired')
-         ORDER BY e.timestamp DESC LIMIT p_limit)) AS r;
+         ORDER BY e.timestamp DESC LIMIT p_limit)
+        UNION ALL
+        (SELECT rr.task_id FROM "results" AS rr
+         WHERE rr.status = 'success' AND rr.created_at > now() - p_window
+         ORDER BY rr.status, rr.created_at DESC LIMIT p_limit)) AS r;
 
     RETURN QUERY
     SELECT v.invariant, t.id, NULL::text, v.detail
@@ -93,6 +101,9 @@ BEGIN
         ('final_without_event',
          CASE WHEN NOT EXISTS (SELECT 1 FROM "events" AS e
                                WHERE e.task_id = t.id AND e.event_type = t.status)
+                   -- completed: derived from its success result (a missing or mismatched
+                   -- result is final_without_result's or result_mismatch's to report)
+                   AND t.status <> 'completed'
               THEN 'no ' || t.status || ' event' END),
         ('ended_twice',
          (SELECT 'final events since it was last queued: ' || string_agg(e.event_type, ', ' ORDER BY e.timestamp)

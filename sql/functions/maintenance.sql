@@ -162,20 +162,40 @@ END
 $$;
 
 CREATE OR REPLACE VIEW omniq_queue_overview AS
--- Per queue: tasks by status, how many pending tasks wait for a later run_at, and the age
--- of the oldest ready task. A full scan of the tasks table: for humans, not for hot paths.
-SELECT t.queue_name,
-       count(*) FILTER (WHERE t.status = 'pending' AND (t.run_at IS NULL OR t.run_at <= now())) AS ready,
-       count(*) FILTER (WHERE t.status = 'pending' AND t.run_at > now()) AS scheduled_later,
-       count(*) FILTER (WHERE t.status = 'waiting') AS waiting,
-       count(*) FILTER (WHERE t.status = 'running') AS running,
-       count(*) FILTER (WHERE t.status = 'completed') AS completed,
-       count(*) FILTER (WHERE t.status = 'failed') AS failed,
-       count(*) FILTER (WHERE t.status IN ('cancelled', 'expired')) AS cancelled_or_expired,
-       now() - min(coalesce(t.run_at, t.created_at))
-           FILTER (WHERE t.status = 'pending' AND (t.run_at IS NULL OR t.run_at <= now())) AS oldest_ready_age
-FROM "tasks" AS t
-GROUP BY t.queue_name;
+-- Per queue: tasks ready, pending for a later run_at, waiting, running and failed (kept until
+-- purged); tasks completed, and cancelled or expired, in the last hour (their results); the
+-- age of the oldest ready task. It reads live tasks and the last hour only, never the whole
+-- history: at 10,000,000 finished tasks it costs what it costs at none.
+-- Index: tasks_pending_idx, tasks_waiting_ids_idx, tasks_running_idx, tasks_failed_idx,
+-- results_status_created_idx (then tasks_pkey for each result's queue).
+SELECT s.queue_name,
+       count(*) FILTER (WHERE s.state = 'ready') AS ready,
+       count(*) FILTER (WHERE s.state = 'later') AS scheduled_later,
+       count(*) FILTER (WHERE s.state = 'waiting') AS waiting,
+       count(*) FILTER (WHERE s.state = 'running') AS running,
+       count(*) FILTER (WHERE s.state = 'completed') AS completed,
+       count(*) FILTER (WHERE s.state = 'failed') AS failed,
+       count(*) FILTER (WHERE s.state = 'cancelled_or_expired') AS cancelled_or_expired,
+       now() - min(s.due_at) FILTER (WHERE s.state = 'ready') AS oldest_ready_age
+FROM (
+    SELECT t.queue_name, CASE WHEN t.run_at > now() THEN 'later' ELSE 'ready' END AS state,
+           coalesce(t.run_at, t.created_at) AS due_at
+    FROM "tasks" AS t WHERE t.status = 'pending'
+    UNION ALL
+    SELECT t.queue_name, 'waiting', NULL FROM "tasks" AS t WHERE t.status = 'waiting'
+    UNION ALL
+    SELECT t.queue_name, 'running', NULL FROM "tasks" AS t WHERE t.status = 'running'
+    UNION ALL
+    SELECT t.queue_name, 'failed', NULL FROM "tasks" AS t WHERE t.status = 'failed'
+    UNION ALL
+    SELECT (SELECT t.queue_name FROM "tasks" AS t WHERE t.id = r.task_id),
+           CASE r.status WHEN 'success' THEN 'completed' ELSE 'cancelled_or_expired' END, NULL
+    FROM "results" AS r
+    WHERE r.status IN ('success', 'cancelled', 'expired')
+      AND r.created_at >= now() - interval '1 hour'
+) AS s
+WHERE s.queue_name IS NOT NULL  -- a result whose task was purged since
+GROUP BY s.queue_name;
 
 CREATE OR REPLACE FUNCTION omniq_purge_old_results(p_older_than INTERVAL, p_batch INTEGER DEFAULT 10000)
 RETURNS INTEGER

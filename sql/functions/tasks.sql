@@ -94,7 +94,8 @@ REVOKE EXECUTE ON FUNCTION omniq_enqueue(JSONB) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION omniq_insert_tasks(p_tasks JSONB, p_internal BOOLEAN,
     OUT inserted INTEGER, OUT waiting TEXT[])
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Insert a JSON array of tasks with an 'enqueued' event each. Ids and queue names are checked
+-- Insert a JSON array of tasks. No 'enqueued' event is stored: a task's history derives it
+-- from created_at when read (list_events, sql/queries/events.sql). Ids and queue names are checked
 -- as the Python model checks them (omniq_refuse_id, omniq_refuse_queue_name: this is the one
 -- way tasks enter the table for every role but the owner). From a producer (p_internal
 -- false) an id in OmniQ's reserved namespace is refused and an id that exists raises
@@ -117,7 +118,7 @@ BEGIN
         INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
             created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
             dependencies, callbacks, metadata, task_data)
-        SELECT CASE WHEN r.id IS NULL THEN gen_random_uuid()::text
+        SELECT CASE WHEN r.id IS NULL THEN omniq_new_id()
                     WHEN omniq_valid_id(r.id, 255)
                          AND (p_internal OR strpos(r.id, '@') = 0 OR NOT omniq_reserved_id(r.id))
                     THEN r.id
@@ -137,10 +138,6 @@ BEGIN
                coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
         FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
         RETURNING t.id, t.status, t.queue_name
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
-        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
-        FROM new_rows AS n
     )
     SELECT count(*), array_agg(n.id) FILTER (WHERE n.status = 'waiting')
     INTO inserted, waiting FROM new_rows AS n;
@@ -314,10 +311,6 @@ BEGIN
                 t.created_at, t.run_at, t.expires_at, t.retry_count, t.max_retries,
                 t.retry_delay, t.dependencies, t.callbacks, t.metadata, t.task_data,
                 t.started_at, t.finished_at, t.worker_id, t.attempts
-        ), logged AS (
-            INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id)
-            SELECT k.id, 'dequeued', k.started_at, k.queue_name, p_worker_id
-            FROM taken AS k
         )
         SELECT k.* FROM taken AS k;
         GET DIAGNOSTICS v_n = ROW_COUNT;
@@ -425,7 +418,8 @@ LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generi
 --   * status completed, failed, expired or cancelled, finished_at, off every ready index;
 --   * its result row (inserted, or replaced after an operator's retry), expiring after the
 --     task's result_ttl when it has one;
---   * its final event, after an 'executing' event when a worker reports the run;
+--   * its final event, stored unless the task completed with no message (a worker's success:
+--     list_events derives it, and the run's 'executing', from the task and result rows);
 --   * its callbacks, enqueued as tasks with reserved ids (omniq_callback_id): on_success when
 --     completed, on_failure when failed or expired, on_complete always;
 --   * its dependents: a waiting task whose dependencies all completed becomes pending; one
@@ -498,18 +492,15 @@ BEGIN
             completed_at = excluded.completed_at, expires_at = excluded.expires_at,
             worker_id = excluded.worker_id, execution_time = excluded.execution_time
     ), logged AS (
+        -- The final event, but for a worker's success: the task row (started_at) and the
+        -- result row say all of that run, and list_events derives its 'executing' and
+        -- 'completed' from them. The traceback is in the result only (list_events shows it).
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
-            message, error_type, error_message, traceback, execution_time)
-        SELECT u.id, e.event_type, e.at, u.queue_name, u.worker_id, e.message,
-               e.error_type, e.error, e.traceback, e.execution_time
+            message, error_type, error_message, execution_time)
+        SELECT u.id, u.status, u.finished_at, u.queue_name, u.worker_id, u.message,
+               u.error_type, u.error, u.execution_time
         FROM ended AS u
-        CROSS JOIN LATERAL (VALUES
-            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real,
-             NULL::text, NULL::text, NULL::text),
-            (u.status, u.finished_at, u.message, u.execution_time, u.error_type, u.error,
-             u.traceback)
-        ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
-        WHERE e.event_type <> 'executing' OR u.outcome IN ('success', 'failure', 'aborted')
+        WHERE u.status <> 'completed' OR u.message IS NOT NULL
     )
     SELECT array_agg(u.id), array_agg(u.status),
            array_agg(u.id) FILTER (WHERE u.status = 'completed'),

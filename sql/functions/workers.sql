@@ -4,32 +4,46 @@
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_workers#
-CREATE OR REPLACE FUNCTION omniq_heartbeat_v1(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
+CREATE OR REPLACE FUNCTION omniq_heartbeat_v2(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
     p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[], p_stale_after INTERVAL,
-    p_stuck_threads INTEGER DEFAULT 0)
+    p_stuck_threads INTEGER, p_version TEXT)
 RETURNS TEXT[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Register or refresh a worker; p_stale_after is how long it may stay silent before its
 -- tasks are rescued, p_stuck_threads how many of its threads still run task functions it
--- gave up (timed out). A worker whose row is gone (it was rescued as dead while alive)
--- registers again in full. Returns the ids among p_held that this worker no longer holds
--- (rescued or cancelled meanwhile): the worker stops caring about them. p_held is kept
--- (held, held_at) for omniq_check_invariants. Index: tasks_pkey (one probe per held id).
+-- gave up (timed out), p_version the OmniQ version it runs (NULL: not told). A worker whose
+-- row is gone (it was rescued as dead while alive) registers again in full. Returns the ids
+-- among p_held that this worker no longer holds (rescued or cancelled meanwhile): the worker
+-- stops caring about them. p_held is kept (held, held_at) for omniq_check_invariants.
+-- Index: tasks_pkey (one probe per held id).
 BEGIN
     INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after,
-        stuck_threads, held, held_at)
+        stuck_threads, held, held_at, version)
     VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after,
-        greatest(p_stuck_threads, 0), coalesce(p_held, '{}'), now())
+        greatest(p_stuck_threads, 0), coalesce(p_held, '{}'), now(), p_version)
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
         queues = excluded.queues, concurrency = excluded.concurrency,
         stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads,
-        held = excluded.held, held_at = excluded.held_at;
+        held = excluded.held, held_at = excluded.held_at, version = excluded.version;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
                           WHERE t.id = h AND t.status = 'running' AND t.worker_id = p_worker_id));
 END
+$$;
+REVOKE EXECUTE ON FUNCTION omniq_heartbeat_v2(TEXT, TEXT, INTEGER, TEXT[], INTEGER, TEXT[], INTERVAL,
+    INTEGER, TEXT) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION omniq_heartbeat_v1(p_worker_id TEXT, p_hostname TEXT, p_pid INTEGER,
+    p_queues TEXT[], p_concurrency INTEGER, p_held TEXT[], p_stale_after INTERVAL,
+    p_stuck_threads INTEGER DEFAULT 0)
+RETURNS TEXT[]
+LANGUAGE sql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+-- The previous release's heartbeat (kept for its workers during a rolling deploy): v2 with
+-- no version.
+SELECT omniq_heartbeat_v2(p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_held,
+    p_stale_after, p_stuck_threads, NULL);
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_heartbeat_v1(TEXT, TEXT, INTEGER, TEXT[], INTEGER, TEXT[], INTERVAL, INTEGER)
     FROM PUBLIC;

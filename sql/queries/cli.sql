@@ -2,18 +2,23 @@
 -- Every change the CLI makes goes through the same queries and stored functions as Python.
 
 -- name: queue_overview()
--- Per-queue counts and oldest ready age from the omniq_queue_overview view. Index: none (scans tasks once).
+-- Per-queue counts and oldest ready age from the omniq_queue_overview view: live tasks and
+-- the last hour only. Index: tasks_pending_idx, tasks_running_idx, results_status_created_idx
+-- (and the others the view's comment names).
 SELECT queue_name, ready, scheduled_later, waiting, running, completed, failed,
        cancelled_or_expired, oldest_ready_age
 FROM "public".omniq_queue_overview ORDER BY queue_name;
 
 -- name: recent_outcomes(since)
--- Tasks completed and failed per queue since :since, from the event log. Index: events_timestamp_idx.
-SELECT queue_name, count(*) FILTER (WHERE event_type = 'completed') AS completed,
-       count(*) FILTER (WHERE event_type = 'failed') AS failed
-FROM "public"."events"
-WHERE timestamp >= :since::timestamptz AND event_type IN ('completed', 'failed')
-GROUP BY queue_name;
+-- Tasks completed and failed per queue since :since: their results, written when they ended
+-- (each task's queue looked up by key; NULL for a task purged since).
+-- Index: results_status_created_idx, then tasks_pkey.
+SELECT (SELECT t.queue_name FROM "public"."tasks" AS t WHERE t.id = r.task_id) AS queue_name,
+       count(*) FILTER (WHERE r.status = 'success') AS completed,
+       count(*) FILTER (WHERE r.status = 'failure') AS failed
+FROM "public"."results" AS r
+WHERE r.status IN ('success', 'failure') AND r.created_at >= :since::timestamptz
+GROUP BY 1;
 
 -- name: schedule_overview()^
 -- Schedules by status, how many are due now, the earliest next run. Index: none (small table).

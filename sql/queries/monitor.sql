@@ -179,16 +179,6 @@ LEFT JOIN "public"."tasks" AS t ON t.id = k.id
 LEFT JOIN "public"."results" AS r ON r.task_id = k.id
 WHERE t.id IS NOT NULL OR r.task_id IS NOT NULL;
 
--- name: task_events(task_id, limit)
--- The latest :limit events of one task, newest first (the timeline reverses them).
--- Index: events_task_idx.
-SELECT e.id, e.event_type, e.timestamp, e.message, e.worker_id, e.queue_name, e.schedule_id,
-       e.error_type, e.error_message, e.traceback, e.execution_time, e.details
-FROM "public"."events" AS e
-WHERE e.task_id = :task_id::text
-ORDER BY e.timestamp DESC, e.id DESC
-LIMIT :limit::int;
-
 -- name: related_tasks(id, limit)
 -- The tasks one task is linked to, with their states: the tasks it depends on ('parent'), the
 -- tasks depending on it ('child') and the callback tasks it enqueued ('callback'), at most
@@ -216,3 +206,9 @@ UNION ALL
 SELECT t.id, t.status, t.attempts, t.worker_id, t.started_at, t.finished_at
 FROM "public"."tasks" AS t
 WHERE t.id = ANY (:ids::text[]);
+
+-- name: worker_versions()
+-- The OmniQ version each registered worker runs (NULL: a worker of an earlier release, whose
+-- heartbeat does not tell), for the Workers tables of the dashboard and omniq status.
+-- Index: none (omniq_workers is small and read whole, as by workers).
+SELECT w.id, w.version FROM "public".omniq_workers AS w;

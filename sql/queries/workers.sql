@@ -1,11 +1,13 @@
 -- Named queries on worker liveness, loaded by aiosql: heartbeats, deregistration, rescue.
 
--- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held, stale_after, stuck_threads)$
--- Refresh (or re-create) a worker's registration; returns the held task ids it lost.
+-- name: heartbeat(worker_id, hostname, pid, queues, concurrency, held, stale_after, stuck_threads, version)$
+-- Refresh (or re-create) a worker's registration, with the OmniQ version it runs; returns the
+-- held task ids it lost.
 -- Index: omniq_workers_pkey, tasks_pkey (one probe per held id) or tasks_running_idx (the
 -- worker's running tasks, when the planner finds that cheaper).
-SELECT "public".omniq_heartbeat_v1(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
-    :concurrency::int, :held::text[], :stale_after::interval, :stuck_threads::int);
+SELECT "public".omniq_heartbeat_v2(:worker_id::text, :hostname::text, :pid::int, :queues::text[],
+    :concurrency::int, :held::text[], :stale_after::interval, :stuck_threads::int,
+    :version::text);
 
 -- name: held_tasks(worker_id)
 -- The ids of the tasks the database says this worker holds (running under its id), for a

@@ -320,7 +320,7 @@ def test_filters_and_paging(cli: CLI) -> None:
         ("tasks", "--since", "29.5m", "--until", "2m", "--json"),
         ("tasks", "--since", start.isoformat(), "--until", "28.5m", "--json"),
         ("tasks", "--status", "failed"),
-        ("events", "--queue", "q2", "--type", "enqueued", "--json"),
+        ("events", "--task", tasks[4].id, "--queue", "q2", "--type", "enqueued", "--json"),
         ("schedules", "--json"),
         ("results",),
         ("tasks", "--offset", "10"),

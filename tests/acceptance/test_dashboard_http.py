@@ -47,7 +47,9 @@ async def test_every_screen_and_the_metrics(
     assert "SMTPError" in detail.text and "Traceback (most recent call last)" in detail.text
     assert (await client.get(url + "/tasks/no-such-task")).status_code == 404
     assert "nightly" in (await client.get(url + "/schedules")).text
-    assert "box" in (await client.get(url + "/workers")).text
+    workers = (await client.get(url + "/workers")).text
+    assert "box" in workers and "9.8.7" in workers  # the version its heartbeat sent
+    assert "9.8.7" in overview.text
     bad = await client.get(url + "/tasks", params={"status": "done"})
     assert bad.status_code == 400 and "unknown status &#39;done&#39;" in bad.text
     cursor = await client.get(url + "/tasks", params={"before": "not-a-cursor"})

@@ -189,8 +189,7 @@ async def test_sigkill_workers_repeatedly_under_load(
     assert await status_counts(db) == {"completed": n}  # none pending, none left running
     results = await db.rows("results")
     assert len(results) == n and {r["status"] for r in results} == {"success"}
-    completed = Counter(r["task_id"] for r in await db.rows("events", "event_type = 'completed'"))
-    assert completed.keys() == key_of.keys() and set(completed.values()) == {1}
+    assert {r["task_id"] for r in results} == key_of.keys()  # one result row per task
 
     ran = runs(path)
     assert set(ran) == set(key_of.values())
@@ -264,10 +263,6 @@ async def test_postgres_restart_immediate_while_producing_and_working(
                 stored = {r["id"] for r in await db.rows("tasks")}
                 assert stored == set(acked) | {late.id}  # nothing unacknowledged slipped in
                 assert await status_counts(db) == {"completed": len(acked) + 1}
-                completed = Counter(
-                    r["task_id"] for r in await db.rows("events", "event_type = 'completed'")
-                )
-                assert set(completed.values()) == {1}
                 ran = runs(path)
                 duplicated = sum(len(pids) - 1 for key, pids in ran.items() if key != "late")
                 reconnected = sum(
@@ -593,19 +588,8 @@ async def test_load_through_four_workers(
     results_sql = f"SELECT status, count(*) FROM {db.table('results')} GROUP BY 1"  # noqa: S608
     by_status = dict(await db.conn.fetch(results_sql))
     assert by_status == {"success": n}
-    events = dict(
-        await db.conn.fetch(
-            f"SELECT event_type, count(DISTINCT task_id) FROM {db.table('events')} "  # noqa: S608
-            "WHERE event_type IN ('dequeued', 'completed') GROUP BY 1"
-        )
-    )
-    totals = dict(
-        await db.conn.fetch(
-            f"SELECT event_type, count(*) FROM {db.table('events')} "  # noqa: S608
-            "WHERE event_type IN ('dequeued', 'completed') GROUP BY 1"
-        )
-    )
-    assert events == totals == {"dequeued": n, "completed": n}  # each task taken and finished once
+    attempts_sql = f"SELECT attempts, count(*) FROM {db.table('tasks')} GROUP BY 1"  # noqa: S608
+    assert dict(await db.conn.fetch(attempts_sql)) == {1: n}  # each task taken once
     p50, p95, p99, worst = await db.conn.fetchval(
         "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99, 1.0]) WITHIN GROUP "  # noqa: S608
         f"(ORDER BY extract(epoch FROM started_at - created_at)) FROM {db.table('tasks')}"
@@ -679,7 +663,8 @@ async def test_committed_rows_survive_immediate_shutdown_and_kill9(
         assert (stats.succeeded, stats.failed) == (150, 20)
     async with connected(own_server.dsn) as admin:
         before = await snapshot(admin, schema)
-    assert len(before["results"]) == 170 and len(before["events"]) >= 170 * 3
+    # Events: the 20 failures (a success stores none: its history is derived, issue 12).
+    assert len(before["results"]) == 170 and len(before["events"]) == 20
 
     await asyncio.to_thread(own_server.restart, "immediate")
     async with connected(own_server.dsn) as admin:

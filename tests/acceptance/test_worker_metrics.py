@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from omniq import Task
+from omniq import __version__ as omniq_version
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.models._common import utcnow
 from tests.support.metrics import of, samples
@@ -74,6 +75,12 @@ async def test_metrics_endpoint_and_json_logs_of_a_worker_process(
     assert got[(depth, (("queue", "mail"), ("status", "failed")))] == 1
     assert got[(depth, (("queue", "mail"), ("status", "ready")))] == 0
     assert got[("omniq_workers_alive", ())] == 1
+
+    status = omniq.start("status")
+    assert await status.exited(60) == 0, status.output()
+    header, row = [line.split() for line in status.output().splitlines() if "WORKER" in line or
+                   line.startswith(f"{socket.gethostname()}-")][:2]  # fmt: skip
+    assert row[header.index("VERSION")] == omniq_version, status.output()
 
     lines = [orjson.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
     assert lines and len(lines) == len(worker.output().splitlines()), worker.output()

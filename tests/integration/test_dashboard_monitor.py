@@ -278,7 +278,6 @@ CASES = {
                             "created_after": NOW - timedelta(days=3),
                             "created_before": NOW - timedelta(days=2)}),
     "detail": ("task_detail", {"id": MID}),
-    "events": ("task_events", {"task_id": MID, "limit": 500}),
     "related": ("related_tasks", {"id": "done-199", "limit": 100}),
     "states": ("task_states", {"ids": ["done-7", "todo-7", "run-7"]}),
 }  # fmt: skip

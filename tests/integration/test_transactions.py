@@ -53,7 +53,7 @@ async def test_enqueue_is_invisible_and_silent_until_commit(
         assert await soon(notified.wait(LONG)) is True
     got = await soon(waiter)  # woken by the commit's NOTIFY, not by its timeout
     assert got is not None and got.id == task.id and got.args == (42,)
-    assert await db.count("events", "event_type = 'enqueued'") == 1
+    assert await db.events(task.id) == ["enqueued", "dequeued"]
 
 
 async def test_enqueue_many_rolled_back_leaves_nothing(

@@ -33,7 +33,7 @@ async def seed(backend: PostgreSQLBackend) -> dict[str, str]:
     failed = Task(func="app.mail.send", queue_name="mail", max_retries=0)
     done = Task(func="app.mail.send", queue_name="mail")
     await q.enqueue_many([failed, done])
-    await protocol.heartbeat(Registration("w-seed", "box", 7, ["mail"], 2))
+    await protocol.heartbeat(Registration("w-seed", "box", 7, ["mail"], 2, version="9.8.7"))
     for task in await q.dequeue_many("mail", 2, worker_id="w-seed"):
         ended = (
             outcome(task, "failure", error="SMTP said no", error_type="SMTPError",

@@ -103,7 +103,20 @@ class Database:
         return found[0] if found else None
 
     async def events(self, task_id: str) -> list[str]:
-        """The event types logged for a task, oldest first (ties in insertion order)."""
+        """The event types of a task's history as people read it (get_events, the dashboard,
+        ``omniq task``): the events stored and the life cycle derived from the task and result
+        rows (sql/queries/events.sql, list_events), oldest first."""
+        from omniq.backend.postgres.sqlfiles import sql_files
+
+        files = sql_files(self.schema, tuple(self.tables.items()))
+        found = await files.events.list_events(
+            self.conn, task_id=task_id, event_types=None, queue_name=None, worker_id=None,
+            after=None, before=None, limit=10_000, offset=0,
+        )  # fmt: skip
+        return [r["event_type"] for r in reversed(found)]
+
+    async def stored_events(self, task_id: str) -> list[str]:
+        """The event types stored for a task, oldest first (ties in insertion order)."""
         found = await self.rows("events", "task_id = $1", task_id, order="timestamp, ctid")
         return [r["event_type"] for r in found]
 

@@ -27,6 +27,7 @@ from .sync import run_on
 ALL_STATUSES = tuple(TaskStatus)
 LIVE_STATES = ("ready", "later", "waiting", "running", "failed")
 ATTEMPT_START = frozenset({"dequeued", "executing"})
+RUN_WITHOUT_START = frozenset({"rescued", "requeued"})  # these end a run that was not logged
 ATTEMPT_END = {  # event type -> how the attempt ended
     "completed": "completed",
     "failed": "failed",
@@ -140,9 +141,15 @@ class AsyncPostgresMonitor(Component):
         return [dict(row) for row in rows]
 
     async def workers(self) -> list[dict[str, Any]]:
-        """Registered workers with heartbeat, staleness and the tasks they hold."""
+        """Registered workers with heartbeat, staleness, the tasks they hold and the OmniQ
+        version they run (None: an earlier release's worker, which does not say)."""
         async with self._conn() as conn:
-            return [dict(row) for row in await self._sql.monitor.workers(conn)]
+            rows = [dict(row) for row in await self._sql.monitor.workers(conn)]
+            known = await self._sql.monitor.worker_versions(conn)
+        versions = {r["id"]: r["version"] for r in known}
+        for row in rows:
+            row["version"] = versions.get(row["id"])
+        return rows
 
     async def schedules(self, limit: int = 100, runs: int = 5) -> list[dict[str, Any]]:
         """Schedules, soonest first, each with its last ``runs`` fired tasks."""
@@ -258,7 +265,17 @@ class AsyncPostgresMonitor(Component):
             row = await sql.task_detail(conn, id=task_id)
             if row is None:
                 return None
-            history = await sql.task_events(conn, task_id=task_id, limit=events)
+            history = await self._sql.events.list_events(  # stored and derived events
+                conn,
+                task_id=task_id,
+                event_types=None,
+                queue_name=None,
+                worker_id=None,
+                after=None,
+                before=None,
+                limit=events,
+                offset=0,
+            )
             links = await sql.related_tasks(conn, id=task_id, limit=related)
         row = dict(row)
         result_keys = ("result", "error", "error_type", "traceback", "completed_at")
@@ -539,29 +556,38 @@ def _schedule(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _run(number: int, worker_id: str | None, started_at: Any) -> dict[str, Any]:
+    return {
+        "number": number,
+        "worker_id": worker_id,
+        "started_at": started_at,
+        "ended_at": None,
+        "outcome": "running",
+        "error_type": None,
+        "error": None,
+        "traceback": None,
+        "execution_time": None,
+    }
+
+
 def attempts(events: list[dict[str, Any]], result: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The runs of a task read from its events (oldest first): who ran it, when, how it ended.
 
     An attempt opens at ``dequeued`` (or ``executing``) and closes at the event that ended it.
+    A rescue or release without a start before it (their start is not stored since issue 12:
+    the task row keeps only its latest run's) is a run whose start is unknown.
     The last one takes the result's traceback when its event carries none.
     """
     runs: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     for event in events:
         kind = event["event_type"]
+        if current is None and kind in RUN_WITHOUT_START:
+            current = _run(len(runs) + 1, event["worker_id"], None)
+            runs.append(current)
         if kind in ATTEMPT_START:
             if current is None:
-                current = {
-                    "number": len(runs) + 1,
-                    "worker_id": event["worker_id"],
-                    "started_at": event["timestamp"],
-                    "ended_at": None,
-                    "outcome": "running",
-                    "error_type": None,
-                    "error": None,
-                    "traceback": None,
-                    "execution_time": None,
-                }
+                current = _run(len(runs) + 1, event["worker_id"], event["timestamp"])
                 runs.append(current)
             elif kind == "executing":
                 current["started_at"] = event["timestamp"]  # dequeued earlier, ran from here

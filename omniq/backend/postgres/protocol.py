@@ -78,7 +78,8 @@ def _task_id(outcome: Outcome) -> str:
 class Registration:
     """What a worker's heartbeat tells the database about it, besides the tasks it holds.
 
-    ``stale_after``: how long it may stay silent before another worker rescues its tasks.
+    ``stale_after``: how long it may stay silent before another worker rescues its tasks;
+    ``version``: the OmniQ version it runs (shown by the dashboard and ``omniq status``).
     """
 
     worker_id: str
@@ -87,6 +88,7 @@ class Registration:
     queues: Sequence[str]
     concurrency: int
     stale_after: timedelta = timedelta(seconds=30)
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,4 +197,5 @@ def _heartbeat_params(
         "held": list(held),
         "stale_after": registration.stale_after,
         "stuck_threads": stuck_threads,
+        "version": registration.version,
     }
