@@ -406,7 +406,9 @@ class OmniQ(System):
         return await self.db.fetchval("SELECT count(*) FROM tasks WHERE status <> 'completed'")
 
     async def load_history(self, n: int) -> None:
-        """``n`` completed tasks from 30 days ago, with results and the usual four events."""
+        """``n`` completed tasks from 30 days ago with their results: what a finished job
+        leaves (its events are derived when read, none stored), plus the four events per task
+        an installation upgraded from before issue 12 still holds."""
         await self.db.execute(
             """
             INSERT INTO tasks (id, queue_name, priority, status, func, args, kwargs, created_at,

@@ -188,13 +188,16 @@ FROM (
     UNION ALL
     SELECT t.queue_name, 'failed', NULL FROM "tasks" AS t WHERE t.status = 'failed'
     UNION ALL
-    SELECT (SELECT t.queue_name FROM "tasks" AS t WHERE t.id = r.task_id),
+    SELECT q.queue_name,
            CASE r.status WHEN 'success' THEN 'completed' ELSE 'cancelled_or_expired' END, NULL
     FROM "results" AS r
+    -- each task's queue by its key (a result whose task was purged since is left out);
+    -- OFFSET 0 keeps it a lookup per result, never a join reading the whole tasks table
+    CROSS JOIN LATERAL (SELECT t.queue_name FROM "tasks" AS t WHERE t.id = r.task_id
+                        OFFSET 0) AS q
     WHERE r.status IN ('success', 'cancelled', 'expired')
       AND r.created_at >= now() - interval '1 hour'
 ) AS s
-WHERE s.queue_name IS NOT NULL  -- a result whose task was purged since
 GROUP BY s.queue_name;
 
 CREATE OR REPLACE FUNCTION omniq_purge_old_results(p_older_than INTERVAL, p_batch INTEGER DEFAULT 10000)
