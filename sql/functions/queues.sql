@@ -98,10 +98,15 @@ REVOKE EXECUTE ON FUNCTION omniq_set_queue_limits_v1(TEXT, INTEGER, REAL, INTEGE
 CREATE OR REPLACE FUNCTION omniq_queue_settings_v1(p_names TEXT[] DEFAULT NULL)
 RETURNS TABLE (name TEXT, paused BOOLEAN, max_running INTEGER, rate REAL, burst INTEGER,
     tokens REAL, running BIGINT, pending BIGINT, updated_at TIMESTAMPTZ)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- The settings of the named queues (all queues with a row when p_names is NULL), by name,
 -- with the tokens the bucket holds now and the queue's running and pending task counts.
 -- Index: omniq_queues_pkey; tasks_running_queue_idx and tasks_pending_idx for the counts.
+-- PL/pgSQL (its body is checked when first run, not when created), as are the other functions
+-- that read omniq_queues: a function file is applied at every step of an upgrade, also before
+-- migration 0011 creates the table.
+BEGIN
+    RETURN QUERY
     SELECT q.name, q.paused, q.max_running, q.rate, q.burst,
            CASE WHEN q.rate IS NOT NULL THEN least(q.burst::real, (q.tokens + q.rate
                 * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))::real) END,
@@ -110,7 +115,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = "public", pg_temp AS $$
            q.updated_at
     FROM omniq_queues AS q
     WHERE p_names IS NULL OR q.name = ANY (p_names)
-    ORDER BY q.name
+    ORDER BY q.name;
+END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_queue_settings_v1(TEXT[]) FROM PUBLIC;
 
@@ -122,12 +128,14 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- whole tokens in the bucket, refilled for the time elapsed (the refill is stored).
 -- Index: omniq_queues_pkey; tasks_running_queue_idx for the count.
 DECLARE
-    v_q omniq_queues;
+    v_q RECORD;
     v_now TIMESTAMPTZ := clock_timestamp();
     v_allow INTEGER := p_want;
     v_running INTEGER;
+    v_tokens DOUBLE PRECISION;
 BEGIN
-    SELECT * INTO v_q FROM omniq_queues AS q WHERE q.name = p_queue;
+    SELECT q.paused, q.max_running, q.rate, q.burst, q.tokens, q.refilled_at INTO v_q
+    FROM omniq_queues AS q WHERE q.name = p_queue;
     IF NOT FOUND THEN
         RETURN p_want;
     END IF;
@@ -140,22 +148,24 @@ BEGIN
         v_allow := least(v_allow, v_q.max_running - v_running);
     END IF;
     IF v_q.rate IS NOT NULL THEN
-        v_q.tokens := least(v_q.burst, v_q.tokens
+        v_tokens := least(v_q.burst, v_q.tokens
             + v_q.rate * greatest(0, extract(epoch FROM v_now - v_q.refilled_at)));
-        UPDATE omniq_queues AS q SET tokens = v_q.tokens, refilled_at = v_now
+        UPDATE omniq_queues AS q SET tokens = v_tokens, refilled_at = v_now
         WHERE q.name = p_queue;
-        v_allow := least(v_allow, floor(v_q.tokens)::integer);
+        v_allow := least(v_allow, floor(v_tokens)::integer);
     END IF;
     RETURN greatest(v_allow, 0);
 END
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_queue_took(p_queue TEXT, p_taken INTEGER) RETURNS VOID
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- After a dequeue took p_taken tasks from a limited queue: spend that many tokens of its rate
 -- bucket (if it has one). Index: omniq_queues_pkey.
+BEGIN
     UPDATE omniq_queues AS q SET tokens = greatest(0, q.tokens - p_taken)
-    WHERE q.name = p_queue AND q.rate IS NOT NULL AND p_taken > 0
+    WHERE q.name = p_queue AND q.rate IS NOT NULL AND p_taken > 0;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_notify_slot_freed() RETURNS trigger

@@ -17,6 +17,7 @@
 --   omniq_notify_slot_freed in sql/functions/queues.sql (a stub here, replaced there).
 --
 -- lock: "tasks" ACCESS EXCLUSIVE
+-- lock: omniq_queues ACCESS EXCLUSIVE
 
 -- name: migration_0011#
 CREATE TABLE IF NOT EXISTS omniq_queues (

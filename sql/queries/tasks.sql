@@ -53,7 +53,8 @@ FROM "public"."tasks" WHERE id = :id::text;
 -- Tasks, newest first, filtered by any of status list, queue, func and creation time.
 -- A single status is also spelled out so the planner reads that status's index in order.
 -- Index: tasks_finished_idx for finished statuses, tasks_pending_idx for pending,
--- tasks_running_idx for running; no status (or waiting): a scan of the table.
+-- tasks_running_idx for running (tasks_running_queue_idx for running in one queue); no
+-- status (or waiting): a scan of the table.
 SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,
        retry_count, max_retries, retry_delay, dependencies, callbacks, metadata, task_data,
        started_at, finished_at, worker_id, attempts
@@ -111,5 +112,6 @@ SELECT "public".omniq_cleanup_expired_tasks_v1(:batch::int);
 SELECT "public".omniq_purge_finished_tasks_v1(:older_than::interval, :batch::int);
 
 -- name: requeue_stalled(older_than)$
--- Put tasks running longer than :older_than back to pending. Index: tasks_running_idx.
+-- Put tasks running longer than :older_than back to pending. Index: tasks_running_idx (or
+-- tasks_running_queue_idx: both hold the running tasks only).
 SELECT "public".omniq_requeue_stalled_v1(:older_than::interval);

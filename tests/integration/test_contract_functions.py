@@ -62,7 +62,7 @@ def test_python_calls_only_versioned_functions() -> None:
                 f"{path.name} calls {name}: the Python code calls only versioned functions "
                 f"({name}_v1), so that a later release can change {name} under a new version"
             )
-    assert {"omniq_enqueue_v1", "omniq_dequeue_v1", "omniq_finish_tasks_v1"} <= calls
+    assert {"omniq_enqueue_v2", "omniq_dequeue_v1", "omniq_finish_tasks_v1"} <= calls
 
 
 def test_no_function_returns_a_whole_row_and_no_query_reads_star() -> None:
