@@ -6,9 +6,10 @@
 
 -- name: queue_gauges()
 -- Per queue: tasks ready, due later, waiting, running and failed, with the oldest due time of
--- each (for ready tasks: how long the oldest has waited); then workers alive and stale.
+-- each (for ready tasks: how long the oldest has waited); the paused queues (state 'paused':
+-- paused, or max_running 0); then workers alive and stale.
 -- Index: tasks_pending_idx, tasks_waiting_ids_idx, tasks_running_idx, tasks_failed_idx (an
--- index-only count); omniq_workers is small and read whole.
+-- index-only count); omniq_workers and omniq_queues are small and read whole.
 SELECT 'queue' AS kind, live.queue_name, live.state, count(*) AS tasks, min(live.due_at) AS oldest_due
 FROM (
     SELECT t.queue_name, CASE WHEN t.run_at > now() THEN 'later' ELSE 'ready' END AS state,
@@ -22,6 +23,9 @@ FROM (
     SELECT t.queue_name, 'failed', NULL FROM "public"."tasks" AS t WHERE t.status = 'failed'
 ) AS live
 GROUP BY live.queue_name, live.state
+UNION ALL
+SELECT 'queue', q.name, 'paused', 1, NULL
+FROM "public".omniq_queues AS q WHERE q.paused OR q.max_running = 0
 UNION ALL
 SELECT 'workers', NULL,
        CASE WHEN now() - w.last_heartbeat > w.stale_after THEN 'stale' ELSE 'alive' END,

@@ -7,16 +7,19 @@ NOTIFY wakes them."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.identifiers import quote_identifier
 from omniq.models.task import Task
 from tests.acceptance.test_cli import CLI
+from tests.support.dashboard import start as start_dashboard
 from tests.support.db import Database, drop_schemas, run_in_thread, unique_schema
 from tests.support.processes import Processes, wait_until
 
@@ -168,3 +171,17 @@ def test_queue_commands(pg_dsn: str, tmp_path: Path) -> None:
         print("\n" + "\n".join(shown))
     finally:
         run_in_thread(lambda: drop_schemas(pg_dsn, cli.schema))
+
+
+async def test_the_dashboard_marks_paused_queues(
+    backend: PostgreSQLBackend, omniq: Processes
+) -> None:
+    q = backend.task_queue
+    await q.enqueue_many([Task(func="app.jobs.mail", queue_name=n) for n in ("held", "open")])
+    await q.pause_queue("held")
+    url = await start_dashboard(omniq)
+    async with httpx.AsyncClient(timeout=30) as client:
+        page = (await client.get(url + "/")).text
+    rows = {m[0]: m[1] for m in re.findall(r">(held|open)</a>( <span[^>]*>paused</span>)?", page)}
+    assert rows == {"held": rows["held"], "open": ""} and "paused" in rows["held"]
+    assert (await backend.monitor.gauges()).queues["held"].paused

@@ -53,6 +53,7 @@ class QueueStats:
     waiting: int = 0
     running: int = 0
     failed: int = 0
+    paused: int = 0  # 1: paused (omniq queue pause, or max_running 0): no worker takes its tasks
     oldest_ready_at: datetime | None = None  # when the longest-waiting ready task became due
     next_later_at: datetime | None = None
     done_recently: int = 0
