@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from .backend.postgres import PostgreSQLBackend
@@ -90,9 +90,9 @@ class AsyncScheduler:
         return total
 
 
-async def _first(*aws: object) -> None:
+async def _first(*aws: Awaitable[Any]) -> None:
     """Wait until the first of ``aws`` finishes; cancel the rest."""
-    futures = [asyncio.ensure_future(a) for a in aws]  # type: ignore[arg-type]
+    futures = [asyncio.ensure_future(a) for a in aws]
     try:
         await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -118,8 +118,13 @@ class Scheduler(AsyncScheduler):
 
         async def until_stopped() -> int:
             if stopping is not None:  # relay the caller's event to the loop
+
+                def relay() -> None:
+                    stopping.wait()
+                    stop_now()
+
                 threading.Thread(
-                    target=lambda: stopping.wait() and stop_now(),
+                    target=relay,
                     name="omniq-scheduler-stop",
                     daemon=True,  # it waits for the caller's event, and must not keep us alive
                 ).start()

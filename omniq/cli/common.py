@@ -165,7 +165,7 @@ def add_command(
     description: str | None = None,
 ) -> argparse.ArgumentParser:
     """A sub-command with its help, the connection options and the handler to run."""
-    parser = commands.add_parser(
+    parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=summary,
         description=description or summary[0].upper() + summary[1:] + ".",

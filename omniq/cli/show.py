@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from enum import StrEnum
 from typing import Any
 
 from ..models.enums import EventType, ResultStatus, ScheduleStatus, ScheduleType, TaskStatus
@@ -29,8 +30,8 @@ SHOWN = 1000  # characters of a result, error or call shown by `omniq task` with
 SHOWN_LINES = 60  # lines of a traceback shown without --full
 
 
-def _choices(kind: type) -> str:
-    return ", ".join(kind)  # type: ignore[call-overload]
+def _choices(kind: type[StrEnum]) -> str:
+    return ", ".join(kind)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -247,7 +247,9 @@ class Dashboard:
 
     async def act(self, request: Request) -> Response:
         form = await request.form()
-        if not csrf_ok(request.cookies.get(CSRF_COOKIE), form.get(CSRF_FIELD)) or not origin_ok(
+        token = form.get(CSRF_FIELD)
+        submitted = token if isinstance(token, str) else None  # not a file upload
+        if not csrf_ok(request.cookies.get(CSRF_COOKIE), submitted) or not origin_ok(
             request.headers
         ):
             return PlainTextResponse(
@@ -302,7 +304,7 @@ async def _select(backend: PostgreSQLBackend, f: TaskFilter, action: registry.Ac
 
 def _local(target: str, request: Request) -> str:
     """Redirect only within the dashboard (no open redirect through ``next``)."""
-    root = request.scope.get("root_path", "")
+    root: str = request.scope.get("root_path", "")
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return root + "/"
     return target

@@ -18,5 +18,5 @@ from ..observability.metrics import GaugesCollector
 def exposition(gauges: Gauges) -> tuple[bytes, str]:
     """The scrape body and its content type."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GaugesCollector(gauges))  # type: ignore[arg-type]
+    registry.register(GaugesCollector(gauges))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +57,7 @@ def dump_json(value: Any, what: str) -> str:
     return data.decode()
 
 
-def _walk(value: Any):
+def _walk(value: Any) -> Iterator[Any]:
     stack = [value]
     while stack:
         item = stack.pop()

@@ -136,4 +136,4 @@ class Schedule:
                 return base + step
             missed = int((now - base) / step) + 1
             return base + missed * step
-        return croniter(self.cron_expression, now).get_next(datetime)
+        return croniter(self.cron_expression or "", now).get_next(datetime)

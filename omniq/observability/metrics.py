@@ -91,7 +91,7 @@ class WorkerMetrics:
     ) -> None:
         """Add the queue-wide gauges, read by ``read()`` on ``loop`` at each scrape (from the
         HTTP server's thread: one statement per scrape, none between scrapes)."""
-        self.registry.register(ScrapedGauges(read, loop, timeout))  # type: ignore[arg-type]
+        self.registry.register(ScrapedGauges(read, loop, timeout))
 
 
 class GaugesCollector:

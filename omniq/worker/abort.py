@@ -86,4 +86,4 @@ def stopped(exc: BaseException | None) -> dict[str, str | None]:
     shows where the task was when it stopped."""
     if exc is None:
         return {"error": "returned after the abort request (its value is discarded)"}
-    return failure(exc)
+    return {**failure(exc)}

@@ -16,8 +16,8 @@ __all__ = ["TaskImportError", "resolve"]
 def resolve(path: str) -> Callable[..., Any]:
     """Import ``package.module.function`` or ``package.module:Class.method``."""
     if ":" in path:
-        module_name, _, attrs = path.partition(":")
-        candidates = [(module_name, attrs.split("."))]
+        module_name, _, names = path.partition(":")
+        candidates = [(module_name, names.split("."))]
     else:
         parts = path.split(".")
         candidates = [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
@@ -43,5 +43,6 @@ def resolve(path: str) -> Callable[..., Any]:
                 raise TaskImportError(f"{path!r}: {obj!r} has no attribute {attr!r}") from None
         if not callable(obj):
             raise TaskImportError(f"{path!r} is not callable (it is {type(obj).__name__})")
-        return obj
+        function: Callable[..., Any] = obj
+        return function
     raise TaskImportError(f"cannot import {path!r}: {error}")

@@ -237,7 +237,7 @@ class AsyncWorker:
             ",".join(self.queues),
             self.concurrency,
         )
-        helpers = [
+        helpers: list[asyncio.Task[Any]] = [
             asyncio.create_task(outcomes.run(), name="omniq-flusher"),
             asyncio.create_task(self._rescues(), name="omniq-rescues"),
         ]
@@ -568,6 +568,7 @@ class AsyncWorker:
             try:
                 async with asyncio.timeout(None) as scope:
                     began = await started
+                    assert timeout is not None  # started is only made with a timeout
                     scope.reschedule(began + timeout)  # loop.time() is time.monotonic()
                     return await asyncio.wrap_future(thread_future)
             except TimeoutError:

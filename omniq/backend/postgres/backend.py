@@ -14,10 +14,11 @@ import asyncpg
 
 from ...models.config import PostgresConfig
 from . import schema
-from .connection import Pooled, connect_listener, create_pool, translate_errors
+from .connection import Connection, Pooled, connect_listener, create_pool, translate_errors
 from .events import PostgresEventStorage
 from .listener import CHANNEL_KINDS, Listener
 from .monitor import PostgresMonitor
+from .query import required
 from .queue import PostgresQueue
 from .results import PostgresResultStorage
 from .schedules import PostgresScheduleStorage
@@ -83,7 +84,7 @@ class PostgreSQLBackend:
                 raise
             self._pool, self._loop = pool, loop
 
-    async def _prepare_schema(self, conn: asyncpg.Connection) -> None:
+    async def _prepare_schema(self, conn: Connection) -> None:
         """What ``config.migrate`` says connecting does to the schema (``schema.prepare``)."""
         await schema.prepare(conn, self.sql, self.config.schema, self.config.migrate)
 
@@ -176,8 +177,9 @@ class PostgreSQLBackend:
             return
         self._generation = fork_generation()
         _inherited.extend([self._pool, self._listener, self._thread, self._loop])
-        for loop in {self._loop, self._thread.loop if self._thread else None} - {None}:
-            _disown(loop)
+        for loop in {self._loop, self._thread.loop if self._thread else None}:
+            if loop is not None:
+                _disown(loop)
         self._pool = self._listener = self._loop = self._thread = self._opening = None
 
     async def _ready_pool(self) -> asyncpg.Pool:
@@ -189,7 +191,7 @@ class PostgreSQLBackend:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A pooled connection inside a transaction: pass it as ``connection=`` to enqueue."""
         async with self.acquire() as conn, conn.transaction():
             yield conn
@@ -199,7 +201,7 @@ class PostgreSQLBackend:
         if self._listener is None:
             async with self.acquire() as conn:
                 channels = {
-                    kind: await self.sql.migrations.channel(conn, kind=kind)
+                    kind: required(await self.sql.migrations.channel(conn, kind=kind), "channel")
                     for kind in CHANNEL_KINDS
                 }
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from .connection import Given, Pooled
+from .connection import Connection, Given, Pooled
 
 if TYPE_CHECKING:
     from .backend import PostgreSQLBackend
@@ -32,13 +30,18 @@ class Component:
     def _sync_loop(self) -> asyncio.AbstractEventLoop:
         return self._backend._sync_loop()
 
-    def _conn(self, connection: asyncpg.Connection | None = None) -> Pooled | Given:
+    def _conn(self, connection: Connection | None = None) -> Pooled | Given:
         """The caller's connection when given (their transaction), else one from the pool."""
         if connection is not None:
             return Given(connection, self._backend.config)
         return self._backend.acquire()
 
-    async def _drain(self, call: Any, progress: Progress | None = None, **params: Any) -> int:
+    async def _drain(
+        self,
+        call: Callable[..., Awaitable[int | None]],
+        progress: Progress | None = None,
+        **params: Any,
+    ) -> int:
         """Call a batched cleanup function until a batch comes back short; total rows removed.
 
         ``progress`` is called with the running total after every full batch.
@@ -46,7 +49,7 @@ class Component:
         total = 0
         while True:
             async with self._conn() as conn:
-                removed = await call(conn, batch=CLEANUP_BATCH, **params)
+                removed = await call(conn, batch=CLEANUP_BATCH, **params) or 0
             total += removed
             if removed < CLEANUP_BATCH:
                 return total

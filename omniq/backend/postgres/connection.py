@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from ...dsn import parse_dsn
 from ...errors import (
@@ -22,6 +23,9 @@ from ...errors import (
     QueryTimeoutError,
 )
 from ...models.config import PostgresConfig
+
+# A connection of one's own, or one a pool lends (asyncpg's proxy of it): both run queries.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 def connect_kwargs(config: PostgresConfig, *, listen: bool = False) -> dict[str, Any]:
@@ -94,7 +98,7 @@ async def create_pool(config: PostgresConfig) -> asyncpg.Pool:
 async def connect_listener(config: PostgresConfig) -> asyncpg.Connection:
     """A connection of its own for LISTEN, with TCP keepalives so a dead peer is noticed."""
     async with translate_errors(config):
-        conn = await asyncpg.connect(**connect_kwargs(config, listen=True))
+        conn: asyncpg.Connection = await asyncpg.connect(**connect_kwargs(config, listen=True))
     _enable_keepalive(conn)
     return conn
 
@@ -218,9 +222,9 @@ class Pooled:
         ready: Callable[[], Awaitable[asyncpg.Pool]] | None = None,
     ) -> None:
         self._config, self._timeout, self._pool, self._ready = config, timeout, pool, ready
-        self._conn: asyncpg.Connection | None = None
+        self._conn: PoolConnectionProxy | None = None
 
-    async def __aenter__(self) -> asyncpg.Connection:
+    async def __aenter__(self) -> PoolConnectionProxy:
         if self._pool is None:
             assert self._ready is not None
             self._pool = await self._ready()
@@ -243,11 +247,10 @@ class Pooled:
             raise translated from exc
         return self._conn
 
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self._pool is not None and self._conn is not None
         await self._pool.release(self._conn)
         _reraise_translated(exc, self._config)
-        return False
 
 
 class Given:
@@ -255,15 +258,14 @@ class Given:
 
     __slots__ = ("_conn", "_config")
 
-    def __init__(self, conn: asyncpg.Connection, config: PostgresConfig) -> None:
+    def __init__(self, conn: Connection, config: PostgresConfig) -> None:
         self._conn, self._config = conn, config
 
-    async def __aenter__(self) -> asyncpg.Connection:
+    async def __aenter__(self) -> Connection:
         return self._conn
 
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         _reraise_translated(exc, self._config)
-        return False
 
 
 def _reraise_translated(exc: BaseException | None, config: PostgresConfig) -> None:

@@ -16,7 +16,8 @@ from ...errors import SchemaError
 from ...identifiers import quote_identifier
 from ...models.config import PostgresConfig
 from . import schema
-from .sqlfiles import Query, Script, SQLFiles, sql_files
+from .query import Query
+from .sqlfiles import Script, SQLFiles, sql_files
 
 if TYPE_CHECKING:
     from .backend import PostgreSQLBackend

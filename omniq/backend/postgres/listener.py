@@ -98,13 +98,14 @@ class Listener:
         self._conn = conn
         self.connected.set()
 
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         kind = self._kinds.get(channel)
         if kind is None:
             return
+        text = str(payload)  # NOTIFY payloads are text
         for callback in list(self._subscribers.get(kind, ())):
-            callback(payload)
-        keys = payload.split(",") if kind == "results" else (payload,)
+            callback(text)
+        keys = text.split(",") if kind == "results" else (text,)
         for waiter in self._waiters[kind]:
             if waiter.keys is None or not waiter.keys.isdisjoint(keys):
                 waiter.event.set()

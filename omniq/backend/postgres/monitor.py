@@ -22,6 +22,7 @@ from ...models._common import as_utc, utcnow
 from ...models.enums import TaskStatus
 from .base import Component
 from .connection import connect_listener
+from .query import required
 from .sync import run_on
 
 ALL_STATUSES = tuple(TaskStatus)
@@ -278,7 +279,6 @@ class AsyncPostgresMonitor(Component):
                 offset=0,
             )
             links = await sql.related_tasks(conn, id=task_id, limit=related)
-        row = dict(row)
         result_keys = ("result", "error", "error_type", "traceback", "completed_at")
         result = None
         if row["result_status"] is not None:
@@ -332,7 +332,7 @@ class AsyncPostgresMonitor(Component):
     async def schedule_counts(self) -> dict[str, Any]:
         """Schedules active, paused and due now, and the earliest next run."""
         async with self._conn() as conn:
-            return dict(await self._sql.cli.schedule_overview(conn))
+            return dict(required(await self._sql.cli.schedule_overview(conn), "schedule_overview"))
 
     # -- omniq doctor --------------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ class AsyncPostgresMonitor(Component):
         """The server: version (text and major number), database, user, whether superuser,
         whether autovacuum runs."""
         async with self._conn() as conn:
-            info = dict(await self._sql.cli.server_info(conn))
+            info = dict(required(await self._sql.cli.server_info(conn), "server_info"))
             info["major"] = conn.get_server_version().major
         return info
 
@@ -358,12 +358,13 @@ class AsyncPostgresMonitor(Component):
         schema = self._backend.config.schema
         sql = self._sql.cli
         async with self._conn() as conn:
-            found = dict(await sql.privileges(conn, schema_name=schema))
+            found = dict(required(await sql.privileges(conn, schema_name=schema), "privileges"))
             if found["usage_schema"]:
                 tables = list(self.tables.values())
                 rows = await sql.table_privileges(conn, schema_name=schema, tables=tables)
                 found["tables"] = {r["name"]: r["read_write"] for r in rows}
-                found.update(dict(await sql.protocol_privileges(conn, schema_name=schema)))
+                protocol = await sql.protocol_privileges(conn, schema_name=schema)
+                found.update(required(protocol, "protocol_privileges"))
         return found
 
     async def table_health(self) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ import orjson
 
 from ...models.task import Task
 from .base import Component
-from .connection import connect_kwargs, translate_errors
+from .connection import Connection, connect_kwargs, translate_errors
+from .query import required
 from .rows import task_from_row
 
 OutcomeKind = Literal["success", "failure", "expired", "aborted"]  # aborted: on a request
@@ -137,9 +138,10 @@ class WorkerProtocol(Component):
     async def release(self, task_ids: Sequence[str], worker_id: str | None, reason: str) -> int:
         """Return running tasks of this worker to pending without counting a retry."""
         async with self._conn() as conn:
-            return await self._sql.tasks.release_tasks(
+            released = await self._sql.tasks.release_tasks(
                 conn, ids=list(task_ids), worker_id=worker_id, reason=reason
             )
+        return released or 0
 
     async def heartbeat(
         self,
@@ -147,7 +149,7 @@ class WorkerProtocol(Component):
         held: Sequence[str] = (),
         stuck_threads: int = 0,
         *,
-        connection: asyncpg.Connection | None = None,
+        connection: Connection | None = None,
     ) -> list[str]:
         """Register the worker or refresh its registration; returns the ids among ``held`` it
         no longer holds (a rescue took them). ``stuck_threads``: its threads still running task
@@ -165,6 +167,7 @@ class WorkerProtocol(Component):
         """
         async with self._conn() as conn:
             row = await self._sql.workers.rescue_tasks(conn, caller=caller)
+        row = required(row, "rescue_tasks")
         return Rescue(row["rescued"], row["next_check_at"])
 
     async def held_tasks(self, worker_id: str) -> list[str]:
@@ -182,7 +185,8 @@ class WorkerProtocol(Component):
     async def worker_stopped(self, worker_id: str) -> int:
         """Deregister a worker, releasing any task it still holds; returns tasks released."""
         async with self._conn() as conn:
-            return await self._sql.workers.worker_stopped(conn, worker_id=worker_id)
+            released = await self._sql.workers.worker_stopped(conn, worker_id=worker_id)
+        return released or 0
 
 
 def _heartbeat_params(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, fields
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
 
 from ...models._common import dump_json
 from ...models.event import TaskEvent
@@ -14,6 +16,7 @@ from ...models.schedule import Schedule
 from ...models.task import Task
 
 Model = TypeVar("Model", Task, Schedule)
+Row: TypeAlias = Mapping[str, Any] | asyncpg.Record  # a row as read, or as a dict
 
 # Model fields kept inside the *_data JSONB column instead of a column of their own.
 TASK_DATA_FIELDS = ("timeout", "result_ttl")
@@ -80,13 +83,15 @@ def _as_stored(cls: type[Model], values: dict[str, Any]) -> Model:
     or a scheduler. The worker then fails such a task with a clear error when it runs it.
     """
     model = object.__new__(cls)
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in fields(cls):
         if f.name in values:
             value = values[f.name]
         elif f.default is not MISSING:
             value = f.default
+        elif callable(f.default_factory):
+            value = f.default_factory()
         else:
-            value = f.default_factory()  # type: ignore[misc]
+            raise TypeError(f"a stored {cls.__name__} has no {f.name}")
         object.__setattr__(model, f.name, value)
     return model
 
@@ -98,7 +103,7 @@ def _build(cls: type[Model], values: dict[str, Any]) -> Model:
         return _as_stored(cls, values)
 
 
-def task_from_row(row: Mapping[str, Any]) -> Task:
+def task_from_row(row: Row) -> Task:
     data = dict(row["task_data"])
     extra = {k: data.pop(k) for k in TASK_DATA_FIELDS if k in data}
     return _build(
@@ -176,35 +181,35 @@ def result_params(result: TaskResult) -> dict[str, Any]:
     }
 
 
-def known_columns(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+def known_columns(cls: type, row: Row) -> dict[str, Any]:
     """The row's values for the model's fields only. A later release may add columns (the
     migrations only add), and a model built from a whole row would refuse them."""
     values = dict(row)
     return {f.name: values[f.name] for f in fields(cls) if f.name in values}
 
 
-def result_from_row(row: Mapping[str, Any]) -> TaskResult:
+def result_from_row(row: Row) -> TaskResult:
     return TaskResult(**known_columns(TaskResult, row))
 
 
 def events_json(events: Iterable[TaskEvent]) -> str:
     documents = []
     for e in events:
-        doc = {name: getattr(e, name) for name in e.__slots__}  # type: ignore[attr-defined]
+        doc = {name: getattr(e, name) for name in e.__slots__}
         doc["timestamp"] = _iso(e.timestamp)
         doc["event_type"] = str(e.event_type)
         documents.append(doc)
     return dump_json(documents, "event")
 
 
-def event_from_row(row: Mapping[str, Any]) -> TaskEvent:
+def event_from_row(row: Row) -> TaskEvent:
     return TaskEvent(**known_columns(TaskEvent, row))
 
 
 def schedule_params(schedule: Schedule) -> dict[str, Any]:
     data = dict(schedule.schedule_data)
     data.update({k: getattr(schedule, k) for k in SCHEDULE_DATA_FIELDS})
-    values = {name: getattr(schedule, name) for name in schedule.__slots__}  # type: ignore[attr-defined]
+    values = {name: getattr(schedule, name) for name in schedule.__slots__}
     for key in SCHEDULE_DATA_FIELDS:
         values.pop(key)
     values.update(
@@ -218,7 +223,7 @@ def schedule_params(schedule: Schedule) -> dict[str, Any]:
     return values
 
 
-def schedule_from_row(row: Mapping[str, Any]) -> Schedule:
+def schedule_from_row(row: Row) -> Schedule:
     values = known_columns(Schedule, row)  # not the claim's db_now, nor a later release's columns
     data = dict(values.pop("schedule_data"))
     extra = {k: data.pop(k) for k in SCHEDULE_DATA_FIELDS if k in data}

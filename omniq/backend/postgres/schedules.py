@@ -105,7 +105,9 @@ class AsyncPostgresScheduleStorage(Component):
             rows = await self._sql.schedules.claim_schedules(conn, limit=limit)
             if not rows:
                 return Firing(0, 0, {})
-            ids, following, errors = [], [], []
+            ids: list[str] = []
+            following: list[datetime | None] = []
+            errors: list[str | None] = []
             for row in rows:
                 ids.append(row["id"])
                 try:

@@ -31,6 +31,7 @@ from ... import __version__
 from ...errors import SchemaError
 from ...identifiers import quote_identifier
 from . import sqlfiles
+from .connection import Connection
 from .sqlfiles import Script, SQLFiles
 
 log = logging.getLogger("omniq.migrate")
@@ -164,7 +165,7 @@ def psql_text(script: Script) -> str:
     return "\n".join(t for t in text if t)
 
 
-async def plan(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
+async def plan(conn: Connection, files: SQLFiles, schema: str) -> Plan:
     """The installation's state and the scripts not yet applied (or changed since), without
     taking any lock. Nothing is to apply to a database newer than this code: its function
     files are newer than ours, and ours must not replace them."""
@@ -196,7 +197,7 @@ def check_compatible(state: Plan, files: SQLFiles) -> None:
 
 
 async def prepare(
-    conn: asyncpg.Connection, files: SQLFiles, schema: str, mode: str = "auto"
+    conn: Connection, files: SQLFiles, schema: str, mode: str = "auto"
 ) -> Plan | None:
     """What connecting does to the schema (``PostgresConfig.migrate``).
 
@@ -243,7 +244,7 @@ def _note_newer(state: Plan, files: SQLFiles) -> None:
         )
 
 
-async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
+async def migrate(conn: Connection, files: SQLFiles, schema: str) -> Plan:
     """Bring the schema up to date; returns what was applied (nothing when current or newer).
 
     Refuses (SchemaError, nothing changed) a database migrated by a newer OmniQ that does not
@@ -263,9 +264,7 @@ async def migrate(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Pla
 
 
 @contextlib.asynccontextmanager
-async def _migration_lock(
-    conn: asyncpg.Connection, files: SQLFiles, schema: str
-) -> AsyncIterator[None]:
+async def _migration_lock(conn: Connection, files: SQLFiles, schema: str) -> AsyncIterator[None]:
     """The schema's migration lock for this session, taken by polling outside any transaction."""
     m: Any = files.migrations
     waited = 0
@@ -284,7 +283,7 @@ async def _migration_lock(
             raise
 
 
-async def _apply_all(conn: asyncpg.Connection, files: SQLFiles, schema: str) -> Plan:
+async def _apply_all(conn: Connection, files: SQLFiles, schema: str) -> Plan:
     """Apply what is missing, holding the migration lock: one transaction, split only after a
     migration whose concurrent index builds meet a big table."""
     applied: list[Script] = []
@@ -329,7 +328,7 @@ async def _with_lock_retries(files: SQLFiles, attempt_once: Any) -> Any:
 
 
 async def _apply_transaction(
-    conn: asyncpg.Connection, files: SQLFiles, schema: str, migrated: bool
+    conn: Connection, files: SQLFiles, schema: str, migrated: bool
 ) -> tuple[list[Script], tuple[Script, list[IndexBuild]] | None]:
     """One transaction: the pending migrations up to (and including the transactional part of)
     the first that must build an index outside it, else all of them and the function files.
@@ -369,7 +368,7 @@ async def _apply_transaction(
     return done, None
 
 
-async def _execute(conn: asyncpg.Connection, files: SQLFiles, script: Script, sql: str) -> None:
+async def _execute(conn: Connection, files: SQLFiles, script: Script, sql: str) -> None:
     try:
         await conn.execute(sql)
     except _CLASHES as exc:
@@ -380,17 +379,17 @@ async def _execute(conn: asyncpg.Connection, files: SQLFiles, script: Script, sq
         ) from exc
 
 
-async def _big(conn: asyncpg.Connection, files: SQLFiles, schema: str, table: str) -> bool:
+async def _big(conn: Connection, files: SQLFiles, schema: str, table: str) -> bool:
     """Whether a table is big enough to build its indexes CONCURRENTLY."""
     size = await files.migrations.relation_size(conn, name=_qualified(schema, table))
     if size is None:
         return False
-    rows = size["rows"]
-    return rows >= BIG_TABLE_ROWS if rows >= 0 else size["bytes"] >= BIG_TABLE_BYTES
+    rows: int = size["rows"]
+    return rows >= BIG_TABLE_ROWS if rows >= 0 else bool(size["bytes"] >= BIG_TABLE_BYTES)
 
 
 async def _drop_if_invalid(
-    conn: asyncpg.Connection, files: SQLFiles, schema: str, build: IndexBuild, concurrently: bool
+    conn: Connection, files: SQLFiles, schema: str, build: IndexBuild, concurrently: bool
 ) -> None:
     """Drop the index an earlier concurrent build left INVALID (failed, interrupted): IF NOT
     EXISTS would otherwise keep it, and an invalid index is never used."""
@@ -400,11 +399,12 @@ async def _drop_if_invalid(
         drop = await files.migrations.drop_index_statement(
             conn, schema_name=schema, index_name=build.index, concurrently=concurrently
         )
-        await conn.execute(drop)
+        if drop is not None:
+            await conn.execute(drop)
 
 
 async def _build_concurrently(
-    conn: asyncpg.Connection, files: SQLFiles, schema: str, build: IndexBuild
+    conn: Connection, files: SQLFiles, schema: str, build: IndexBuild
 ) -> None:
     """Build an index CONCURRENTLY, outside any transaction: writes to the table go on. It
     waits for the transactions already running, unbounded by lock_timeout (it blocks no
@@ -428,7 +428,7 @@ def _qualified(schema: str, name: str) -> str:
     return f"{quote_identifier(schema)}.{quoted}"
 
 
-async def _check_tables(conn: asyncpg.Connection, files: SQLFiles, write: bool = True) -> None:
+async def _check_tables(conn: Connection, files: SQLFiles, write: bool = True) -> None:
     """One installation per schema: refuse a second one with other table names."""
     wanted = ",".join(files.names[k] for k in ("tasks", "results", "events", "schedules"))
     recorded = await files.migrations.get_meta(conn, key=TABLES_KEY)
@@ -477,9 +477,7 @@ def declared_locks(script: Script) -> list[Lock]:
     return locks
 
 
-async def describe(
-    conn: asyncpg.Connection, files: SQLFiles, schema: str, state: Plan
-) -> list[str]:
+async def describe(conn: Connection, files: SQLFiles, schema: str, state: Plan) -> list[str]:
     """What each pending step would do and which locks it takes, for `omniq migrate --dry-run`."""
     lines = []
     for script in state.scripts:

@@ -10,49 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import cast
 
 import aiosql
-from aiosql.types import SQLOperationType
+from aiosql.types import AsyncDriverAdapterProtocol, SQLOperationType
 
 from ...identifiers import quote_identifier
+from .queries import QueryFiles
+from .query import Query, number_parameters
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MARKERS = re.compile(r'"(public|tasks|results|events|schedules)"')
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One named query: its rendered SQL with $n placeholders and the parameter order."""
-
-    name: str
-    sql: str
-    params: tuple[str, ...]
-    operation: SQLOperationType
-    doc: str
-
-    def args(self, values: dict[str, Any]) -> list[Any]:
-        try:
-            return [values[p] for p in self.params]
-        except KeyError as exc:
-            raise TypeError(f"query {self.name} needs parameter {exc.args[0]!r}") from None
-
-    async def __call__(self, conn: Any, **values: Any) -> Any:
-        """Run on an asyncpg connection: rows, one row, one value or a status string."""
-        args = self.args(values)
-        op = self.operation
-        if op is SQLOperationType.SELECT:
-            return await conn.fetch(self.sql, *args)
-        if op is SQLOperationType.SELECT_ONE:
-            return await conn.fetchrow(self.sql, *args)
-        if op is SQLOperationType.SELECT_VALUE:
-            return await conn.fetchval(self.sql, *args)
-        return await conn.execute(self.sql, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +36,19 @@ class Script:
     checksum: str
 
 
-class SQLFiles:
-    """Every query of sql/queries as ``files.<file>.<query>``; migrations and functions as scripts."""
+class SQLFiles(QueryFiles):
+    """Every query of sql/queries as ``files.<file>.<query>`` (typed: see queries.py);
+    migrations and functions as scripts."""
 
     def __init__(self, schema: str = "public", tables: dict[str, str] | None = None) -> None:
         names = {"public": schema, **(tables or {})}
         self.names = names
         self.migration_scripts = [self._script(p, names) for p in _files("migrations")]
         self.function_scripts = [self._script(p, names) for p in _files("functions")]
-        for path in _files("queries"):
-            setattr(
-                self, path.stem, SimpleNamespace(**_load_queries(render(path.read_text(), names)))
-            )
+        self.queries = {
+            path.stem: _load_queries(render(path.read_text(), names)) for path in _files("queries")
+        }
+        super().__init__(self.queries)
 
     @staticmethod
     def _script(path: Path, names: dict[str, str]) -> Script:
@@ -100,13 +73,27 @@ def _files(kind: str) -> Sequence[Path]:
     return sorted((SQL_DIR / kind).glob("*.sql"))
 
 
+class _AsWritten:
+    """An aiosql driver adapter (aiosql's public extension point) that leaves the SQL as
+    written: the parameters are numbered here, in the order of the ``-- name:`` header."""
+
+    is_aio_driver = True
+
+    def process_sql(self, query_name: str, op_type: SQLOperationType, sql: str) -> str:
+        return sql
+
+
 def _load_queries(text: str) -> dict[str, Query]:
-    loaded = aiosql.from_str(text, "asyncpg")
-    order = loaded.driver_adapter.var_sorted
+    # aiosql calls only process_sql: the query functions it builds are never called.
+    loaded = aiosql.from_str(text, cast("Callable[..., AsyncDriverAdapterProtocol]", _AsWritten))
     queries = {}
     for name in loaded.available_queries:
+        if name.endswith("_cursor"):  # aiosql's cursor variant of each select: not used
+            continue
         fn = getattr(loaded, name)
-        queries[name] = Query(
-            name, fn.sql, tuple(order.get(name, ())), fn.operation, fn.__doc__ or ""
-        )
+        params = tuple(fn.parameters or ())
+        sql = fn.sql
+        if fn.operation is not SQLOperationType.SCRIPT:  # scripts (PL/pgSQL) are run as written
+            sql = number_parameters(name, sql, params)
+        queries[name] = Query(name, sql, params, fn.operation, fn.__doc__ or "")
     return queries
