@@ -8,9 +8,9 @@ execution, and whatever the function traces itself, joins the trace of the reque
 enqueued it. Attributes follow the OpenTelemetry messaging semantic conventions.
 
 The ``otel`` extra installs ``opentelemetry-api``; the application configures the SDK and its
-exporters as usual. Without the API installed, these context managers do nothing (the import
-is tried once, here) and no metadata is added. With the API but no SDK configured, spans are
-non-recording and only an existing trace context of the caller is propagated.
+exporters as usual. Without the API installed, or with no SDK configured (the API's default
+provider), these context managers do nothing and no metadata is added (the import is tried
+once, here).
 """
 
 from __future__ import annotations
@@ -44,8 +44,20 @@ def use_tracer_provider(provider: Any) -> None:
     _provider = provider
 
 
+_cached: tuple[Any, Any] = (None, None)  # (provider, its tracer)
+
+
 def _tracer() -> Any:
-    return trace.get_tracer("omniq", tracer_provider=_provider)
+    """OmniQ's tracer, or None while no SDK is configured (the API's proxy or no-op provider):
+    then spans would record nothing, and skipping them keeps enqueue and execution free of
+    OpenTelemetry's cost (about 15 us each otherwise)."""
+    global _cached
+    provider = _provider if _provider is not None else trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    if _cached[0] is not provider:
+        _cached = (provider, trace.get_tracer("omniq", tracer_provider=provider))
+    return _cached[1]
 
 
 def _attributes(task: Task, operation: str, kind: str) -> dict[str, Any]:
@@ -63,7 +75,8 @@ def publishing(tasks: Sequence[Task]) -> Iterator[None]:
     """The producer span around an enqueue: one per call, whose trace context goes into the
     metadata of every task it stores (a ``traceparent`` the caller set already is kept). A
     batch is one span with ``messaging.batch.message_count``, as the conventions have it."""
-    if trace is None or not tasks:
+    tracer = _tracer() if trace is not None and tasks else None
+    if tracer is None:
         yield
         return
     first = tasks[0]
@@ -74,7 +87,7 @@ def publishing(tasks: Sequence[Task]) -> Iterator[None]:
         if any(t.queue_name != first.queue_name for t in tasks):
             del attributes["messaging.destination.name"]
     name = f"publish {attributes.get('messaging.destination.name', 'batch')}"
-    with _tracer().start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes):
+    with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         context = {k: v for k, v in carrier.items() if k in CARRIER_KEYS}
@@ -89,14 +102,15 @@ def publishing(tasks: Sequence[Task]) -> Iterator[None]:
 def processing(task: Task) -> Iterator[None]:
     """The consumer span around one execution of ``task``, child of its producer's span (read
     from the metadata) and current while the task function runs."""
-    if trace is None:
+    tracer = _tracer() if trace is not None else None
+    if tracer is None:
         yield
         return
     carrier = {k: v for k, v in task.metadata.items() if k in CARRIER_KEYS and isinstance(v, str)}
     parent = propagate.extract(carrier) if carrier else None
     attributes = _attributes(task, "process", "process")
     attributes["messaging.omniq.attempt"] = task.attempts
-    with _tracer().start_as_current_span(
+    with tracer.start_as_current_span(
         f"process {task.queue_name}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
