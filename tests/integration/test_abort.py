@@ -272,6 +272,35 @@ async def test_the_worker_stops_a_running_task(backend, db, worker, tmp_path, fu
     assert await violations(db) == []
 
 
+async def test_a_prefetched_task_aborted_while_it_waits_for_a_slot(backend, db, tmp_path) -> None:
+    """Taken (prefetch) but not started, its slot held by another task: it ends at once,
+    never started, while the other one runs on."""
+    w = AsyncWorker(backend, ["default"], concurrency=1, prefetch=1, install_signal_handlers=False)
+    running = asyncio.ensure_future(w.run())
+    try:
+        first = await start(backend, "sleeper", tmp_path / "started")
+        second = Task(func=f"{JOBS}.quick", args=(str(tmp_path / "started"),))
+        await backend.task_queue.enqueue(second)
+        await wait_until(
+            lambda: _status_is(backend, second.id, "running"), 60, "the second task to be taken"
+        )
+        assert await backend.task_queue.abort_task(second.id, requested_by="ivy") is True
+        assert (await backend.result_storage.wait(second.id, 60)).status == "cancelled"
+        await assert_aborted(db, second.id, "ivy", None)
+        assert [s["id"] for s in started(tmp_path / "started")] == [first.id]  # never started
+        assert (await task_row(db, first.id))["status"] == "running"
+        assert await backend.task_queue.abort_task(first.id) is True
+        assert (await backend.result_storage.wait(first.id, 60)).status == "cancelled"
+    finally:
+        w.stop()
+        await asyncio.wait_for(running, 30)
+
+
+async def _status_is(backend: PostgreSQLBackend, task_id: str, status: str) -> bool:
+    task = await backend.task_queue.get_task(task_id)
+    return task is not None and task.status == status
+
+
 async def test_current_task_inside_and_outside_a_task(backend, worker, tmp_path) -> None:
     path = tmp_path / "started"
     tasks = [Task(func=f"{JOBS}.quick", args=(str(path),)) for _ in range(2)]
