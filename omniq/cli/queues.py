@@ -55,22 +55,26 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_pause(args: argparse.Namespace) -> int:
-    async def main() -> bool:
-        async with open_backend(args) as backend:
-            return await backend.task_queue.pause_queue(args.name)
-
-    changed = run(main)
-    print(f"queue {args.name!r} {'paused' if changed else 'was already paused'}")
-    return 0
+    return _switch(args, pause=True)
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    return _switch(args, pause=False)
+
+
+def _switch(args: argparse.Namespace, pause: bool) -> int:
     async def main() -> bool:
         async with open_backend(args) as backend:
-            return await backend.task_queue.resume_queue(args.name)
+            q = backend.task_queue
+            return await (q.pause_queue if pause else q.resume_queue)(args.name)
 
     changed = run(main)
-    print(f"queue {args.name!r} {'resumed' if changed else 'was not paused'}")
+    done = (
+        ("paused" if changed else "was already paused")
+        if pause
+        else ("resumed" if changed else "was not paused")
+    )
+    print(f"queue {args.name!r} {done}")
     return 0
 
 
