@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import selectors
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -177,9 +176,6 @@ class PostgreSQLBackend:
             return
         self._generation = fork_generation()
         _inherited.extend([self._pool, self._listener, self._thread, self._loop])
-        for loop in {self._loop, self._thread.loop if self._thread else None}:
-            if loop is not None:
-                _disown(loop)
         self._pool = self._listener = self._loop = self._thread = self._opening = None
 
     async def _ready_pool(self) -> asyncpg.Pool:
@@ -251,19 +247,3 @@ class PostgreSQLBackend:
         return run_on(self._sync_loop(), self.schema_version())
 
     # -- end of generated code --
-
-
-def _disown(loop: asyncio.AbstractEventLoop) -> None:
-    """Make a loop inherited through fork() harmless in the child.
-
-    Its epoll instance is shared with the parent: a transport of the inherited pool being
-    garbage-collected here would unregister the parent's socket from it. Giving the copy a
-    selector of its own (empty) makes every such unregister a no-op. A loop this thread is
-    running (fork() called from a coroutine) is the child's own and is left alone.
-    """
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is not running and isinstance(getattr(loop, "_selector", None), selectors.BaseSelector):
-        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -96,26 +95,12 @@ async def create_pool(config: PostgresConfig) -> asyncpg.Pool:
 
 
 async def connect_listener(config: PostgresConfig) -> asyncpg.Connection:
-    """A connection of its own for LISTEN, with TCP keepalives so a dead peer is noticed."""
+    """A connection of its own for LISTEN. A dead or stalled link (half-open TCP, a hung
+    proxy) is noticed by the listener's ping (listener.py), through asyncpg's public API:
+    asyncpg takes no socket options, and its socket is not public."""
     async with translate_errors(config):
         conn: asyncpg.Connection = await asyncpg.connect(**connect_kwargs(config, listen=True))
-    _enable_keepalive(conn)
     return conn
-
-
-def _enable_keepalive(conn: asyncpg.Connection) -> None:
-    # asyncpg has no public option for this; a half-open TCP link would otherwise leave the
-    # listener deaf forever. Probes are TCP-level: no statement is sent.
-    transport = getattr(conn, "_transport", None)
-    sock = transport.get_extra_info("socket") if transport else None
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 25_000)
 
 
 @contextlib.asynccontextmanager
@@ -135,8 +120,19 @@ async def translate_errors(
 
 
 def translate(
-    exc: BaseException, config: PostgresConfig, *, connecting: bool = True
+    exc: BaseException,
+    config: PostgresConfig,
+    *,
+    connecting: bool = True,
+    closed: bool | None = None,
 ) -> OmniQError | None:
+    """The OmniQ error for a driver or socket error, or None to let it through.
+
+    ``closed``: whether the connection involved is closed, where that is known. asyncpg raises
+    a plain InterfaceError both for a closed connection and for a closing pool or a misused
+    one: only the first is a lost connection (worth retrying), so where the connection is
+    known its state decides; where it is not (opening one), it counts as lost.
+    """
     where = target(config)
     if isinstance(exc, TimeoutError) and not connecting:
         return QueryTimeoutError(
@@ -182,12 +178,9 @@ def translate(
         return DatabaseConnectionError(
             f"PostgreSQL at {where} is starting up or shutting down: {exc}"
         )
-    lost = (
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        asyncpg.PostgresConnectionError,
-    )
-    if isinstance(exc, lost) and "pool" not in str(exc).lower():
+    plain = type(exc) is asyncpg.InterfaceError
+    lost = isinstance(exc, asyncpg.ConnectionDoesNotExistError | asyncpg.PostgresConnectionError)
+    if lost or (plain and closed is not False):
         return DatabaseConnectionError(
             f"connection to PostgreSQL at {where} failed or was lost: {exc}"
         )
@@ -241,7 +234,9 @@ class Pooled:
                 "max_connections or hold connections for less time."
             ) from None
         except Exception as exc:
-            translated = translate(exc, self._config)
+            # A plain InterfaceError from acquire is the pool's state (closing, closed): not
+            # a lost connection. Opening a connection fails with the errors translate() knows.
+            translated = translate(exc, self._config, closed=False)
             if translated is None:
                 raise
             raise translated from exc
@@ -249,8 +244,9 @@ class Pooled:
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self._pool is not None and self._conn is not None
+        closed = self._conn.is_closed()  # before release, which detaches the proxy
         await self._pool.release(self._conn)
-        _reraise_translated(exc, self._config)
+        _reraise_translated(exc, self._config, closed)
 
 
 class Given:
@@ -265,11 +261,11 @@ class Given:
         return self._conn
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        _reraise_translated(exc, self._config)
+        _reraise_translated(exc, self._config, self._conn.is_closed())
 
 
-def _reraise_translated(exc: BaseException | None, config: PostgresConfig) -> None:
+def _reraise_translated(exc: BaseException | None, config: PostgresConfig, closed: bool) -> None:
     if isinstance(exc, Exception) and not isinstance(exc, OmniQError):
-        translated = translate(exc, config, connecting=False)
+        translated = translate(exc, config, connecting=False, closed=closed)
         if translated is not None:
             raise translated from exc

@@ -2,15 +2,16 @@
 
 One connection per backend, opened on first need, never taken from the pool. Waiters register
 *before* they look for work, so a NOTIFY that lands between the look and the wait still wakes
-them. When the connection dies (server restart, pg_terminate_backend, half-open TCP caught by
-keepalives) it is re-opened in the background with backoff, and every waiter is woken to look
-again, since notifications sent while deaf are lost.
+them. When the connection dies (server restart, pg_terminate_backend, a half-open TCP link
+caught by the ping below) it is re-opened in the background with backoff, and every waiter is
+woken to look again, since notifications sent while deaf are lost.
 
-A link that stays open but carries nothing (a hung proxy or server, a stalled socket that TCP
-keepalives cannot see because something still acknowledges them) is caught by a ping: while
-anyone waits, an empty query is sent every ``ping_interval`` seconds, and a ping unanswered
-within ``ping_timeout`` drops the connection, which then reconnects as above. The empty query
-is a protocol round trip: no statement runs, and nothing shows in pg_stat_statements.
+A link that stays open but carries nothing (a peer gone without a FIN, a hung proxy or server,
+a stalled socket) is caught by a ping: while anyone waits or subscribes, an empty query is
+sent every ``ping_interval`` seconds, and a ping unanswered within ``ping_timeout`` drops the
+connection, which then reconnects as above. The empty query is a protocol round trip: no
+statement runs, and nothing shows in pg_stat_statements. (asyncpg takes no socket options,
+so TCP keepalives are not set: the ping covers what they would catch, and more.)
 """
 
 from __future__ import annotations
@@ -143,11 +144,12 @@ class Listener:
             self._reconnecting = None
 
     async def _ping(self) -> None:
-        """While someone waits, check now and then that the connection still answers."""
+        """While someone waits or subscribes, check now and then that the connection answers."""
         while not self._closed:
             await asyncio.sleep(self.ping_interval)
             conn = self._conn
-            if conn is None or not any(self._waiters.values()):
+            listening = any(self._waiters.values()) or any(self._subscribers.values())
+            if conn is None or not listening:
                 continue  # reconnecting already, or nobody to wake: stay silent
             try:
                 await asyncio.wait_for(_empty_query(conn), self.ping_timeout)

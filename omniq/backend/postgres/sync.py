@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 T = TypeVar("T")
 
@@ -36,11 +40,52 @@ def fork_generation() -> int:
     return _forks
 
 
+class ForkAwareSelector(selectors.BaseSelector):
+    """The loop thread's selector: in a child after ``fork()`` it starts empty.
+
+    The child's copy of the parent's epoll instance is the parent's: the inherited pool's
+    connections unregistering their sockets there (when the child drops or collects them)
+    would deafen the parent's loop to its own sockets. In the child this selector forgets
+    them instead, through the public selectors API (asyncio.SelectorEventLoop(selector)).
+    """
+
+    def __init__(self) -> None:
+        self._generation = fork_generation()
+        self._inner = selectors.DefaultSelector()
+
+    def _current(self) -> selectors.BaseSelector:
+        if self._generation != fork_generation():  # a child: leave the parent's epoll alone
+            self._generation, self._inner = fork_generation(), selectors.DefaultSelector()
+        return self._inner
+
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._current().register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._current().unregister(fileobj)
+
+    def modify(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._current().modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        return self._current().select(timeout)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        return self._current().get_map()
+
+    def close(self) -> None:
+        self._current().close()
+
+
 class LoopThread:
-    """An event loop running forever in a daemon thread."""
+    """An event loop running forever in a daemon thread (fork-aware: see ForkAwareSelector)."""
 
     def __init__(self, name: str = "omniq-loop") -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(ForkAwareSelector())
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
