@@ -1,6 +1,12 @@
-"""String enums for statuses and types: each member compares equal to its value."""
+"""String enums for statuses and types: each member compares equal to its value.
 
+The ``...Name`` literals are the values as strings, so that ``status="success"`` type-checks
+as well as runs (tests/unit/test_models.py keeps each equal to its enum's values).
+"""
+
+import re
 from enum import StrEnum
+from typing import Literal
 
 
 class TaskStatus(StrEnum):
@@ -22,6 +28,9 @@ class ResultStatus(StrEnum):
     EXPIRED = "expired"
 
 
+ResultStatusName = Literal["pending", "running", "success", "failure", "cancelled", "expired"]
+
+
 class EventType(StrEnum):
     ENQUEUED = "enqueued"
     DEQUEUED = "dequeued"
@@ -35,6 +44,24 @@ class EventType(StrEnum):
     REQUEUED = "requeued"
     SCHEDULED = "scheduled"
     CALLBACK = "callback"
+
+
+# A type of its own a user logs (TaskEvent(event_type="progress")): the column is TEXT.
+CUSTOM_EVENT_TYPE = re.compile(r"[^\s\x00-\x1f\x7f]{1,100}")
+
+
+def event_type_of(value: object) -> EventType | str:
+    """A known event type as its member, any other name as the string itself."""
+    if isinstance(value, str):
+        try:
+            return EventType(value)
+        except ValueError:
+            if CUSTOM_EVENT_TYPE.fullmatch(value):
+                return value
+    raise ValueError(
+        f"event_type must be one of {', '.join(EventType)} or a name of your own (1 to 100 "
+        f"characters, no spaces or control characters), got {value!r}"
+    )
 
 
 class ScheduleType(StrEnum):

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ._common import as_utc, new_id, utcnow
-from .enums import EventType
+from .enums import EventType, event_type_of
 
 
 @dataclass(kw_only=True, slots=True, eq=True)
@@ -15,7 +15,7 @@ class TaskEvent:
     """Field names match the events table."""
 
     task_id: str
-    event_type: EventType
+    event_type: EventType | str  # a member when known; any other name as given (event_type_of)
     id: str = field(default_factory=new_id)
     timestamp: datetime = field(default_factory=utcnow)
     message: str | None = None
@@ -34,5 +34,5 @@ class TaskEvent:
     def __post_init__(self) -> None:
         if not isinstance(self.task_id, str) or not self.task_id:
             raise ValueError(f"task_id must be a non-empty string, got {self.task_id!r}")
-        self.event_type = EventType(self.event_type)
+        self.event_type = event_type_of(self.event_type)
         self.timestamp = as_utc(self.timestamp) or utcnow()

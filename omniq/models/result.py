@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ._common import as_utc, utcnow
-from .enums import ResultStatus
+from .enums import ResultStatus, ResultStatusName
 
 
 @dataclass(kw_only=True, slots=True, eq=True)
@@ -15,7 +15,7 @@ class TaskResult:
     """Field names match the results table."""
 
     task_id: str
-    status: ResultStatus = ResultStatus.PENDING
+    status: ResultStatus | ResultStatusName = ResultStatus.PENDING  # a member once made
     result: Any = None
     error: str | None = None
     error_type: str | None = None

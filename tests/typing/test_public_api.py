@@ -46,7 +46,7 @@ from omniq.backend.postgres.monitor import (
     TaskPage,
 )
 from omniq.backend.postgres.schedules import Firing
-from omniq.models.enums import EventType, ResultStatus, ScheduleType
+from omniq.models.enums import EventType, ScheduleType
 from omniq.models.event import TaskEvent
 from omniq.models.result import TaskResult
 from omniq.models.schedule import Schedule
@@ -143,7 +143,7 @@ async def queue_api(queue: PostgresQueue) -> None:
 
 async def result_api(results: PostgresResultStorage) -> None:
     assert_type(results, PostgresResultStorage)
-    stored = TaskResult(task_id="typing-result", status=ResultStatus.SUCCESS, result=3)
+    stored = TaskResult(task_id="typing-result", status="success", result=3)
     await results.set(stored)  # returns None
     assert_type(await results.get(stored.task_id), TaskResult | None)
     assert_type(await results.wait(stored.task_id, timeout=5), TaskResult | None)
@@ -154,8 +154,14 @@ async def result_api(results: PostgresResultStorage) -> None:
 
 async def event_api(events: PostgresEventStorage) -> None:
     assert_type(events, PostgresEventStorage)
-    event = TaskEvent(task_id="typing-event", event_type=EventType.COMPLETED)
+    event = TaskEvent(task_id="typing-event", event_type="completed")
+    assert_type(event.event_type, EventType | str)
+    assert event.event_type is EventType.COMPLETED
     await events.log_event(event)  # returns None
+    progress = TaskEvent(task_id="typing-event", event_type="progress", details={"done": 3})
+    await events.log_event(progress)  # returns None: a type of the user's own, stored as given
+    (read,) = await events.get_events(task_id="typing-event", event_type="progress")
+    assert read.event_type == "progress" and read.details == {"done": 3}
     await events.log_events(
         [TaskEvent(task_id="typing-event", event_type=EventType.FAILED)]
     )  # returns None
@@ -255,7 +261,7 @@ def queue_api_sync(queue: PostgresQueue) -> None:
 
 
 def result_api_sync(results: PostgresResultStorage) -> None:
-    stored = TaskResult(task_id="typing-result", status=ResultStatus.SUCCESS, result=3)
+    stored = TaskResult(task_id="typing-result", status="success", result=3)
     results.set_sync(stored)  # returns None
     assert_type(results.get_sync(stored.task_id), TaskResult | None)
     assert_type(results.wait_sync(stored.task_id, timeout=5), TaskResult | None)
@@ -265,7 +271,7 @@ def result_api_sync(results: PostgresResultStorage) -> None:
 
 
 def event_api_sync(events: PostgresEventStorage) -> None:
-    event = TaskEvent(task_id="typing-event", event_type=EventType.COMPLETED)
+    event = TaskEvent(task_id="typing-event", event_type="completed")
     events.log_event_sync(event)  # returns None
     events.log_events_sync(
         [TaskEvent(task_id="typing-event", event_type=EventType.FAILED)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import get_args
 
 import pytest
 
@@ -24,7 +25,14 @@ from omniq.errors import (
 from omniq.identifiers import check_identifier, quote_identifier
 from omniq.models._common import as_utc, dump_json
 from omniq.models.config import PostgresConfig, redact_dsn
-from omniq.models.enums import EventType, ResultStatus, ScheduleStatus, ScheduleType, TaskStatus
+from omniq.models.enums import (
+    EventType,
+    ResultStatus,
+    ResultStatusName,
+    ScheduleStatus,
+    ScheduleType,
+    TaskStatus,
+)
 from omniq.models.event import TaskEvent
 from omniq.models.result import TaskResult
 from omniq.models.schedule import Schedule
@@ -184,10 +192,17 @@ def test_event_defaults_and_types() -> None:
     assert uuid.UUID(event.id)
     assert event.timestamp.tzinfo is not None
     assert event.details == {} and event.metadata == {} and event.event_data == {}
-    with pytest.raises(ValueError):
-        TaskEvent(task_id="abc", event_type="exploded")
+    mine = TaskEvent(task_id="abc", event_type="progress")  # a type of the user's own
+    assert mine.event_type == "progress" and type(mine.event_type) is str
+    for bad in ("", "two words", "x" * 101, "tab\there", 7):
+        with pytest.raises(ValueError, match="a name of your own"):
+            TaskEvent(task_id="abc", event_type=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         TaskEvent(task_id="", event_type="completed")
+
+
+def test_the_string_forms_are_the_enum_values() -> None:
+    assert set(get_args(ResultStatusName)) == {s.value for s in ResultStatus}
 
 
 # -- schedules -------------------------------------------------------------------------
