@@ -419,7 +419,8 @@ LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generi
 --   * its result row (inserted, or replaced after an operator's retry), expiring after the
 --     task's result_ttl when it has one;
 --   * its final event, stored unless the task completed with no message (a worker's success:
---     list_events derives it, and the run's 'executing', from the task and result rows);
+--     list_events derives it, and the run's 'executing', from the task and result rows),
+--     after an 'executing' event when a worker reports a failure;
 --   * its callbacks, enqueued as tasks with reserved ids (omniq_callback_id): on_success when
 --     completed, on_failure when failed or expired, on_complete always;
 --   * its dependents: a waiting task whose dependencies all completed becomes pending; one
@@ -494,13 +495,21 @@ BEGIN
     ), logged AS (
         -- The final event, but for a worker's success: the task row (started_at) and the
         -- result row say all of that run, and list_events derives its 'executing' and
-        -- 'completed' from them. The traceback is in the result only (list_events shows it).
+        -- 'completed' from them. A worker's failure also stores its 'executing' (the start of
+        -- that run, which an operator's retry would otherwise overwrite). The traceback is in
+        -- the result only (list_events shows it on the final event).
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
             message, error_type, error_message, execution_time)
-        SELECT u.id, u.status, u.finished_at, u.queue_name, u.worker_id, u.message,
-               u.error_type, u.error, u.execution_time
+        SELECT u.id, e.event_type, e.at, u.queue_name, u.worker_id, e.message,
+               e.error_type, e.error, e.execution_time
         FROM ended AS u
-        WHERE u.status <> 'completed' OR u.message IS NOT NULL
+        CROSS JOIN LATERAL (VALUES
+            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::text, NULL::text,
+             NULL::real),
+            (u.status, u.finished_at, u.message, u.error_type, u.error, u.execution_time)
+        ) AS e(event_type, at, message, error_type, error, execution_time)
+        WHERE CASE WHEN e.event_type = 'executing' THEN u.outcome = 'failure' AND u.status = 'failed'
+                   ELSE u.status <> 'completed' OR u.message IS NOT NULL END
     )
     SELECT array_agg(u.id), array_agg(u.status),
            array_agg(u.id) FILTER (WHERE u.status = 'completed'),

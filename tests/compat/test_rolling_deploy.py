@@ -9,7 +9,9 @@ packages come from the main virtualenv's site-packages through a .pth file.
 Tasks of every kind (plain, with dependencies, with callbacks, failing once then retried) go to
 three queues: one only the old worker serves, one only HEAD's, one both. Each release enqueues
 some, and children depend on the other release's tasks. Every task must complete exactly once
-(one successful run, one result, one `completed` event), and neither side may log an error.
+(one successful run, one result), and neither side may log an error. Both releases' workers
+record outcomes through the same omniq_finish_tasks_v1, which stores no `completed` event since
+issue 12 (the history derives it from the result): none is stored, whoever ran the task.
 """
 
 # ruff: noqa: S608 (SQL on the test's own schema names)
@@ -272,7 +274,7 @@ async def test_previous_release_and_head_run_side_by_side(
     assert old_errors == [] and head_errors == [], (old_errors, head_errors)
     assert duplicates == {}, duplicates
     assert results == {"success": expected}
-    assert set(completed_events.values()) == {1} and len(completed_events) == expected
+    assert completed_events == Counter()  # derived from the results, for both releases
     wanted = {t["key"] for t in tasks} | {f"callback:{t['id']}" for t in callbacks}
     assert set(by_key) == wanted
     assert failed_runs == Counter({t["key"]: 1 for t in tasks if t["kind"] == "retried"})

@@ -59,7 +59,8 @@ async def test_retries_failures_and_tracebacks(
     (second,) = await protocol.take(["default"], 1, "w2")
     await protocol.finish([outcome(second, "failure", error="two", traceback="tb two")], "w2")
 
-    assert await db.stored_events(task.id) == ["executing", "retry", "failed"]
+    # Each failed run keeps its start (an operator's retry would overwrite the row's).
+    assert await db.stored_events(task.id) == ["executing", "retry", "executing", "failed"]
     stored = await db.rows("events", "task_id = $1 AND event_type = 'failed'", task.id)
     assert stored[0]["traceback"] is None  # the result holds it
     assert (await db.row("results", task.id))["traceback"] == "tb two"

@@ -20,15 +20,7 @@ from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.identifiers import quote_identifier
 from tests.support.db import Database
 from tests.support.outcomes import outcome
-from tests.support.plans import (
-    BigInstallation,
-    big_installation,
-    check,
-    expected_indexes,
-    explain,
-    logged_plans,
-    scans,
-)
+from tests.support.plans import BigInstallation, big_installation, check_query, scans
 
 
 async def test_a_job_leaves_a_task_row_and_a_result_row(
@@ -148,11 +140,7 @@ async def test_status_reads_live_tasks_and_the_last_hour(big: BigInstallation, c
     reads the partial indexes of live tasks and one hour of results, and few rows."""
     name, params = STATUS_READS[case]
     query = big.query("cli", name)
-    expected = expected_indexes(query)
-    check([await explain(big, query, params)], expected, f"EXPLAIN cli.{name}")
-    if big.auto_explain:
-        for i, plans in enumerate(await logged_plans(big, query, params), start=1):
-            check(plans, expected, f"cli.{name}, execution {i}")
+    await check_query(big, query, params, f"cli.{name}")
     text = await big.conn.fetchval(
         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.sql, *query.args(params)
     )

@@ -87,6 +87,19 @@ def check(plans: list[dict[str, Any]], expected: set[str], where: str) -> None:
     )
 
 
+async def check_query(
+    big: BigInstallation, query: Query, params: dict[str, Any], where: str
+) -> None:
+    """The query's EXPLAIN, and (with auto_explain) each of its RUNS executions as the backend
+    runs it, use an index its comment names and scan no big table sequentially."""
+    expected = expected_indexes(query)
+    assert expected, f"{where}: its comment names no index"
+    check([await explain(big, query, params)], expected, f"EXPLAIN {where}")
+    if big.auto_explain:  # the generic plan too, after the fifth execution
+        for i, plans in enumerate(await logged_plans(big, query, params), start=1):
+            check(plans, expected, f"{where}, execution {i}")
+
+
 def _show(plans: list[dict[str, Any]]) -> str:
     lines = []
     for plan in plans:

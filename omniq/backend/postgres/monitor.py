@@ -28,7 +28,6 @@ from .sync import run_on
 ALL_STATUSES = tuple(TaskStatus)
 LIVE_STATES = ("ready", "later", "waiting", "running", "failed")
 ATTEMPT_START = frozenset({"dequeued", "executing"})
-RUN_WITHOUT_START = frozenset({"rescued", "requeued"})  # these end a run that was not logged
 ATTEMPT_END = {  # event type -> how the attempt ended
     "completed": "completed",
     "failed": "failed",
@@ -576,15 +575,16 @@ def attempts(events: list[dict[str, Any]], result: dict[str, Any] | None) -> lis
     """The runs of a task read from its events (oldest first): who ran it, when, how it ended.
 
     An attempt opens at ``dequeued`` (or ``executing``) and closes at the event that ended it.
-    A rescue or release without a start before it (their start is not stored since issue 12:
-    the task row keeps only its latest run's) is a run whose start is unknown.
+    An end a worker reported (a rescue or a release names the worker) without a start before
+    it is a run whose start is unknown: since issue 12 a task's latest start is on its row and
+    its failures' are stored, but the start of a rescued or released run is not.
     The last one takes the result's traceback when its event carries none.
     """
     runs: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     for event in events:
         kind = event["event_type"]
-        if current is None and kind in RUN_WITHOUT_START:
+        if current is None and kind in ATTEMPT_END and event["worker_id"]:
             current = _run(len(runs) + 1, event["worker_id"], None)
             runs.append(current)
         if kind in ATTEMPT_START:
