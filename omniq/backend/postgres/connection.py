@@ -244,7 +244,7 @@ class Pooled:
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self._pool is not None and self._conn is not None
-        closed = self._conn.is_closed()  # before release, which detaches the proxy
+        closed = _is_closed(self._conn)  # before release, which detaches the proxy
         await self._pool.release(self._conn)
         _reraise_translated(exc, self._config, closed)
 
@@ -261,10 +261,21 @@ class Given:
         return self._conn
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        _reraise_translated(exc, self._config, self._conn.is_closed())
+        _reraise_translated(exc, self._config, _is_closed(self._conn))
 
 
-def _reraise_translated(exc: BaseException | None, config: PostgresConfig, closed: bool) -> None:
+def _is_closed(conn: Connection) -> bool | None:
+    """Whether the connection is closed; None when unknown (a pool's proxy that asyncpg
+    already took back, as it does after a statement timeout)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return None
+
+
+def _reraise_translated(
+    exc: BaseException | None, config: PostgresConfig, closed: bool | None
+) -> None:
     if isinstance(exc, Exception) and not isinstance(exc, OmniQError):
         translated = translate(exc, config, connecting=False, closed=closed)
         if translated is not None:
