@@ -10,8 +10,8 @@ pgqueuer ``Queries.enqueue`` with lists), and runs one burst worker process unti
 is empty. It prints, per job:
 
 - WAL bytes (``pg_current_wal_lsn()`` before and after, the whole server; nothing else runs),
-  for the enqueue and for the processing, and by resource manager (pg_walinspect, where the
-  server has it): heap, btree, transaction, full-page images;
+  for the enqueue and for the processing, and by record type (pg_walinspect, where the
+  server has it): heap inserts, updates and locks, index inserts, commits, full-page images;
 - rows left in each table, and bytes on disk (heap, indexes, TOAST), dead rows included: what
   the jobs leave until vacuum and retention;
 - statements executed (pg_stat_statements, where the server has it);
@@ -77,7 +77,7 @@ async def measure(admin: asyncpg.Connection, system: bench.System, jobs: int) ->
         rows = await admin.fetch(
             'SELECT "resource_manager/record_type" AS resource_manager, count, record_size, '
             "fpi_size "
-            "FROM pg_get_wal_stats($1::text::pg_lsn, $2::text::pg_lsn) WHERE count > 0 "
+            "FROM pg_get_wal_stats($1::text::pg_lsn, $2::text::pg_lsn, true) WHERE count > 0 "
             "ORDER BY record_size + fpi_size DESC",
             _lsn(start),
             _lsn(end),
@@ -125,7 +125,7 @@ def render(report: dict[str, Any]) -> str:
             )
         for rmgr, b in r.get("wal_by_rmgr_per_job", {}).items():
             lines.append(
-                f"  WAL {rmgr:18} records/job {b['records']:5.2f}  {b['bytes']:6,} B/job"
+                f"  WAL {rmgr:24} records/job {b['records']:5.2f}  {b['bytes']:6,} B/job"
                 f" (full-page images {b['fpi_bytes']:,})"
             )
         if "events_per_job" in r:
