@@ -190,6 +190,7 @@ CASES = [
             held=["run-1", "run-9", "run-17"],
             stale_after=timedelta(seconds=30),
             stuck_threads=0,
+            version="0.1.0",
         ),  # fmt: skip
     ),
     Case("rescue", "workers", "rescue_tasks", dict(caller="w-1")),
