@@ -56,7 +56,7 @@ def tables_text(files: SQLFiles) -> str:
 async def upgrade_script(backend: PostgreSQLBackend) -> str:
     """What ``omniq migrate`` would apply to this schema, as one psql script (reads only)."""
     files, name = backend.sql, backend.config.schema
-    m: Any = files.migrations
+    m = files.migrations
     async with backend.acquire() as conn:
         plan = await schema.plan(conn, files, name)
         if plan.scripts and await m.installed(conn, schema_name=name):
@@ -67,7 +67,7 @@ async def upgrade_script(backend: PostgreSQLBackend) -> str:
                     f"not {tables_text(files)}"
                 )
         exists = await m.schema_exists(conn, schema_name=name)
-    return script_text(files, backend.config, plan.scripts, plan.version, exists)
+    return script_text(files, backend.config, plan.scripts, plan.version, bool(exists))
 
 
 def install_script(config: PostgresConfig) -> str:
@@ -80,7 +80,7 @@ def script_text(
     files: SQLFiles, cfg: PostgresConfig, scripts: list[Script], version: int, schema_exists: bool
 ) -> str:
     """The migrator's own statements, in its order, with values written as SQL literals."""
-    m: Any = files.migrations
+    m = files.migrations
     name = quote_identifier(cfg.schema, "schema")
     head = [
         f"-- OmniQ {__version__}: install or upgrade schema {name} (tables {tables_text(files)}).",

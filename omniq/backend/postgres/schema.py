@@ -169,7 +169,7 @@ async def plan(conn: Connection, files: SQLFiles, schema: str) -> Plan:
     """The installation's state and the scripts not yet applied (or changed since), without
     taking any lock. Nothing is to apply to a database newer than this code: its function
     files are newer than ours, and ours must not replace them."""
-    m: Any = files.migrations
+    m = files.migrations
     code = code_version(files)
     if not await m.installed(conn, schema_name=schema):
         return Plan(files.migration_scripts + files.function_scripts, 0, code)
@@ -266,7 +266,7 @@ async def migrate(conn: Connection, files: SQLFiles, schema: str) -> Plan:
 @contextlib.asynccontextmanager
 async def _migration_lock(conn: Connection, files: SQLFiles, schema: str) -> AsyncIterator[None]:
     """The schema's migration lock for this session, taken by polling outside any transaction."""
-    m: Any = files.migrations
+    m = files.migrations
     waited = 0
     while not await m.try_lock_installation(conn, schema_name=schema):
         if waited % int(30 / LOCK_POLL) == 0:
@@ -333,7 +333,7 @@ async def _apply_transaction(
     """One transaction: the pending migrations up to (and including the transactional part of)
     the first that must build an index outside it, else all of them and the function files.
     Returns what it recorded and the migration whose builds are left to do."""
-    m: Any = files.migrations
+    m = files.migrations
     done: list[Script] = []
     async with conn.transaction():
         await m.bound_lock_waits(conn, timeout=LOCK_TIMEOUT)
