@@ -4,9 +4,11 @@ log lines read as JSON objects carrying the task fields."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from datetime import timedelta
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -15,6 +17,7 @@ from omniq import Task
 from omniq import __version__ as omniq_version
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.models._common import utcnow
+from tests.acceptance.test_worker import _statements_started
 from tests.support.metrics import of, samples
 from tests.support.processes import Processes, wait_until
 
@@ -100,3 +103,25 @@ async def test_metrics_endpoint_and_json_logs_of_a_worker_process(
         (1, "retry"),
         (2, "done"),
     ]
+
+
+async def test_scraping_an_idle_worker_sends_no_statement(
+    backend: PostgreSQLBackend, omniq: Processes, admin: asyncpg.Connection
+) -> None:
+    """Without --metrics-gauges the endpoint serves the worker's memory only: scrapes of an
+    idle worker leave every OmniQ connection silent (with the gauges, each sends one query)."""
+    port = free_port()
+    worker = await omniq.worker("--metrics-port", str(port))
+
+    async def settled() -> bool:  # its start-up is over: a second without a statement
+        first = await _statements_started(admin)
+        await asyncio.sleep(1.0)
+        return first == await _statements_started(admin)
+
+    await wait_until(settled, 60, "the worker's start-up queries to end", worker)
+    before = await _statements_started(admin)
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(3):
+            scrape = await client.get(f"http://127.0.0.1:{port}/metrics")
+            assert "omniq_tasks_rescued_total 0.0" in scrape.text
+    assert await _statements_started(admin) == before
