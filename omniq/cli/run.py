@@ -71,11 +71,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     observe.add_argument(
         "--metrics-port",
         type=_port,
+        metavar="PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (needs omniq[metrics])",
     )
     observe.add_argument(
         "--metrics-host",
         default="127.0.0.1",
+        metavar="HOST",
         help="address of the metrics endpoint (default: 127.0.0.1; 0.0.0.0 for every interface)",
     )
     observe.add_argument(
@@ -138,7 +140,13 @@ def run_worker(args: argparse.Namespace) -> int:
             if args.metrics_gauges:
                 monitor = backend.monitor
                 worker.metrics.add_gauges(monitor.gauges, asyncio.get_running_loop())
-            worker.metrics.serve(args.metrics_port, args.metrics_host)
+            try:
+                worker.metrics.serve(args.metrics_port, args.metrics_host)
+            except OSError as exc:
+                raise CommandError(
+                    f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port} "
+                    f"({exc.strerror or exc}); choose another port or --metrics-host"
+                ) from None
             log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         try:
             await worker.run(burst=args.burst)
@@ -175,6 +183,8 @@ async def _close(backend: PostgreSQLBackend, bounded: bool) -> None:
 def _metrics(args: argparse.Namespace) -> WorkerMetrics | None:
     """The worker's Prometheus metrics when --metrics-port asks for them."""
     if args.metrics_port is None:
+        if args.metrics_gauges:
+            raise CommandError("--metrics-gauges needs --metrics-port (where to serve them)")
         return None
     try:
         from ..observability.metrics import WorkerMetrics

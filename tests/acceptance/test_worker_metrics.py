@@ -125,3 +125,16 @@ async def test_scraping_an_idle_worker_sends_no_statement(
             scrape = await client.get(f"http://127.0.0.1:{port}/metrics")
             assert "omniq_tasks_rescued_total 0.0" in scrape.text
     assert await _statements_started(admin) == before
+
+
+async def test_metrics_options_refuse_what_cannot_work(omniq: Processes) -> None:
+    alone = omniq.start("worker", "--metrics-gauges")
+    assert await alone.exited(60) == 1
+    assert "--metrics-gauges needs --metrics-port" in alone.output()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = omniq.start("worker", "--metrics-port", str(port))
+        assert await busy.exited(60) == 1
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in busy.output()
