@@ -174,7 +174,8 @@ WHERE t.id = ANY (:ids::text[]);
 SELECT k.id, t.id IS NOT NULL AS stored, t.queue_name, t.priority, t.status, t.func, t.args,
        t.kwargs, t.created_at, t.run_at, t.expires_at, t.retry_count, t.max_retries,
        t.retry_delay, t.dependencies, t.callbacks, t.metadata, t.task_data, t.started_at,
-       t.finished_at, t.worker_id, t.attempts,
+       t.finished_at, t.worker_id, t.attempts, t.abort_requested_at, t.abort_requested_by,
+       t.abort_reason,
        r.status AS result_status, r.result, r.error, r.error_type, r.traceback,
        r.created_at AS result_created_at, r.started_at AS result_started_at, r.completed_at,
        r.expires_at AS result_expires_at, r.worker_id AS result_worker_id, r.execution_time

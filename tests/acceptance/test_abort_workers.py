@@ -1,5 +1,6 @@
 """Aborting tasks run by real ``python -m omniq worker`` processes (issue 13, part 4): from
-Python, from ``omniq abort`` (its output read as a person reads it) and from SQL, with the
+Python, from ``omniq abort`` (its output read as a person reads it), from SQL, and on the
+dashboard's task page (its button: tests/acceptance/test_dashboard_browser.py), with the
 latency from the request to the task's end printed (run with ``-s``; scripts/bench_abort
 measures it on a quiet machine). The database side and the in-process worker:
 tests/integration/test_abort.py.
@@ -12,12 +13,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from omniq import Task
+from omniq.backend.postgres.protocol import WorkerProtocol
 from omniq.identifiers import quote_identifier
 from omniq.models._common import utcnow
 from tests.support.abort_jobs import abort_latencies, started, summary
+from tests.support.dashboard import start
 from tests.support.processes import Processes, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,3 +122,21 @@ async def test_an_aborted_task_whose_worker_dies_is_not_run_again(
     assert result.error == "aborted by ops"
     assert len(started(path)) == 1  # never run again
     assert await violations(db) == []
+
+
+async def test_the_dashboard_shows_a_request_its_task_has_not_obeyed_yet(
+    backend, omniq: Processes
+) -> None:
+    """A running task whose function has not stopped yet (here: no worker listens) shows the
+    request on its page: who asked, when, why."""
+    task = Task(func="app.slow.crunch")
+    await backend.task_queue.enqueue(task)
+    (running,) = await WorkerProtocol(backend).take(["default"], 1, "w-away")
+    assert await backend.task_queue.abort_task(running.id, "stuck", requested_by="ops") is True
+    url = await start(omniq)
+    async with httpx.AsyncClient(timeout=30) as client:
+        page = (await client.get(f"{url}/tasks/{task.id}")).text
+    assert 'data-status="running"' in page
+    assert (
+        "requested by ops" in page and ": stuck; it ends cancelled once its function stops" in page
+    )
