@@ -11,7 +11,10 @@
 --   index over the rows in one of their own counted states, is what makes two producers
 --   racing on one key end with one task (INSERT ... ON CONFLICT DO NOTHING against it).
 --   Nullable columns without a default: adding them is instant.
--- * tasks_running_queue_idx: running tasks per queue, counted under max_running.
+-- * tasks_running_queue_idx: running tasks per queue, counted under max_running. Its predicate
+--   names queue_name (NOT NULL anyway) so that only a query filtering on a queue can use it:
+--   a query for one worker's running tasks cannot, and keeps tasks_running_idx even on an
+--   empty table, where the two would otherwise cost the same.
 -- * tasks_slot_freed: a task of a queue with max_running that stops running wakes the
 --   queue's workers (NOTIFY), so a worker held back by the limit is not polling. Its body is
 --   omniq_notify_slot_freed in sql/functions/queues.sql (a stub here, replaced there).
@@ -59,4 +62,4 @@ DROP FUNCTION IF EXISTS omniq_add_task(TEXT, JSONB, JSONB, TEXT, INTEGER, TIMEST
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS tasks_unique_key_idx ON "tasks" (unique_key)
     WHERE unique_key IS NOT NULL AND status = ANY (unique_states);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_running_queue_idx ON "tasks" (queue_name)
-    WHERE status = 'running';
+    WHERE status = 'running' AND queue_name IS NOT NULL;

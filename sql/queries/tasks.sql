@@ -112,6 +112,5 @@ SELECT "public".omniq_cleanup_expired_tasks_v1(:batch::int);
 SELECT "public".omniq_purge_finished_tasks_v1(:older_than::interval, :batch::int);
 
 -- name: requeue_stalled(older_than)$
--- Put tasks running longer than :older_than back to pending. Index: tasks_running_idx (or
--- tasks_running_queue_idx: both hold the running tasks only).
+-- Put tasks running longer than :older_than back to pending. Index: tasks_running_idx.
 SELECT "public".omniq_requeue_stalled_v1(:older_than::interval);

@@ -13,7 +13,7 @@ from omniq.models.schedule import Schedule
 from omniq.models.task import Task
 from tests.support.db import Database, unique_schema
 
-OMNIQ_OWN = {"omniq_migrations", "omniq_meta", "omniq_workers"}
+OMNIQ_OWN = {"omniq_migrations", "omniq_meta", "omniq_workers", "omniq_queues"}
 
 
 async def tables_in(admin: asyncpg.Connection, schema: str) -> set[str]:
