@@ -15,6 +15,8 @@ Actors, each with its own random generator seeded from the run's seed:
 * an aborter aborts random recent tasks, running ones above all (issue 13): each abort that
   returned True must end its task cancelled, however the task's run ended;
 * a killer SIGKILLs a random `omniq worker` process and starts another;
+* a limiter pauses and resumes the queue and sets and clears its max_running and rate (issue
+  13), then clears them all when the run stops producing, so that the queue drains;
 * a schedule keeper adds interval schedules and pauses and resumes them, while several
   schedulers (`omniq scheduler` and the ones inside the workers) fire them;
 * a checker runs omniq_check_invariants() every two seconds.
@@ -138,6 +140,7 @@ class Chaos:
                 self.canceller(),
                 self.aborter(),
                 self.killer(),
+                self.limiter(),
                 self.schedule_keeper(),
                 self.checker(),
             ]
@@ -293,6 +296,28 @@ class Chaos:
                 if await queue.abort_task(task_id, "chaos", requested_by="chaos"):
                     self.model.aborted.add(task_id)
                     self.counts.aborts += 1
+
+    async def limiter(self) -> None:
+        rng = self.rng("limiter")
+        assert self.backend is not None
+        queue = self.backend.task_queue
+        while not self.stopping.is_set():
+            await _sleep(self.stopping, rng.uniform(0.3, 1.5))
+            action = rng.choice(["pause", "resume", "max_running", "rate", "clear"])
+            if action == "pause":
+                await queue.pause_queue(QUEUE)
+            elif action == "resume":
+                await queue.resume_queue(QUEUE)
+            elif action == "max_running":
+                await queue.set_queue_limits(QUEUE, max_running=rng.randint(1, 4))
+            elif action == "rate":
+                await queue.set_queue_limits(
+                    QUEUE, max_running=rng.choice([None, 3]), rate=rng.uniform(5, 50)
+                )
+            else:
+                await queue.set_queue_limits(QUEUE)
+        await queue.resume_queue(QUEUE)
+        await queue.set_queue_limits(QUEUE)
 
     async def killer(self) -> None:
         rng = self.rng("killer")
