@@ -6,7 +6,7 @@
 -- omniq_set_queue_limits('name', max_running => 2, rate => 5, burst => 10); read them with
 -- SELECT * FROM omniq_queue_settings() (counts of running and pending tasks included).
 -- Python calls the _v1 functions. Every entry point is SECURITY DEFINER with a pinned
--- search_path and not executable by PUBLIC (sql/roles.sql grants them to the admin role).
+-- search_path and not executable by PUBLIC: the admin role owns them (sql/roles.sql).
 -- Re-applied (CREATE OR REPLACE) by `omniq migrate` whenever this file changes.
 
 -- name: functions_queues#
@@ -25,15 +25,15 @@ CREATE OR REPLACE FUNCTION omniq_pause_queue_v1(p_name TEXT) RETURNS BOOLEAN
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Pause a queue: it keeps accepting tasks, no worker takes any (omniq_dequeue_v1 skips it),
 -- tasks already running finish. A queue never named before gets its row now. Returns
--- whether this call paused it (false: it was paused already). Index: omniq_queues_pkey.
+-- whether this call paused it (false: it was paused already; of two racing calls, one says
+-- true). Index: omniq_queues_pkey.
 DECLARE
-    v_was BOOLEAN;
+    v_done BOOLEAN;
 BEGIN
-    SELECT q.paused INTO v_was FROM omniq_queues AS q
-    WHERE q.name = omniq_check_queue_name(p_name) FOR NO KEY UPDATE;
-    INSERT INTO omniq_queues AS q (name, paused) VALUES (p_name, true)
-    ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now();
-    RETURN NOT coalesce(v_was, false);
+    INSERT INTO omniq_queues AS q (name, paused) VALUES (omniq_check_queue_name(p_name), true)
+    ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now() WHERE NOT q.paused
+    RETURNING true INTO v_done;
+    RETURN coalesce(v_done, false);
 END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_pause_queue_v1(TEXT) FROM PUBLIC;
@@ -41,18 +41,18 @@ REVOKE EXECUTE ON FUNCTION omniq_pause_queue_v1(TEXT) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION omniq_resume_queue_v1(p_name TEXT) RETURNS BOOLEAN
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
 -- Resume a paused queue and wake its workers (NOTIFY on the queue's channel, sent at commit).
--- Returns whether this call resumed it (false: it was not paused). Limits stay as they are.
--- Index: omniq_queues_pkey.
+-- Returns whether this call resumed it (false: it was not paused; of two racing calls, one
+-- says true). Limits stay as they are. Index: omniq_queues_pkey.
 DECLARE
-    v_was BOOLEAN;
+    v_done BOOLEAN;
 BEGIN
-    SELECT q.paused INTO v_was FROM omniq_queues AS q
-    WHERE q.name = omniq_check_queue_name(p_name) FOR NO KEY UPDATE;
-    IF coalesce(v_was, false) THEN
-        UPDATE omniq_queues AS q SET paused = false, updated_at = now() WHERE q.name = p_name;
+    UPDATE omniq_queues AS q SET paused = false, updated_at = now()
+    WHERE q.name = omniq_check_queue_name(p_name) AND q.paused
+    RETURNING true INTO v_done;
+    IF v_done THEN
         PERFORM pg_notify(omniq_channel('tasks'), p_name);
     END IF;
-    RETURN coalesce(v_was, false);
+    RETURN coalesce(v_done, false);
 END
 $$;
 REVOKE EXECUTE ON FUNCTION omniq_resume_queue_v1(TEXT) FROM PUBLIC;
