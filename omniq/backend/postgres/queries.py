@@ -1,7 +1,7 @@
 """Typed named queries: one class per query of sql/queries/*.sql, written by scripts/queries
 from the -- name: headers and the types PostgreSQL reports; do not edit."""
 
-# source: sql/queries sha256 a2f2359adb4a2bb8
+# source: sql/queries sha256 e36a5d1d22439410
 
 from __future__ import annotations
 
