@@ -409,14 +409,15 @@ def test_schedule_commands(cli: CLI) -> None:
 def test_status_table_shows_workers_and_schedules(cli: CLI) -> None:
     cli("schedule", "add", "app.jobs.report", "--cron", "0 6 * * *", "--id", "morning")
     cli("enqueue", "app.jobs.a")
-    cli.as_worker(lambda p, _: p.heartbeat(Registration("worker-one", "box", 4242, ["default"], 4)))
+    me = Registration("worker-one", "box", 4242, ["default"], 4, version="1.2.3")
+    cli.as_worker(lambda p, _: p.heartbeat(me))
     snap, text = cli.outs(("status", "--json"), ("status",))
     [worker] = json.loads(snap)["workers"]
     assert (worker["id"], worker["held"], worker["state"]) == ("worker-one", 0, "idle")
     header = next(line for line in text.splitlines() if line.startswith("WORKER"))
-    assert header.split()[:3] == ["WORKER", "HOST", "PID"]
+    assert header.split()[:4] == ["WORKER", "HOST", "PID", "VERSION"]
     row = next(line for line in text.splitlines() if line.startswith("worker-one"))
-    assert row.split()[:7] == ["worker-one", "box", "4242", "default", "0", "4", "idle"]
+    assert row.split()[:8] == ["worker-one", "box", "4242", "1.2.3", "default", "0", "4", "idle"]
     assert "Schedules: 1 active, 0 paused, 0 due now" in text and "Next: morning" in text
 
 
@@ -441,7 +442,7 @@ def test_status_judges_each_worker_by_the_stale_after_it_registered(cli: CLI) ->
     assert (workers["quick"]["state"], workers["quick"]["stale_after_seconds"]) == ("silent", 10)
     assert (workers["patient"]["state"], workers["patient"]["held"]) == ("busy", 1)
     rows = {line.split()[0]: line.split() for line in cli("status").stdout.splitlines() if line}
-    assert rows["quick"][6] == "silent" and rows["patient"][6] == "busy"
+    assert rows["quick"][7] == "silent" and rows["patient"][7] == "busy"  # VERSION: unknown
 
 
 def test_status_watch_refreshes_until_ctrl_c(cli: CLI) -> None:
