@@ -158,9 +158,10 @@ def psql_text(script: Script) -> str:
     parts = steps(script)
     text = [parts.transactional.strip()]
     for build in parts.builds:
+        statement = "\n".join(f"--   {line}" for line in build.sql.splitlines())  # all commented
         text.append(
             f"-- On a big table, build this index first, outside this file (writes go on):\n"
-            f"--   {build.sql}\n{build.in_transaction}"
+            f"{statement}\n{build.in_transaction}"
         )
     return "\n".join(t for t in text if t)
 
