@@ -4,12 +4,60 @@
 -- fails when this file and the real schema differ. The source of truth is sql/migrations/
 -- and sql/functions/.
 
-CREATE FUNCTION public.omniq_add_task(func text, args jsonb DEFAULT '[]'::jsonb, kwargs jsonb DEFAULT '{}'::jsonb, queue_name text DEFAULT 'default'::text, priority integer DEFAULT 0, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT 3, retry_delay real DEFAULT 1.0, timeout real DEFAULT NULL::real, result_ttl real DEFAULT NULL::real, dependencies text[] DEFAULT '{}'::text[], callbacks jsonb DEFAULT '{}'::jsonb, metadata jsonb DEFAULT '{}'::jsonb, id text DEFAULT NULL::text) RETURNS text
+CREATE FUNCTION public.omniq_abort_task(p_id text, p_reason text DEFAULT NULL::text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN omniq_abort_task_v1(p_id, p_reason, NULL);
+END
+$$;
+
+CREATE FUNCTION public.omniq_abort_task_v1(p_id text, p_reason text, p_by text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    v_by CONSTANT TEXT := coalesce(nullif(p_by, ''), session_user::text);
+    v_task RECORD;
+BEGIN
+    LOOP
+        IF omniq_cancel_tasks(ARRAY[p_id], omniq_abort_text(v_by, p_reason)) = 1 THEN
+            RETURN true;
+        END IF;
+        SELECT t.status, t.worker_id, t.attempts, t.abort_requested_at INTO v_task
+        FROM "tasks" AS t WHERE t.id = p_id FOR NO KEY UPDATE;
+        IF NOT FOUND OR v_task.status IN ('completed', 'failed', 'cancelled', 'expired') THEN
+            RETURN false;
+        END IF;
+        IF v_task.status = 'running' THEN
+            IF v_task.abort_requested_at IS NULL THEN
+                UPDATE "tasks" AS t
+                SET abort_requested_at = now(), abort_requested_by = v_by, abort_reason = p_reason
+                WHERE t.id = p_id;
+            END IF;
+            PERFORM pg_notify(omniq_channel('aborts'),
+                coalesce(v_task.worker_id, '') || ' ' || v_task.attempts || ' ' || p_id);
+            RETURN true;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION public.omniq_abort_text(p_by text, p_reason text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT 'aborted by ' || coalesce(p_by, 'an unknown caller')
+           || coalesce(': ' || nullif(p_reason, ''), '')
+$$;
+
+CREATE FUNCTION public.omniq_add_task(func text, args jsonb DEFAULT '[]'::jsonb, kwargs jsonb DEFAULT '{}'::jsonb, queue_name text DEFAULT 'default'::text, priority integer DEFAULT 0, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT 3, retry_delay real DEFAULT 1.0, timeout real DEFAULT NULL::real, result_ttl real DEFAULT NULL::real, dependencies text[] DEFAULT '{}'::text[], callbacks jsonb DEFAULT '{}'::jsonb, metadata jsonb DEFAULT '{}'::jsonb, id text DEFAULT NULL::text, unique_key text DEFAULT NULL::text, unique_states text[] DEFAULT NULL::text[], unique_window interval DEFAULT NULL::interval, unique_mode text DEFAULT 'skip'::text) RETURNS text
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $_$
 DECLARE
     v_id TEXT := coalesce(omniq_add_task.id, omniq_new_id());
+    v_existing TEXT;
 BEGIN
     IF omniq_add_task.func IS NULL OR omniq_add_task.func !~
             '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*[.:][A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
@@ -41,7 +89,11 @@ BEGIN
         RAISE EXCEPTION 'priority is required, max_retries must be 0-10000, retry_delay >= 0, timeout and result_ttl > 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM omniq_enqueue(jsonb_build_array(jsonb_build_object(
+    SELECT e.existing_id INTO v_existing FROM omniq_enqueue_v2(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'unique_key', omniq_add_task.unique_key,
+        'unique_states', to_jsonb(omniq_add_task.unique_states),
+        'unique_window', extract(epoch FROM omniq_add_task.unique_window),
+        'unique_mode', omniq_add_task.unique_mode)) || jsonb_build_object(
         'id', v_id,
         'func', omniq_add_task.func,
         'args', omniq_add_task.args,
@@ -56,8 +108,9 @@ BEGIN
         'callbacks', coalesce(omniq_add_task.callbacks, '{}'),
         'metadata', coalesce(omniq_add_task.metadata, '{}'),
         'task_data', jsonb_strip_nulls(jsonb_build_object(
-            'timeout', omniq_add_task.timeout, 'result_ttl', omniq_add_task.result_ttl)))));
-    RETURN v_id;
+            'timeout', omniq_add_task.timeout, 'result_ttl', omniq_add_task.result_ttl)))))
+        AS e WHERE e.existing_id IS NOT NULL;
+    RETURN coalesce(v_existing, v_id);
 END
 $_$;
 
@@ -197,7 +250,11 @@ BEGIN
         (SELECT e.task_id FROM "events" AS e
          WHERE e.timestamp > now() - p_window
            AND e.event_type IN ('completed', 'failed', 'cancelled', 'expired')
-         ORDER BY e.timestamp DESC LIMIT p_limit)) AS r;
+         ORDER BY e.timestamp DESC LIMIT p_limit)
+        UNION ALL
+        (SELECT rr.task_id FROM "results" AS rr
+         WHERE rr.status = 'success' AND rr.created_at > now() - p_window
+         ORDER BY rr.status, rr.created_at DESC LIMIT p_limit)) AS r;
 
     RETURN QUERY
     SELECT v.invariant, t.id, NULL::text, v.detail
@@ -218,6 +275,7 @@ BEGIN
         ('final_without_event',
          CASE WHEN NOT EXISTS (SELECT 1 FROM "events" AS e
                                WHERE e.task_id = t.id AND e.event_type = t.status)
+                   AND t.status <> 'completed'
               THEN 'no ' || t.status || ' event' END),
         ('ended_twice',
          (SELECT 'final events since it was last queued: ' || string_agg(e.event_type, ', ' ORDER BY e.timestamp)
@@ -274,6 +332,31 @@ BEGIN
     GROUP BY e.task_id HAVING count(*) > 1;
 
     RETURN QUERY
+    SELECT 'unique_key_shared', min(t.id), NULL::text,
+           count(*) || ' tasks hold unique key ' || quote_literal(left(t.unique_key, 80))
+    FROM "tasks" AS t
+    WHERE t.unique_key IS NOT NULL AND t.status = ANY (t.unique_states)
+    GROUP BY t.unique_key HAVING count(*) > 1
+    LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT v.invariant, NULL::text, NULL::text, v.detail
+    FROM omniq_queues AS q
+    CROSS JOIN LATERAL (VALUES
+        ('max_running_exceeded',
+         (SELECT 'queue ' || quote_literal(q.name) || ': ' || count(*) || ' running tasks started since '
+                 || q.updated_at || ', max_running ' || q.max_running
+          FROM "tasks" AS t
+          WHERE t.status = 'running' AND t.queue_name = q.name AND t.started_at >= q.updated_at
+          HAVING count(*) > q.max_running)),
+        ('tokens_out_of_bounds',
+         CASE WHEN q.rate IS NOT NULL AND NOT q.tokens BETWEEN 0 AND q.burst
+              THEN 'queue ' || quote_literal(q.name) || ': ' || q.tokens || ' tokens, burst '
+                   || q.burst END)
+    ) AS v(invariant, detail)
+    WHERE v.detail IS NOT NULL;
+
+    RETURN QUERY
     SELECT 'constraint_not_validated', NULL::text, NULL::text,
            c.conrelid::regclass || ': ' || c.conname
            || ' (ALTER TABLE ... VALIDATE CONSTRAINT checks the older rows without blocking writes)'
@@ -281,6 +364,13 @@ BEGIN
     WHERE c.conrelid IN (SELECT y.typrelid FROM pg_type AS y
                          WHERE y.oid IN (pg_typeof(NULL::"tasks"), pg_typeof(NULL::"schedules")))
       AND c.contype = 'c' AND NOT c.convalidated;
+
+    RETURN QUERY
+    SELECT 'abort_not_honoured', t.id, NULL::text,
+           'abort requested by ' || coalesce(t.abort_requested_by, '?') || ' at '
+           || t.abort_requested_at || ', yet it ended ' || t.status
+    FROM "tasks" AS t
+    WHERE t.id = ANY (v_recent) AND t.abort_requested_at IS NOT NULL AND t.status <> 'cancelled';
 
     RETURN QUERY
     SELECT 'invalid_row', t.id, NULL::text,
@@ -343,6 +433,17 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'A task cannot wait for itself, directly or through others.';
     END IF;
+END
+$$;
+
+CREATE FUNCTION public.omniq_check_queue_name(p_name text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    IF p_name IS NULL OR NOT omniq_valid_queue_name(p_name) THEN
+        PERFORM omniq_refuse_queue_name(coalesce(p_name, 'NULL'));
+    END IF;
+    RETURN p_name;
 END
 $$;
 
@@ -534,14 +635,20 @@ DECLARE
     v_n INTEGER;
     v_expire BOOLEAN;
     v_due BOOLEAN;
+    v_limits BOOLEAN;
+    v_limited TEXT[];
+    v_allow INTEGER;
 BEGIN
     SELECT EXISTS (SELECT 1 FROM "tasks" AS t
                    WHERE t.status IN ('pending', 'waiting') AND t.expires_at <= now()
                      AND t.queue_name = ANY (p_queues)),
            EXISTS (SELECT 1 FROM "tasks" AS t
                    WHERE t.status = 'pending' AND t.delayed AND t.queue_name = ANY (p_queues)
-                     AND t.run_at <= now())
-    INTO v_expire, v_due;
+                     AND t.run_at <= now()),
+           EXISTS (SELECT 1 FROM omniq_queues AS q
+                   WHERE q.name = ANY (p_queues)
+                     AND (q.paused OR q.max_running IS NOT NULL OR q.rate IS NOT NULL))
+    INTO v_expire, v_due, v_limits;
     IF v_expire THEN
         PERFORM omniq_expire_tasks(p_queues);
     END IF;
@@ -553,7 +660,19 @@ BEGIN
                        ORDER BY d.run_at LIMIT 10000
                        FOR NO KEY UPDATE SKIP LOCKED);
     END IF;
+    IF v_limits THEN
+        SELECT array_agg(l.name) INTO v_limited
+        FROM (SELECT q.name FROM omniq_queues AS q
+              WHERE q.name = ANY (p_queues)
+                AND (q.paused OR q.max_running IS NOT NULL OR q.rate IS NOT NULL)
+              ORDER BY q.name FOR NO KEY UPDATE) AS l;
+    END IF;
     FOREACH v_queue IN ARRAY p_queues LOOP
+        v_allow := p_limit - v_got;
+        IF v_queue = ANY (v_limited) THEN
+            v_allow := omniq_queue_allowance(v_queue, v_allow);
+            CONTINUE WHEN v_allow <= 0;
+        END IF;
         RETURN QUERY
         WITH picked AS (
             SELECT t.id FROM "tasks" AS t
@@ -561,7 +680,7 @@ BEGIN
               AND (t.run_at IS NULL OR t.run_at <= now())
               AND (t.expires_at IS NULL OR t.expires_at > now())
             ORDER BY t.priority DESC, t.created_at ASC
-            LIMIT p_limit - v_got
+            LIMIT v_allow
             FOR UPDATE SKIP LOCKED
         ), taken AS (
             UPDATE "tasks" AS t
@@ -572,19 +691,38 @@ BEGIN
                 t.created_at, t.run_at, t.expires_at, t.retry_count, t.max_retries,
                 t.retry_delay, t.dependencies, t.callbacks, t.metadata, t.task_data,
                 t.started_at, t.finished_at, t.worker_id, t.attempts
-        ), logged AS (
-            INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id)
-            SELECT k.id, 'dequeued', k.started_at, k.queue_name, p_worker_id
-            FROM taken AS k
         )
         SELECT k.* FROM taken AS k;
         GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_queue = ANY (v_limited) THEN
+            PERFORM omniq_queue_took(v_queue, v_n);
+        END IF;
         v_got := v_got + v_n;
         EXIT WHEN v_got >= p_limit;
     END LOOP;
     IF v_got > 0 AND p_worker_id IS NOT NULL THEN
         UPDATE omniq_workers SET last_heartbeat = now() WHERE omniq_workers.id = p_worker_id;
     END IF;
+END
+$$;
+
+CREATE FUNCTION public.omniq_end_aborted(p_ids text[], p_worker_id text, p_why text) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_ends JSONB;
+    v_ended TEXT[];
+BEGIN
+    SELECT jsonb_agg(jsonb_build_object('id', l.id, 'status', 'cancelled', 'message', p_why))
+    INTO v_ends
+    FROM (SELECT t.id FROM "tasks" AS t
+          WHERE t.id = ANY (p_ids) AND t.status = 'running' AND t.abort_requested_at IS NOT NULL
+          ORDER BY t.id FOR NO KEY UPDATE) AS l;
+    IF v_ends IS NOT NULL THEN
+        SELECT array_agg(e.id) INTO v_ended FROM omniq_end_tasks(v_ends, '{running}', p_worker_id) AS e;
+    END IF;
+    RETURN coalesce(v_ended, '{}');
 END
 $$;
 
@@ -603,13 +741,15 @@ BEGIN
     WITH o AS MATERIALIZED (
         SELECT x.*, coalesce(x.status, CASE x.outcome WHEN 'success' THEN 'completed'
                                                       WHEN 'failure' THEN 'failed'
+                                                      WHEN 'aborted' THEN 'cancelled'
                                                       ELSE x.outcome END) AS final
         FROM jsonb_to_recordset(p_ends) AS x(id TEXT, status TEXT, outcome TEXT, attempt INTEGER,
             result JSONB, error TEXT, error_type TEXT, traceback TEXT, started_at TIMESTAMPTZ,
             finished_at TIMESTAMPTZ, execution_time REAL, message TEXT, worker_id TEXT)
     ), ended AS (
         UPDATE "tasks" AS t
-        SET status = o.final, delayed = false,
+        SET status = CASE WHEN t.abort_requested_at IS NULL THEN o.final ELSE 'cancelled' END,
+            delayed = false,
             finished_at = coalesce(o.finished_at, now()),
             started_at = coalesce(o.started_at, t.started_at)
         FROM o
@@ -617,8 +757,16 @@ BEGIN
           AND (o.attempt IS NULL OR t.attempts = o.attempt)
           AND o.final IN ('completed', 'failed', 'expired', 'cancelled')
         RETURNING t.id, t.status, t.queue_name, t.callbacks, t.task_data, t.started_at,
-                  t.finished_at, o.outcome, o.result, o.error, o.error_type, o.traceback,
-                  o.execution_time, o.message, coalesce(o.worker_id, p_worker_id) AS worker_id
+                  t.finished_at, o.outcome, o.traceback, o.execution_time,
+                  coalesce(o.worker_id, p_worker_id) AS worker_id,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.result END AS result,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.error
+                       ELSE omniq_abort_text(t.abort_requested_by, t.abort_reason) END AS error,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.error_type
+                       ELSE 'TaskAborted' END AS error_type,
+                  CASE WHEN t.abort_requested_at IS NULL THEN o.message
+                       ELSE omniq_abort_text(t.abort_requested_by, t.abort_reason)
+                            || coalesce(' (' || o.message || ')', '') END AS message
     ), results_written AS (
         INSERT INTO "results" AS r (task_id, status, result, error, error_type, traceback,
             created_at, started_at, completed_at, expires_at, worker_id, execution_time, result_data)
@@ -635,17 +783,17 @@ BEGIN
             worker_id = excluded.worker_id, execution_time = excluded.execution_time
     ), logged AS (
         INSERT INTO "events" (task_id, event_type, timestamp, queue_name, worker_id,
-            message, error_type, error_message, traceback, execution_time)
+            message, error_type, error_message, execution_time)
         SELECT u.id, e.event_type, e.at, u.queue_name, u.worker_id, e.message,
-               e.error_type, e.error, e.traceback, e.execution_time
+               e.error_type, e.error, e.execution_time
         FROM ended AS u
         CROSS JOIN LATERAL (VALUES
-            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::real,
-             NULL::text, NULL::text, NULL::text),
-            (u.status, u.finished_at, u.message, u.execution_time, u.error_type, u.error,
-             u.traceback)
-        ) AS e(event_type, at, message, execution_time, error_type, error, traceback)
-        WHERE e.event_type <> 'executing' OR u.outcome IN ('success', 'failure')
+            ('executing', coalesce(u.started_at, now()), NULL::text, NULL::text, NULL::text,
+             NULL::real),
+            (u.status, u.finished_at, u.message, u.error_type, u.error, u.execution_time)
+        ) AS e(event_type, at, message, error_type, error, execution_time)
+        WHERE CASE WHEN e.event_type = 'executing' THEN u.outcome = 'failure' AND u.status = 'failed'
+                   ELSE u.status <> 'completed' OR u.message IS NOT NULL END
     )
     SELECT array_agg(u.id), array_agg(u.status),
            array_agg(u.id) FILTER (WHERE u.status = 'completed'),
@@ -689,16 +837,44 @@ $$;
 CREATE FUNCTION public.omniq_enqueue_v1(p_tasks jsonb) RETURNS TABLE(id text, status text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    AS $$
+    AS $_$
 DECLARE
     v_waiting TEXT[];
 BEGIN
-    SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
+    IF jsonb_path_exists(p_tasks, '$[*].unique_key ? (@ != null)') THEN  -- sql/functions/unique.sql
+        SELECT i.waiting INTO v_waiting FROM omniq_insert_unique_tasks(p_tasks) AS i;
+    ELSE
+        SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
+    END IF;
     IF v_waiting IS NOT NULL THEN
         RETURN QUERY SELECT t.id, t.status FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
     END IF;
 END
-$$;
+$_$;
+
+CREATE FUNCTION public.omniq_enqueue_v2(p_tasks jsonb) RETURNS TABLE(id text, status text, existing_id text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+DECLARE
+    v_waiting TEXT[];
+    v_duplicates JSONB;
+BEGIN
+    IF jsonb_path_exists(p_tasks, '$[*].unique_key ? (@ != null)') THEN
+        SELECT i.waiting, i.duplicates INTO v_waiting, v_duplicates
+        FROM omniq_insert_unique_tasks(p_tasks) AS i;
+    ELSE
+        SELECT i.waiting INTO v_waiting FROM omniq_insert_tasks(p_tasks, false) AS i;
+    END IF;
+    IF v_waiting IS NOT NULL THEN
+        RETURN QUERY SELECT t.id, t.status, NULL::text FROM "tasks" AS t WHERE t.id = ANY (v_waiting);
+    END IF;
+    IF v_duplicates IS NOT NULL THEN
+        RETURN QUERY SELECT d.id, d.status, d.existing_id
+        FROM jsonb_to_recordset(v_duplicates) AS d(id TEXT, status TEXT, existing_id TEXT);
+    END IF;
+END
+$_$;
 
 CREATE FUNCTION public.omniq_expire_tasks(p_queues text[] DEFAULT NULL::text[]) RETURNS integer
     LANGUAGE plpgsql
@@ -760,7 +936,7 @@ BEGIN
                         started_at = coalesce(o.started_at, t.started_at)
                     FROM o
                     WHERE t.id = o.id AND t.attempts = o.attempt AND t.status = v_running
-                      AND t.retry_count < t.max_retries
+                      AND t.retry_count < t.max_retries AND t.abort_requested_at IS NULL
                     RETURNING t.id, t.queue_name, t.run_at, t.retry_count, t.started_at,
                               o.error, o.error_type, o.traceback, o.finished_at, o.execution_time
                 ), logged AS (
@@ -878,19 +1054,27 @@ END
 $$;
 
 CREATE FUNCTION public.omniq_heartbeat_v1(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer DEFAULT 0) RETURNS text[]
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+SELECT omniq_heartbeat_v2(p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_held,
+    p_stale_after, p_stuck_threads, NULL);
+$$;
+
+CREATE FUNCTION public.omniq_heartbeat_v2(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer, p_version text) RETURNS text[]
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 BEGIN
     INSERT INTO omniq_workers AS w (id, hostname, pid, queues, concurrency, stale_after,
-        stuck_threads, held, held_at)
+        stuck_threads, held, held_at, version)
     VALUES (p_worker_id, p_hostname, p_pid, p_queues, p_concurrency, p_stale_after,
-        greatest(p_stuck_threads, 0), coalesce(p_held, '{}'), now())
+        greatest(p_stuck_threads, 0), coalesce(p_held, '{}'), now(), p_version)
     ON CONFLICT ON CONSTRAINT omniq_workers_pkey DO UPDATE
     SET last_heartbeat = now(), hostname = excluded.hostname, pid = excluded.pid,
         queues = excluded.queues, concurrency = excluded.concurrency,
         stale_after = excluded.stale_after, stuck_threads = excluded.stuck_threads,
-        held = excluded.held, held_at = excluded.held_at;
+        held = excluded.held, held_at = excluded.held_at, version = excluded.version;
     RETURN ARRAY(
         SELECT h FROM unnest(p_held) AS h
         WHERE NOT EXISTS (SELECT 1 FROM "tasks" AS t
@@ -912,7 +1096,7 @@ BEGIN
         INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
             created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
             dependencies, callbacks, metadata, task_data)
-        SELECT CASE WHEN r.id IS NULL THEN gen_random_uuid()::text
+        SELECT CASE WHEN r.id IS NULL THEN omniq_new_id()
                     WHEN omniq_valid_id(r.id, 255)
                          AND (p_internal OR strpos(r.id, '@') = 0 OR NOT omniq_reserved_id(r.id))
                     THEN r.id
@@ -932,10 +1116,6 @@ BEGIN
                coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
         FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
         RETURNING t.id, t.status, t.queue_name
-    ), logged AS (
-        INSERT INTO "events" (task_id, event_type, timestamp, queue_name)
-        SELECT n.id, 'enqueued', clock_timestamp(), n.queue_name
-        FROM new_rows AS n
     )
     SELECT count(*), array_agg(n.id) FILTER (WHERE n.status = 'waiting')
     INTO inserted, waiting FROM new_rows AS n;
@@ -943,6 +1123,74 @@ BEGIN
     IF waiting IS NOT NULL THEN
         PERFORM omniq_check_new_dependencies(waiting);
         PERFORM omniq_resolve_waiting(waiting, false);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.omniq_insert_unique_tasks(p_tasks jsonb, OUT inserted integer, OUT waiting text[], OUT duplicates jsonb) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_doc JSONB;
+    v_plain JSONB;
+    v_map JSONB := '{}';
+    v_one RECORD;
+    v_held RECORD;
+    v_constraint TEXT;
+BEGIN
+    inserted := 0;
+    duplicates := '[]';
+    FOR v_doc IN
+        SELECT omniq_unique_document(e.doc) FROM jsonb_array_elements(p_tasks) WITH ORDINALITY AS e(doc, n)
+        WHERE coalesce(jsonb_typeof(e.doc -> 'unique_key'), 'null') <> 'null' ORDER BY e.n
+    LOOP
+        v_doc := omniq_redirect_dependencies(v_doc, v_map);
+        LOOP
+            BEGIN
+                SELECT i.inserted, i.waiting INTO v_one
+                FROM omniq_insert_tasks(jsonb_build_array(v_doc - 'unique_key'), false) AS i;
+                UPDATE "tasks" AS t
+                SET unique_key = v_doc ->> 'unique_key',
+                    unique_states = ARRAY(SELECT jsonb_array_elements_text(v_doc -> 'unique_states'))
+                WHERE t.id = v_doc ->> 'id';
+                inserted := inserted + v_one.inserted;
+                waiting := waiting || v_one.waiting;
+                EXIT;
+            EXCEPTION WHEN unique_violation THEN
+                GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME;
+                IF v_constraint IS DISTINCT FROM 'tasks_unique_key_idx' THEN
+                    RAISE;
+                END IF;
+            END;
+            SELECT t.id, t.status, t.queue_name INTO v_held FROM "tasks" AS t
+            WHERE t.unique_key = v_doc ->> 'unique_key' AND t.status = ANY (t.unique_states)
+            FOR NO KEY UPDATE;
+            CONTINUE WHEN NOT FOUND;  -- it left the counted states meanwhile: insert again
+            IF v_doc ->> 'unique_mode' <> 'skip' AND v_held.status IN ('pending', 'waiting') THEN
+                UPDATE "tasks" AS t
+                SET args = coalesce(v_doc -> 'args', '[]'), kwargs = coalesce(v_doc -> 'kwargs', '{}'),
+                    run_at = CASE WHEN v_doc ->> 'unique_mode' = 'replace'
+                                  THEN (v_doc ->> 'run_at')::timestamptz ELSE t.run_at END,
+                    delayed = t.status = 'pending' AND coalesce(
+                        CASE WHEN v_doc ->> 'unique_mode' = 'replace'
+                             THEN (v_doc ->> 'run_at')::timestamptz ELSE t.run_at END > now(), false)
+                WHERE t.id = v_held.id;
+                PERFORM pg_notify(omniq_channel('tasks'), v_held.queue_name);
+            END IF;
+            v_map := v_map || jsonb_build_object(v_doc ->> 'id', v_held.id);
+            duplicates := duplicates || jsonb_build_object('id', v_doc ->> 'id',
+                'existing_id', v_held.id, 'status', v_held.status);
+            EXIT;
+        END LOOP;
+    END LOOP;
+    SELECT jsonb_agg(omniq_redirect_dependencies(e.doc, v_map) ORDER BY e.n) INTO v_plain
+    FROM jsonb_array_elements(p_tasks) WITH ORDINALITY AS e(doc, n)
+    WHERE coalesce(jsonb_typeof(e.doc -> 'unique_key'), 'null') = 'null';
+    IF v_plain IS NOT NULL THEN
+        SELECT i.inserted, i.waiting INTO v_one FROM omniq_insert_tasks(v_plain, false) AS i;
+        inserted := inserted + v_one.inserted;
+        waiting := waiting || v_one.waiting;
     END IF;
 END
 $$;
@@ -982,6 +1230,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_notify_slot_freed() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM omniq_queues AS q
+               WHERE q.name = NEW.queue_name AND q.max_running IS NOT NULL) THEN
+        PERFORM pg_notify(omniq_channel('tasks'), NEW.queue_name);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION public.omniq_notify_task_ready() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -1006,6 +1267,27 @@ BEGIN
     PERFORM pg_notify(omniq_channel('tasks'), q.queue_name)
     FROM (SELECT DISTINCT queue_name FROM new_tasks WHERE status = 'pending') AS q;
     RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION public.omniq_pause_queue(name text) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT omniq_pause_queue_v1(name)
+$$;
+
+CREATE FUNCTION public.omniq_pause_queue_v1(p_name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    v_done BOOLEAN;
+BEGIN
+    INSERT INTO omniq_queues AS q (name, paused) VALUES (omniq_check_queue_name(p_name), true)
+    ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now() WHERE NOT q.paused
+    RETURNING true INTO v_done;
+    RETURN coalesce(v_done, false);
 END
 $$;
 
@@ -1096,6 +1378,78 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_queue_allowance(p_queue text, p_want integer) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+DECLARE
+    v_q RECORD;
+    v_now TIMESTAMPTZ := clock_timestamp();
+    v_allow INTEGER := p_want;
+    v_running INTEGER;
+    v_tokens DOUBLE PRECISION;
+BEGIN
+    SELECT q.paused, q.max_running, q.rate, q.burst, q.tokens, q.refilled_at INTO v_q
+    FROM omniq_queues AS q WHERE q.name = p_queue;
+    IF NOT FOUND THEN
+        RETURN p_want;
+    END IF;
+    IF v_q.paused OR v_q.max_running = 0 THEN
+        RETURN 0;
+    END IF;
+    IF v_q.max_running IS NOT NULL THEN
+        SELECT count(*) INTO v_running FROM "tasks" AS t
+        WHERE t.status = 'running' AND t.queue_name = p_queue;
+        v_allow := least(v_allow, v_q.max_running - v_running);
+    END IF;
+    IF v_q.rate IS NOT NULL THEN
+        v_tokens := least(v_q.burst, v_q.tokens
+            + v_q.rate * greatest(0, extract(epoch FROM v_now - v_q.refilled_at)));
+        UPDATE omniq_queues AS q SET tokens = v_tokens, refilled_at = v_now
+        WHERE q.name = p_queue;
+        v_allow := least(v_allow, floor(v_tokens)::integer);
+    END IF;
+    RETURN greatest(v_allow, 0);
+END
+$$;
+
+CREATE FUNCTION public.omniq_queue_settings(names text[] DEFAULT NULL::text[]) RETURNS TABLE(name text, paused boolean, max_running integer, rate real, burst integer, tokens real, running bigint, pending bigint, updated_at timestamp with time zone)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT s.name, s.paused, s.max_running, s.rate, s.burst, s.tokens, s.running, s.pending,
+           s.updated_at
+    FROM omniq_queue_settings_v1(names) AS s
+$$;
+
+CREATE FUNCTION public.omniq_queue_settings_v1(p_names text[] DEFAULT NULL::text[]) RETURNS TABLE(name text, paused boolean, max_running integer, rate real, burst integer, tokens real, running bigint, pending bigint, updated_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT q.name, q.paused, q.max_running, q.rate, q.burst,
+           CASE WHEN q.rate IS NOT NULL THEN least(q.burst::real, (q.tokens + q.rate
+                * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))::real) END,
+           (SELECT count(*) FROM "tasks" AS t WHERE t.status = 'running' AND t.queue_name = q.name),
+           (SELECT count(*) FROM "tasks" AS t WHERE t.status = 'pending' AND t.queue_name = q.name),
+           q.updated_at
+    FROM omniq_queues AS q
+    WHERE p_names IS NULL OR q.name = ANY (p_names)
+    ORDER BY q.name;
+END
+$$;
+
+CREATE FUNCTION public.omniq_queue_took(p_queue text, p_taken integer) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public'
+    AS $$
+BEGIN
+    UPDATE omniq_queues AS q SET tokens = greatest(0, q.tokens - p_taken)
+    WHERE q.name = p_queue AND q.rate IS NOT NULL AND p_taken > 0;
+END
+$$;
+
 CREATE FUNCTION public.omniq_recheck_at(p_state text) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -1140,6 +1494,17 @@ BEGIN
     WHERE key = 'waiting_recheck';
     RETURN coalesce(cardinality(v_stuck), 0);
 END
+$$;
+
+CREATE FUNCTION public.omniq_redirect_dependencies(p_doc jsonb, p_map jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE WHEN p_map = '{}' OR jsonb_typeof(p_doc -> 'dependencies') IS DISTINCT FROM 'array'
+                THEN p_doc
+                ELSE jsonb_set(p_doc, '{dependencies}', coalesce((
+                    SELECT jsonb_agg(coalesce(p_map -> d.dep, to_jsonb(d.dep)) ORDER BY d.n)
+                    FROM jsonb_array_elements_text(p_doc -> 'dependencies')
+                         WITH ORDINALITY AS d(dep, n)), '[]')) END
 $$;
 
 CREATE FUNCTION public.omniq_refuse_id(p_id text) RETURNS text
@@ -1188,6 +1553,10 @@ CREATE FUNCTION public.omniq_release_tasks_v1(p_ids text[], p_worker_id text, p_
 DECLARE
     v_n INTEGER;
 BEGIN
+    PERFORM omniq_end_aborted(ARRAY(
+        SELECT t.id FROM "tasks" AS t
+        WHERE t.id = ANY (p_ids) AND t.status = 'running' AND t.abort_requested_at IS NOT NULL
+          AND t.worker_id IS NOT DISTINCT FROM p_worker_id), p_worker_id, p_reason);
     WITH released AS (
         UPDATE "tasks" AS t
         SET status = 'pending', worker_id = NULL, started_at = NULL,
@@ -1217,6 +1586,8 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
+    PERFORM omniq_end_aborted(v_ids, NULL,
+        'running longer than ' || p_older_than || '; ended by omniq_requeue_stalled');
     WITH requeued AS (
         UPDATE "tasks" AS t SET status = 'pending', worker_id = NULL, started_at = NULL,
             delayed = coalesce(t.run_at > now(), false)
@@ -1255,7 +1626,8 @@ BEGIN
             SELECT array_agg(s.id), array_agg(s.worker_id), array_agg(s.attempts),
                    array_agg(s.again)
             INTO v_ids, v_holders, v_attempts, v_again
-            FROM (SELECT t.id, t.worker_id, t.attempts, t.retry_count < t.max_retries AS again
+            FROM (SELECT t.id, t.worker_id, t.attempts,
+                         t.retry_count < t.max_retries AND t.abort_requested_at IS NULL AS again
                   FROM "tasks" AS t
                   WHERE t.status = 'running' AND t.worker_id IS DISTINCT FROM p_caller
                     AND (t.worker_id IN (SELECT w.id FROM omniq_workers AS w
@@ -1382,6 +1754,30 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_resume_queue(name text) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT omniq_resume_queue_v1(name)
+$$;
+
+CREATE FUNCTION public.omniq_resume_queue_v1(p_name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    v_done BOOLEAN;
+BEGIN
+    UPDATE omniq_queues AS q SET paused = false, updated_at = now()
+    WHERE q.name = omniq_check_queue_name(p_name) AND q.paused
+    RETURNING true INTO v_done;
+    IF v_done THEN
+        PERFORM pg_notify(omniq_channel('tasks'), p_name);
+    END IF;
+    RETURN coalesce(v_done, false);
+END
+$$;
+
 CREATE FUNCTION public.omniq_resume_schedule(p_id text) RETURNS boolean
     LANGUAGE sql
     SET search_path TO 'public'
@@ -1404,7 +1800,8 @@ BEGIN
     WITH retried AS (
         UPDATE "tasks" AS t
         SET status = 'pending', delayed = false, retry_count = 0, run_at = NULL, expires_at = NULL,
-            worker_id = NULL, started_at = NULL, finished_at = NULL
+            worker_id = NULL, started_at = NULL, finished_at = NULL,
+            abort_requested_at = NULL, abort_requested_by = NULL, abort_reason = NULL
         WHERE (CASE WHEN p_ids IS NULL THEN t.status = 'failed'
                     ELSE t.status IN ('failed', 'cancelled', 'expired') AND t.id = ANY (p_ids) END)
           AND (p_queue IS NULL OR t.queue_name = p_queue)
@@ -1426,6 +1823,46 @@ CREATE FUNCTION public.omniq_retry_tasks_v1(p_ids text[], p_queue text, p_func t
     SET search_path TO 'public'
     AS $$ SELECT omniq_retry_tasks(p_ids, p_queue, p_func) $$;
 
+CREATE FUNCTION public.omniq_set_queue_limits(name text, max_running integer DEFAULT NULL::integer, rate real DEFAULT NULL::real, burst integer DEFAULT NULL::integer) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT omniq_set_queue_limits_v1(name, max_running, rate, burst)
+$$;
+
+CREATE FUNCTION public.omniq_set_queue_limits_v1(p_name text, p_max_running integer, p_rate real, p_burst integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM omniq_check_queue_name(p_name);
+    IF p_max_running < 0 OR p_rate <= 0 OR p_rate = 'Infinity' OR p_rate = 'NaN'
+       OR p_burst < 1 OR (p_burst IS NOT NULL AND p_rate IS NULL) THEN
+        RAISE EXCEPTION 'invalid limits for queue %: max_running %, rate %, burst %',
+            quote_literal(p_name), coalesce(p_max_running::text, 'none'),
+            coalesce(p_rate::text, 'none'), coalesce(p_burst::text, 'none')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_running must be 0 or more (0 pauses the queue), rate a positive '
+                         'number of tasks per second, burst 1 or more and only with a rate; '
+                         'leave a limit out (NULL) to remove it.';
+    END IF;
+    p_burst := CASE WHEN p_rate IS NOT NULL THEN coalesce(p_burst, greatest(1, ceil(p_rate)::integer)) END;
+    INSERT INTO omniq_queues AS q (name, max_running, rate, burst, tokens, refilled_at)
+    VALUES (p_name, p_max_running, p_rate, p_burst, coalesce(p_burst, 0), clock_timestamp())
+    ON CONFLICT (name) DO UPDATE
+    SET max_running = excluded.max_running, rate = excluded.rate, burst = excluded.burst,
+        tokens = CASE WHEN q.rate IS NOT DISTINCT FROM excluded.rate
+                       AND q.burst IS NOT DISTINCT FROM excluded.burst
+                      THEN least(q.tokens, coalesce(excluded.burst, 0))
+                      ELSE coalesce(excluded.burst, 0) END,
+        refilled_at = CASE WHEN q.rate IS NOT DISTINCT FROM excluded.rate
+                            AND q.burst IS NOT DISTINCT FROM excluded.burst
+                           THEN q.refilled_at ELSE excluded.refilled_at END,
+        updated_at = now();
+    PERFORM pg_notify(omniq_channel('tasks'), p_name);
+END
+$$;
+
 CREATE FUNCTION public.omniq_set_schedule_status_v1(p_id text, p_status text) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'public'
@@ -1443,6 +1880,55 @@ BEGIN
                              ELSE schedule_data END
     WHERE id = p_id AND status IN ('active', 'paused');
     RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION public.omniq_unique_document(p_doc jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    v_key TEXT := p_doc ->> 'unique_key';
+    v_states TEXT[];
+    v_window DOUBLE PRECISION;
+    v_mode TEXT := coalesce(p_doc ->> 'unique_mode', 'skip');
+BEGIN
+    IF jsonb_typeof(p_doc -> 'unique_key') IS DISTINCT FROM 'string' OR v_key = ''
+       OR length(v_key) > 255 OR v_key ~ '[\x01-\x1f\x7f]' THEN
+        RAISE EXCEPTION 'a unique key must be a string of 1-255 characters without control characters, got %',
+            left(p_doc ->> 'unique_key', 300)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use a shorter key, for example a hash of what makes the task unique.';
+    END IF;
+    IF jsonb_typeof(p_doc -> 'unique_states') = 'array' THEN
+        SELECT array_agg(DISTINCT s.state ORDER BY s.state) INTO v_states
+        FROM jsonb_array_elements_text(p_doc -> 'unique_states') AS s(state);
+    ELSIF coalesce(jsonb_typeof(p_doc -> 'unique_states'), 'null') = 'null' THEN
+        v_states := '{pending,running,waiting}';
+    END IF;
+    IF v_states IS NULL
+       OR NOT v_states <@ '{pending,waiting,running,completed,failed,cancelled,expired}'::text[]
+       OR NOT '{pending,waiting,running}'::text[] <@ v_states THEN
+        RAISE EXCEPTION 'unique states must include pending, waiting and running, and may add completed, failed, cancelled or expired; got %',
+            p_doc -> 'unique_states'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A task moves through pending, waiting and running; a key that stopped counting there could meet a second task.';
+    END IF;
+    IF v_mode NOT IN ('skip', 'replace', 'keep_run_at') THEN
+        RAISE EXCEPTION 'unique mode must be skip, replace or keep_run_at, got %', quote_literal(v_mode)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF coalesce(jsonb_typeof(p_doc -> 'unique_window'), 'null') <> 'null' THEN
+        v_window := CASE WHEN jsonb_typeof(p_doc -> 'unique_window') = 'number'
+                         THEN (p_doc ->> 'unique_window')::double precision END;
+        IF v_window IS NULL OR NOT v_window BETWEEN 1 AND 315360000 THEN
+            RAISE EXCEPTION 'a unique window must be a number of seconds from 1 to 315360000 (10 years), got %',
+                p_doc -> 'unique_window' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_key := v_key || '#' || to_char(to_timestamp(floor(extract(epoch FROM now()) / v_window)
+            * v_window) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+    END IF;
+    RETURN p_doc || jsonb_build_object('unique_key', v_key, 'unique_states', v_states,
+        'unique_mode', v_mode, 'id', coalesce(p_doc ->> 'id', omniq_new_id()));
 END
 $$;
 
@@ -1478,6 +1964,8 @@ BEGIN
         retry_count = p_retry_count, max_retries = p_max_retries, retry_delay = p_retry_delay,
         callbacks = p_callbacks, metadata = p_metadata, task_data = p_task_data,
         status = CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END,
+        abort_requested_at = CASE WHEN p_status = ANY (v_final) OR p_status = 'running'
+                                  THEN t.abort_requested_at END,
         delayed = (CASE WHEN p_status = ANY (v_final) THEN t.status ELSE p_status END) = 'pending'
                   AND coalesce(p_run_at > now(), false)
     WHERE t.id = p_id;
@@ -1572,6 +2060,25 @@ CREATE TABLE public.omniq_migrations (
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE public.results (
+    task_id text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    result jsonb,
+    error text,
+    error_type text,
+    traceback text,
+    created_at timestamp with time zone NOT NULL,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    worker_id text,
+    execution_time real,
+    memory_usage bigint,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    result_data jsonb NOT NULL
+)
+WITH (autovacuum_vacuum_insert_scale_factor='0.05');
+
 CREATE TABLE public.tasks (
     id text NOT NULL,
     queue_name text NOT NULL,
@@ -1595,22 +2102,82 @@ CREATE TABLE public.tasks (
     worker_id text,
     attempts integer DEFAULT 0 NOT NULL,
     delayed boolean DEFAULT false NOT NULL,
+    unique_key text,
+    unique_states text[],
+    abort_requested_at timestamp with time zone,
+    abort_requested_by text,
+    abort_reason text,
     CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'waiting'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05');
 
 CREATE VIEW public.omniq_queue_overview AS
  SELECT queue_name,
-    count(*) FILTER (WHERE ((status = 'pending'::text) AND ((run_at IS NULL) OR (run_at <= now())))) AS ready,
-    count(*) FILTER (WHERE ((status = 'pending'::text) AND (run_at > now()))) AS scheduled_later,
-    count(*) FILTER (WHERE (status = 'waiting'::text)) AS waiting,
-    count(*) FILTER (WHERE (status = 'running'::text)) AS running,
-    count(*) FILTER (WHERE (status = 'completed'::text)) AS completed,
-    count(*) FILTER (WHERE (status = 'failed'::text)) AS failed,
-    count(*) FILTER (WHERE (status = ANY (ARRAY['cancelled'::text, 'expired'::text]))) AS cancelled_or_expired,
-    (now() - min(COALESCE(run_at, created_at)) FILTER (WHERE ((status = 'pending'::text) AND ((run_at IS NULL) OR (run_at <= now()))))) AS oldest_ready_age
-   FROM public.tasks t
+    count(*) FILTER (WHERE (state = 'ready'::text)) AS ready,
+    count(*) FILTER (WHERE (state = 'later'::text)) AS scheduled_later,
+    count(*) FILTER (WHERE (state = 'waiting'::text)) AS waiting,
+    count(*) FILTER (WHERE (state = 'running'::text)) AS running,
+    count(*) FILTER (WHERE (state = 'completed'::text)) AS completed,
+    count(*) FILTER (WHERE (state = 'failed'::text)) AS failed,
+    count(*) FILTER (WHERE (state = 'cancelled_or_expired'::text)) AS cancelled_or_expired,
+    (now() - min(due_at) FILTER (WHERE (state = 'ready'::text))) AS oldest_ready_age
+   FROM ( SELECT t.queue_name,
+                CASE
+                    WHEN (t.run_at > now()) THEN 'later'::text
+                    ELSE 'ready'::text
+                END AS state,
+            COALESCE(t.run_at, t.created_at) AS due_at
+           FROM public.tasks t
+          WHERE (t.status = 'pending'::text)
+        UNION ALL
+         SELECT t.queue_name,
+            'waiting'::text,
+            NULL::timestamp with time zone
+           FROM public.tasks t
+          WHERE (t.status = 'waiting'::text)
+        UNION ALL
+         SELECT t.queue_name,
+            'running'::text,
+            NULL::timestamp with time zone
+           FROM public.tasks t
+          WHERE (t.status = 'running'::text)
+        UNION ALL
+         SELECT t.queue_name,
+            'failed'::text,
+            NULL::timestamp with time zone
+           FROM public.tasks t
+          WHERE (t.status = 'failed'::text)
+        UNION ALL
+         SELECT q.queue_name,
+                CASE r.status
+                    WHEN 'success'::text THEN 'completed'::text
+                    ELSE 'cancelled_or_expired'::text
+                END AS "case",
+            NULL::timestamp with time zone
+           FROM (public.results r
+             CROSS JOIN LATERAL ( SELECT t.queue_name
+                   FROM public.tasks t
+                  WHERE (t.id = r.task_id)
+                 OFFSET 0) q)
+          WHERE ((r.status = ANY (ARRAY['success'::text, 'cancelled'::text, 'expired'::text])) AND (r.created_at >= (now() - '01:00:00'::interval)))) s
   GROUP BY queue_name;
+
+CREATE TABLE public.omniq_queues (
+    name text NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    max_running integer,
+    rate real,
+    burst integer,
+    tokens real DEFAULT 0 NOT NULL,
+    refilled_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT omniq_queues_burst_check CHECK ((burst >= 1)),
+    CONSTRAINT omniq_queues_burst_needs_rate CHECK (((rate IS NULL) = (burst IS NULL))),
+    CONSTRAINT omniq_queues_max_running_check CHECK ((max_running >= 0)),
+    CONSTRAINT omniq_queues_name_check CHECK (((length(name) <= 200) AND (name ~ '\S'::text) AND (name !~ '[\x01-\x1f\x7f]'::text))),
+    CONSTRAINT omniq_queues_rate_check CHECK (((rate > (0)::double precision) AND (rate < 'Infinity'::real))),
+    CONSTRAINT omniq_queues_tokens_check CHECK ((tokens >= (0)::double precision))
+);
 
 CREATE TABLE public.omniq_workers (
     id text NOT NULL,
@@ -1623,7 +2190,8 @@ CREATE TABLE public.omniq_workers (
     stale_after interval DEFAULT '00:00:30'::interval NOT NULL,
     held text[] DEFAULT '{}'::text[] NOT NULL,
     held_at timestamp with time zone,
-    stuck_threads integer DEFAULT 0 NOT NULL
+    stuck_threads integer DEFAULT 0 NOT NULL,
+    version text
 );
 
 CREATE VIEW public.omniq_worker_overview AS
@@ -1641,25 +2209,6 @@ CREATE VIEW public.omniq_worker_overview AS
            FROM public.tasks t
           WHERE ((t.status = 'running'::text) AND (t.worker_id = w.id))) AS running
    FROM public.omniq_workers w;
-
-CREATE TABLE public.results (
-    task_id text NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    result jsonb,
-    error text,
-    error_type text,
-    traceback text,
-    created_at timestamp with time zone NOT NULL,
-    started_at timestamp with time zone,
-    completed_at timestamp with time zone,
-    expires_at timestamp with time zone,
-    worker_id text,
-    execution_time real,
-    memory_usage bigint,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    result_data jsonb NOT NULL
-)
-WITH (autovacuum_vacuum_insert_scale_factor='0.05');
 
 CREATE TABLE public.schedules (
     id text NOT NULL,
@@ -1696,6 +2245,9 @@ ALTER TABLE ONLY public.omniq_meta
 
 ALTER TABLE ONLY public.omniq_migrations
     ADD CONSTRAINT omniq_migrations_pkey PRIMARY KEY (name);
+
+ALTER TABLE ONLY public.omniq_queues
+    ADD CONSTRAINT omniq_queues_pkey PRIMARY KEY (name);
 
 ALTER TABLE ONLY public.omniq_workers
     ADD CONSTRAINT omniq_workers_pkey PRIMARY KEY (id);
@@ -1735,7 +2287,11 @@ CREATE INDEX tasks_pending_idx ON public.tasks USING btree (queue_name, delayed,
 
 CREATE INDEX tasks_running_idx ON public.tasks USING btree (worker_id) WHERE (status = 'running'::text);
 
+CREATE INDEX tasks_running_queue_idx ON public.tasks USING btree (queue_name) WHERE ((status = 'running'::text) AND (queue_name IS NOT NULL));
+
 CREATE INDEX tasks_schedule_runs_idx ON public.tasks USING btree (((metadata ->> 'schedule_id'::text)), created_at) WHERE (metadata ? 'schedule_id'::text);
+
+CREATE UNIQUE INDEX tasks_unique_key_idx ON public.tasks USING btree (unique_key) WHERE ((unique_key IS NOT NULL) AND (status = ANY (unique_states)));
 
 CREATE INDEX tasks_waiting_ids_idx ON public.tasks USING btree (id) WHERE (status = 'waiting'::text);
 
@@ -1751,7 +2307,13 @@ CREATE TRIGGER tasks_notify_inserted AFTER INSERT ON public.tasks REFERENCING NE
 
 CREATE TRIGGER tasks_notify_ready AFTER UPDATE OF status ON public.tasks FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION public.omniq_notify_task_ready();
 
+CREATE TRIGGER tasks_slot_freed AFTER UPDATE OF status ON public.tasks FOR EACH ROW WHEN (((old.status = 'running'::text) AND (new.status <> 'running'::text))) EXECUTE FUNCTION public.omniq_notify_slot_freed();
+
 CREATE CONSTRAINT TRIGGER tasks_waiting_committed AFTER INSERT OR UPDATE OF status, dependencies ON public.tasks DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((new.status = 'waiting'::text)) EXECUTE FUNCTION public.omniq_waiting_committed();
+
+REVOKE ALL ON FUNCTION public.omniq_abort_task(p_id text, p_reason text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_abort_task_v1(p_id text, p_reason text, p_by text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_cancel_tasks(p_ids text[], p_reason text) FROM PUBLIC;
 
@@ -1765,17 +2327,37 @@ REVOKE ALL ON FUNCTION public.omniq_enqueue(p_tasks jsonb) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_enqueue_v1(p_tasks jsonb) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION public.omniq_enqueue_v2(p_tasks jsonb) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION public.omniq_finish_tasks_v1(p_outcomes jsonb, p_worker_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_fire_schedules_v1(p_ids text[], p_next_runs timestamp with time zone[], p_errors text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_heartbeat_v1(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION public.omniq_heartbeat_v2(p_worker_id text, p_hostname text, p_pid integer, p_queues text[], p_concurrency integer, p_held text[], p_stale_after interval, p_stuck_threads integer, p_version text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_pause_queue(name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_pause_queue_v1(p_name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_queue_settings(names text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_queue_settings_v1(p_names text[]) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION public.omniq_release_tasks_v1(p_ids text[], p_worker_id text, p_reason text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_rescue_tasks(p_caller text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_rescue_tasks_v1(p_caller text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_resume_queue(name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_resume_queue_v1(p_name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_set_queue_limits(name text, max_running integer, rate real, burst integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_set_queue_limits_v1(p_name text, p_max_running integer, p_rate real, p_burst integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_waiting_committed() FROM PUBLIC;
 
