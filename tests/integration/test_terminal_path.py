@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,22 +55,6 @@ async def assert_ended_once(db: Database, task_id: str, final: str, callbacks: l
     assert result is not None and result["status"] == expected, result
     assert (await db.events(task_id)).count(final) == 1
     assert await callbacks_of(db, task_id) == sorted(callbacks)
-
-
-@pytest.fixture
-async def raw(pg_dsn: str, backend: PostgreSQLBackend) -> AsyncIterator[Any]:
-    """Plain connections on the backend's schema, for holding transactions open by hand."""
-    made: list[asyncpg.Connection] = []
-
-    async def connect() -> asyncpg.Connection:
-        conn = await asyncpg.connect(pg_dsn)  # no codecs: as an application's own connection
-        await conn.execute(f"SET search_path TO {quote_identifier(backend.config.schema)}")
-        made.append(conn)
-        return conn
-
-    yield connect
-    for conn in made:
-        await conn.close()
 
 
 async def blocked_on_lock(db: Database, conn: asyncpg.Connection) -> bool:
