@@ -325,7 +325,9 @@ async def test_current_task_inside_and_outside_a_task(backend, worker, tmp_path)
 async def test_a_notice_that_comes_before_the_task_is_kept(backend, db, worker) -> None:
     """The NOTIFY (LISTEN connection) may overtake the reply of the dequeue that took the task
     (pool connection): the notice is kept and applied when the task starts."""
-    task = Task(func="m.not_yet_here")
+    # A queue the in-process worker does not serve: the test takes the task itself, so the
+    # worker's own dequeue cannot race it to the task.
+    task = Task(func="m.not_yet_here", queue_name="taken-by-the-test")
     payload = f"{worker.worker_id} 1 {task.id}"
     worker._aborts.on_notice(payload)  # as if heard before the dequeue's reply
     worker._aborts.on_notice(f"another-worker 1 {task.id}")  # not ours: ignored
