@@ -31,6 +31,10 @@ The figures:
   awaited before the next (OmniQ ``task_queue.enqueue(Task(...))``, pgqueuer
   ``Queries.enqueue(name, None, 0)``, procrastinate ``task.defer_async()``); the time
   includes building the Task objects but not connecting.
+- the ceiling of enqueueing one at a time (jobs/s, in the notes): pgbench, a C client with
+  prepared statements on one connection, runs ``--single`` one-row INSERTs into a bare table
+  whose per-statement trigger sends a NOTIFY, each its own committed transaction. Each
+  system's single enqueue is reported as a share of it.
 - enqueue batch (jobs/s): ``--batch`` (10,000) jobs in one call (OmniQ ``enqueue_many`` of
   freshly built Task objects, pgqueuer ``Queries.enqueue`` with lists, procrastinate
   ``batch_defer_async``).
@@ -82,6 +86,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -103,12 +108,23 @@ PEERS_PY = PEERS_VENV / "bin" / "python"
 PEER_PACKAGES = ["pgqueuer", "procrastinate", "asyncpg", "psycopg[binary]"]
 RESULTS = ROOT / "bench-results"
 CONCURRENCY = 10
+# The ceiling for enqueueing one at a time (Bench.ceiling): a bare job table and a NOTIFY.
+CEILING_SCHEMA = """
+CREATE TABLE jobs (id BIGSERIAL PRIMARY KEY, queue_name TEXT NOT NULL, payload JSONB NOT NULL);
+CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobs', 'default');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify();
+"""
 T0 = time.monotonic()
 
 sys.path.insert(0, str(ROOT))  # omniq from this checkout even without the editable install
 from omniq import Task, __version__  # noqa: E402
 from omniq.backend.postgres import PostgreSQLBackend  # noqa: E402
-from omniq.embedded import EmbeddedPostgres  # noqa: E402
+from omniq.embedded import EmbeddedPostgres, find_bindir  # noqa: E402
 from omniq.models.config import PostgresConfig  # noqa: E402
 
 
@@ -735,6 +751,44 @@ class Bench:
                         f"{n:,} in {seconds:.2f}s = {n / seconds:,.0f} jobs/s"
                     )
 
+    async def ceiling(self) -> None:
+        """What one client can enqueue at most: pgbench (C, prepared, one connection) running a
+        one-row INSERT into a bare table whose per-statement trigger sends a NOTIFY, each
+        statement its own committed transaction. Single enqueues are reported as a share."""
+        database = "bench_ceiling"
+        await self.db.execute(f'CREATE DATABASE "{database}"')
+        conn = await asyncpg.connect(self.dsn(database))
+        try:
+            await conn.execute(CEILING_SCHEMA)
+        finally:
+            await conn.close()
+        script = self.logdir / "ceiling.sql"
+        script.write_text("INSERT INTO jobs (queue_name, payload) VALUES ('default', '[]');\n")
+        argv = [str(find_bindir() / "pgbench"), "-n", "-M", "prepared", "-c", "1"]
+        argv += ["-t", str(self.args.single), "-f", str(script), self.dsn(database)]
+        rates = []
+        for _ in range(self.args.repeat):
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            out = (await proc.communicate())[0].decode()
+            match = re.search(r"^tps = ([\d.]+)", out, re.MULTILINE)
+            if proc.returncode or match is None:
+                self.note(f"pgbench ceiling: failed ({out.strip()[-300:]})")
+                return
+            rates.append(float(match.group(1)))
+        rate = statistics.median(rates)
+        self.details["ceiling_insert_notify"] = rates
+        progress(f"ceiling       pgbench one-row INSERT + NOTIFY: {rate:,.0f} jobs/s")
+        for system in self.live():
+            runs = [v for v in self.runs.get(system.name, {}).get("enqueue_single", []) if v]
+            if runs:
+                share = statistics.median(runs) / rate
+                self.note(
+                    f"{system.name} enqueues one at a time at {100 * share:.0f}% of the ceiling "
+                    f"(pgbench one-row INSERT + NOTIFY, C client, prepared: {rate:,.0f} jobs/s)"
+                )
+
     async def process(self, system: System, key: str, procs: int, reset: bool = True) -> None:
         """Enqueue ``--tasks`` no-ops, start ``procs`` burst workers, time until all are done."""
         n = self.args.tasks
@@ -922,6 +976,7 @@ class Bench:
 
     async def run(self) -> None:
         await self.enqueue()
+        await self.ceiling()
         await self.processing()
         await self.latency_and_idle()
         omniq = next((s for s in self.live() if isinstance(s, OmniQ)), None)

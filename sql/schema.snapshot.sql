@@ -216,6 +216,12 @@ CREATE FUNCTION public.omniq_channel(kind text) RETURNS text
     SELECT 'omniq_' || kind || '_' || left(md5(current_schema()), 12)
 $$;
 
+CREATE FUNCTION public.omniq_channel_of(p_kind text, p_schema text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT 'omniq_' || p_kind || '_' || left(md5(p_schema), 12)
+$$;
+
 CREATE FUNCTION public.omniq_channel_v1(p_kind text) RETURNS text
     LANGUAGE sql STABLE
     SET search_path TO 'public'
@@ -1210,7 +1216,7 @@ CREATE FUNCTION public.omniq_notify_results() RETURNS trigger
     SET search_path TO 'public'
     AS $$
 BEGIN
-    PERFORM pg_notify(omniq_channel('results'), string_agg(r.task_id, ','))
+    PERFORM pg_notify(omniq_channel_of('results', TG_TABLE_SCHEMA), string_agg(r.task_id, ','))
     FROM (SELECT c.task_id,
                  sum(octet_length(c.task_id) + 1) OVER (ROWS UNBOUNDED PRECEDING) / 6000 AS chunk
           FROM changed_results AS c
@@ -1225,7 +1231,7 @@ CREATE FUNCTION public.omniq_notify_schedules() RETURNS trigger
     SET search_path TO 'public'
     AS $$
 BEGIN
-    PERFORM pg_notify(omniq_channel('schedules'), '');
+    PERFORM pg_notify(omniq_channel_of('schedules', TG_TABLE_SCHEMA), '');
     RETURN NULL;
 END
 $$;
@@ -1237,7 +1243,7 @@ CREATE FUNCTION public.omniq_notify_slot_freed() RETURNS trigger
 BEGIN
     IF EXISTS (SELECT 1 FROM omniq_queues AS q
                WHERE q.name = NEW.queue_name AND q.max_running IS NOT NULL) THEN
-        PERFORM pg_notify(omniq_channel('tasks'), NEW.queue_name);
+        PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), NEW.queue_name);
     END IF;
     RETURN NULL;
 END
@@ -1254,7 +1260,7 @@ BEGIN
                                  AND t.run_at > now() AND t.run_at < NEW.run_at) THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_notify(omniq_channel('tasks'), NEW.queue_name);
+    PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), NEW.queue_name);
     RETURN NULL;
 END
 $$;
@@ -1264,8 +1270,8 @@ CREATE FUNCTION public.omniq_notify_tasks_inserted() RETURNS trigger
     SET search_path TO 'public'
     AS $$
 BEGIN
-    PERFORM pg_notify(omniq_channel('tasks'), q.queue_name)
-    FROM (SELECT DISTINCT queue_name FROM new_tasks WHERE status = 'pending') AS q;
+    PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), q.queue_name)
+    FROM (SELECT DISTINCT n.queue_name FROM new_tasks AS n WHERE n.status = 'pending') AS q;
     RETURN NULL;
 END
 $$;

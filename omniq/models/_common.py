@@ -18,9 +18,15 @@ _JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLA
 
 def new_id() -> str:
     """A UUIDv7-style id: time-ordered, so primary-key inserts append instead of scattering."""
-    ms = time.time_ns() // 1_000_000
     bits = random.getrandbits(74)  # uniqueness, not secrecy; reseeded after fork
-    h = f"{ms:012x}7{bits >> 62:03x}{0x8000 | (bits >> 48) & 0x3FFF:04x}{bits & 0xFFFFFFFFFFFF:012x}"
+    value = (
+        (time.time_ns() // 1_000_000) << 80  # 48 bits of milliseconds
+        | 0x7 << 76  # version 7
+        | (bits >> 62) << 64  # 12 random bits
+        | 0x2 << 62  # variant 10
+        | (bits & 0x3FFFFFFFFFFFFFFF)  # 62 random bits
+    )
+    h = f"{value:032x}"  # one formatting of the 128 bits: new_id runs for every task
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -106,7 +106,8 @@ class Task:
         self.kwargs = dict(self.kwargs)  # a copy: later changes to the caller's dict don't leak in
         if self.kwargs and any(not isinstance(k, str) for k in self.kwargs):
             raise TypeError(f"kwargs keys must be strings, got {list(self.kwargs)!r}")
-        self.status = TaskStatus(self.status)
+        if self.status.__class__ is not TaskStatus:
+            self.status = TaskStatus(self.status)
         self.created_at = as_utc(self.created_at) or utcnow()
         self.run_at = as_utc(self.run_at)
         self.expires_at = as_utc(self.expires_at)
@@ -122,16 +123,20 @@ class Task:
         if self.result_ttl is not None:
             _check_positive("result_ttl", self.result_ttl)
         self.dependencies = [_task_id(d) for d in self.dependencies]
-        if self.id in self.dependencies:
+        if self.dependencies and self.id in self.dependencies:
             raise ValueError(f"task {self.id} cannot depend on itself")
+        if self.callbacks:
+            self._check_callbacks()
+        if self.unique is not None or self.unique_key is not None:
+            self._resolve_unique()
+
+    def _check_callbacks(self) -> None:
         unknown = set(self.callbacks) - CALLBACK_KINDS
         if unknown:
             raise ValueError(
                 f"callbacks keys must be among {sorted(CALLBACK_KINDS)}, got {sorted(unknown)}"
             )
         self.callbacks = {kind: func_path(path) for kind, path in self.callbacks.items()}
-        if self.unique is not None or self.unique_key is not None:
-            self._resolve_unique()
 
     def _resolve_unique(self) -> None:
         unique = self.unique or Unique(key=check_unique_key(self.unique_key))

@@ -176,7 +176,7 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM omniq_queues AS q
                WHERE q.name = NEW.queue_name AND q.max_running IS NOT NULL) THEN
-        PERFORM pg_notify(omniq_channel('tasks'), NEW.queue_name);
+        PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), NEW.queue_name);
     END IF;
     RETURN NULL;
 END

@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import cast
 
@@ -27,13 +26,21 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MARKERS = re.compile(r'"(public|tasks|results|events|schedules)"')
 
 
-@dataclass(frozen=True, slots=True)
 class Script:
-    """A migration or function file: one ``#`` script applied as a whole."""
+    """A migration or function file: one ``#`` script applied as a whole. Its SQL is parsed
+    when first asked for: a process whose schema is current needs only the checksums, and
+    parsing every file cost a worker 60 ms of its start."""
 
-    name: str
-    sql: str
-    checksum: str
+    def __init__(self, path: Path, names: dict[str, str]) -> None:
+        self.name = f"{path.parent.name}/{path.name}"
+        self._text = path.read_text()
+        self._names = names
+        self.checksum = hashlib.sha256(self._text.encode()).hexdigest()[:16]
+
+    @cached_property
+    def sql(self) -> str:
+        (query,) = _load_queries(render(self._text, self._names)).values()
+        return query.sql
 
 
 class SQLFiles(QueryFiles):
@@ -43,19 +50,12 @@ class SQLFiles(QueryFiles):
     def __init__(self, schema: str = "public", tables: dict[str, str] | None = None) -> None:
         names = {"public": schema, **(tables or {})}
         self.names = names
-        self.migration_scripts = [self._script(p, names) for p in _files("migrations")]
-        self.function_scripts = [self._script(p, names) for p in _files("functions")]
+        self.migration_scripts = [Script(p, names) for p in _files("migrations")]
+        self.function_scripts = [Script(p, names) for p in _files("functions")]
         self.queries = {
             path.stem: _load_queries(render(path.read_text(), names)) for path in _files("queries")
         }
         super().__init__(self.queries)
-
-    @staticmethod
-    def _script(path: Path, names: dict[str, str]) -> Script:
-        text = path.read_text()
-        (query,) = _load_queries(render(text, names)).values()
-        relative = f"{path.parent.name}/{path.name}"
-        return Script(relative, query.sql, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 def render(text: str, names: dict[str, str]) -> str:
