@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import json
 import os
@@ -1121,6 +1122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
+    # Bytecode for OmniQ's modules, as an installed package has it (pip compiles the peers'):
+    # without it each worker process would compile them at start, whenever Python runs with
+    # PYTHONDONTWRITEBYTECODE or from a read-only checkout.
+    compileall.compile_dir(ROOT / "omniq", quiet=1)
     versions: dict[str, str] = {}
     classes: list[type[System]] = [OmniQ]
     if args.peers:

@@ -1203,12 +1203,9 @@ $$;
 
 CREATE FUNCTION public.omniq_new_id() RETURNS text
     LANGUAGE sql
-    SET search_path TO 'public'
     AS $$
-    SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-'
-           || substr(h, 17, 4) || '-' || substr(h, 21, 12)
-    FROM (SELECT lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
-                 || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14) AS h) AS x
+    SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+            || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid::text
 $$;
 
 CREATE FUNCTION public.omniq_notify_results() RETURNS trigger
