@@ -12,6 +12,7 @@ import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
 from omniq.backend.postgres.protocol import WorkerProtocol
+from omniq.backend.postgres.rows import task_document
 from omniq.errors import DuplicateTaskError, UnknownDependencyError
 from omniq.models._common import utcnow
 from omniq.models.enums import TaskStatus
@@ -73,6 +74,31 @@ async def test_enqueue_stores_every_column(backend: PostgreSQLBackend, db: Datab
     assert row["task_data"] == {"extra": 1, "timeout": 12.5, "result_ttl": 60}
     assert await db.events(task.id) == ["enqueued"]
     # The model read back equals the one stored.
+    assert await backend.task_queue.get_task(task.id) == task
+
+
+@pytest.mark.parametrize(
+    ("fields", "sent"),
+    [
+        ({}, set()),
+        ({"queue_name": "default", "priority": 0, "max_retries": 3, "retry_delay": 1}, set()),
+        (
+            {"priority": -1, "max_retries": 0, "retry_delay": 0, "retry_count": 2, "args": (0,)},
+            {"priority", "max_retries", "retry_delay", "retry_count", "args"},
+        ),
+        ({"kwargs": {"": None}, "metadata": {"m": []}}, {"kwargs", "metadata"}),
+        ({"timeout": 3, "callbacks": {"on_complete": "m.g"}}, {"task_data", "callbacks"}),
+    ],
+    ids=["defaults", "defaults-spelled-out", "zeros", "kwargs-metadata", "task-data"],
+)
+async def test_values_left_out_of_the_document_are_stored_as_the_model_has_them(
+    backend: PostgreSQLBackend, fields: dict[str, Any], sent: set[str]
+) -> None:
+    """task_document sends a value only when it differs from what omniq_insert_tasks stores
+    for an absent key; what is stored must then be exactly what the model says."""
+    task = Task(func="m.f", **fields)
+    assert set(task_document(task)) == {"id", "func", "created_at"} | sent
+    await backend.task_queue.enqueue(task)
     assert await backend.task_queue.get_task(task.id) == task
 
 
