@@ -12,11 +12,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from croniter import croniter
-
 from ..backend.postgres import PostgreSQLBackend
 from ..models._common import utcnow
 from ..models.config import PostgresConfig
+from ..models.schedule import valid_cron
 from .options import add_connection_options, config_from_args
 
 T = TypeVar("T")
@@ -100,7 +99,7 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def cron(text: str) -> str:
-    if not croniter.is_valid(text):
+    if not valid_cron(text):
         raise argparse.ArgumentTypeError(
             f"invalid cron expression {text!r}: expected five fields "
             "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"
