@@ -123,7 +123,7 @@ class Task:
         if self.result_ttl is not None:
             _check_positive("result_ttl", self.result_ttl)
         self.dependencies = [_task_id(d) for d in self.dependencies]
-        if self.dependencies and self.id in self.dependencies:
+        if self.id in self.dependencies:
             raise ValueError(f"task {self.id} cannot depend on itself")
         if self.callbacks:
             self._check_callbacks()
