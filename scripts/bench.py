@@ -35,9 +35,12 @@ The figures:
   prepared statements on one connection, runs ``--single`` one-row INSERTs into a bare table
   whose per-statement trigger sends a NOTIFY, each its own committed transaction. Each
   system's single enqueue is reported as a share of it.
-- enqueue batch (jobs/s): ``--batch`` (10,000) jobs in one call (OmniQ ``enqueue_many`` of
-  freshly built Task objects, pgqueuer ``Queries.enqueue`` with lists, procrastinate
-  ``batch_defer_async``).
+- enqueue batch (jobs/s): ``--batch`` (10,000) jobs in one call, each system's batch call
+  given plain data (OmniQ ``enqueue_calls(func, [(), ...])``, pgqueuer ``Queries.enqueue``
+  with lists, procrastinate ``batch_defer_async``); the time includes building the call's
+  arguments.
+- enqueue_many of Task objects (jobs/s, OmniQ only): the same batch as ``enqueue_many`` of
+  freshly built Task objects; its ratio is to pgqueuer's batch.
 - process with 1/2/4 worker processes (jobs/s): ``--tasks`` (10,000) no-op jobs are enqueued,
   then that many worker processes start (OmniQ ``python -m omniq worker --burst
   --no-scheduler -q --concurrency 10``; pgqueuer what ``pgq run ... --batch-size 10 --mode
@@ -143,12 +146,19 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool = True
+    versus: str = ""  # the pgqueuer figure the ratio compares with (default: the same key)
 
 
 def metrics(args: argparse.Namespace) -> list[Metric]:
     rows = [
         Metric("enqueue_single", "enqueue one at a time", "jobs/s"),
         Metric("enqueue_batch", f"enqueue batch of {args.batch:,}", "jobs/s"),
+        Metric(
+            "enqueue_batch_tasks",
+            f"enqueue_many of {args.batch:,} Task objects",
+            "jobs/s",
+            versus="enqueue_batch",
+        ),
     ]
     rows += [
         Metric(f"process_{p}", f"process, {p} worker process{'es' if p > 1 else ''}", "jobs/s")
@@ -371,6 +381,11 @@ class OmniQ(System):
         return time.perf_counter() - t0
 
     async def enqueue_batch(self, n: int) -> float:
+        t0 = time.perf_counter()
+        await self.backend.task_queue.enqueue_calls(self.noop, [() for _ in range(n)])
+        return time.perf_counter() - t0
+
+    async def enqueue_batch_tasks(self, n: int) -> float:
         t0 = time.perf_counter()
         await self.backend.task_queue.enqueue_many([Task(func=self.noop) for _ in range(n)])
         return time.perf_counter() - t0
@@ -736,9 +751,12 @@ class Bench:
         for key, n, call in (
             ("enqueue_single", a.single, "enqueue_single"),
             ("enqueue_batch", a.batch, "enqueue_batch"),
+            ("enqueue_batch_tasks", a.batch, "enqueue_batch_tasks"),
         ):
             for rep in range(a.repeat):
                 for system in self.live():
+                    if not hasattr(system, call):
+                        continue  # a figure of OmniQ's own
                     await self.fresh(system)
                     try:
                         seconds = await getattr(system, call)(n)
@@ -1028,7 +1046,7 @@ class Bench:
                 else:
                     row.append(f"{_fmt(entry['median'], metric.unit)} ±{entry['spread_pct']:.0f}%")
             o = summary.get("omniq", {}).get(metric.key, {}).get("median")
-            p = summary.get("pgqueuer", {}).get(metric.key, {}).get("median")
+            p = summary.get("pgqueuer", {}).get(metric.versus or metric.key, {}).get("median")
             row.append(f"{o / p:.2f}x" if o is not None and p else "-")
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -311,6 +311,7 @@ class AsyncWorker:
                 for task in tasks:
                     self._start(task)
                 if tasks:
+                    await asyncio.sleep(0)  # let them start before the next take is sent
                     continue
                 if wakeup is None:  # burst: done once nothing is ready and nothing runs
                     if not self._running:

@@ -154,6 +154,102 @@ async def test_enqueue_many_sends_one_notify_per_queue(
     assert sorted(got) == ["a", "b"]
 
 
+async def test_enqueue_calls_stores_what_enqueue_many_of_the_same_tasks_stores(
+    backend: PostgreSQLBackend,
+) -> None:
+    """One task per call, the template's settings on each: read back, each is the Task that
+    enqueue_many would have stored, its arguments the call's (positional or keyword)."""
+    queue = backend.task_queue
+    template = Task(
+        func="m.send",
+        queue_name="mail",
+        priority=5,
+        max_retries=7,
+        retry_delay=0.5,
+        timeout=30.0,
+        result_ttl=60.0,
+        metadata={"tenant": "t1"},
+        run_at=now() + timedelta(hours=1),
+    )
+    calls: list[tuple[Any, ...] | list[Any] | dict[str, Any]] = [(1, "a"), [2], {"user": 3}, ()]
+    ids = await queue.enqueue_calls(template, calls)
+    assert len(ids) == len(set(ids)) == 4
+    stored = [await queue.get_task(i) for i in ids]
+    for task, call in zip(stored, calls, strict=True):
+        assert task is not None
+        expected = dataclasses.replace(
+            template,
+            id=task.id,
+            created_at=task.created_at,
+            args=tuple(call) if not isinstance(call, dict) else (),
+            kwargs=call if isinstance(call, dict) else {},
+        )
+        assert task == expected
+    created = [t.created_at for t in stored if t is not None]
+    assert created == sorted(created)  # in call order, as a batch of Tasks built in turn
+    # A function (path or callable) is a template with every default.
+    (plain,) = await queue.enqueue_calls("m.f", [(1,)])
+    task = await queue.get_task(plain)
+    assert task == Task(func="m.f", args=(1,), id=plain, created_at=task.created_at)  # type: ignore[union-attr]
+    (by_callable,) = await queue.enqueue_calls(now, [()])
+    assert (await queue.get_task(by_callable)).func == f"{__name__}.now"  # type: ignore[union-attr]
+    assert await queue.enqueue_calls("m.f", []) == []
+    assert await queue.enqueue_calls("m.f", iter([(1,), (2,)])) != []  # any iterable
+    assert await queue.dequeue("mail") is None  # each waits for the template's run_at
+    assert await queue.get_queue_size("default") == 4
+
+
+async def test_enqueue_calls_are_taken_and_run_like_any_task(backend: PostgreSQLBackend) -> None:
+    ids = await backend.task_queue.enqueue_calls("m.f", [(i,) for i in range(5)])
+    taken = await backend.task_queue.dequeue_many("default", 10)
+    assert [(t.id, t.args, t.status) for t in taken] == [
+        (i, (n,), TaskStatus.RUNNING) for n, i in enumerate(ids)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("template", "calls", "error", "match"),
+    [
+        ("m.f", [(1,), "abc"], TypeError, "call 1 of m.f is 'abc': give each call as a tuple"),
+        ("m.f", [(1,), 2], TypeError, "call 1 of m.f is 2"),
+        ("m.f", [(1,), ({1, 2},)], TypeError, "args of call 1 of m.f cannot be stored as JSON"),
+        ("m.f", [{"x": float("nan")}], TypeError, "kwargs of call 0 of m.f .* not a finite"),
+        ("m.f", [{1: "x"}], TypeError, "kwargs of call 0 of m.f cannot be stored as JSON"),
+        ("not a path", [()], ValueError, "func must be an import path"),
+        (lambda: None, [()], ValueError, "has no import path"),
+        (Task(func="m.f", args=(1,)), [()], ValueError, "takes no arguments: each call gives"),
+        (Task(func="m.f", kwargs={"a": 1}), [()], ValueError, "takes no arguments"),
+        (Task(func="m.f", unique_key="k"), [()], ValueError, "use enqueue_many_unique"),
+        (Task(func="m.f", dependencies=["missing"]), [()], UnknownDependencyError, "missing"),
+    ],
+)
+async def test_enqueue_calls_refuses_bad_input_and_stores_nothing(
+    backend: PostgreSQLBackend, db: Database, template: Any, calls: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await backend.task_queue.enqueue_calls(template, calls)
+    assert await db.count("tasks") == 0
+
+
+async def test_enqueue_calls_sends_one_notify(
+    backend: PostgreSQLBackend, admin: asyncpg.Connection
+) -> None:
+    async with backend.acquire() as conn:
+        channel = await backend.sql.migrations.channel(conn, kind="tasks")
+    got: list[str] = []
+
+    def on_notify(*args: Any) -> None:
+        got.append(args[3])
+
+    await admin.add_listener(channel, on_notify)
+    try:
+        await backend.task_queue.enqueue_calls(Task(func="m.f", queue_name="q"), [()] * 50)
+        await asyncio.sleep(0.1)
+    finally:
+        await admin.remove_listener(channel, on_notify)
+    assert got == ["q"]
+
+
 # -- dequeue ---------------------------------------------------------------------------
 
 

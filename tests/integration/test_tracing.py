@@ -113,6 +113,29 @@ async def test_a_failure_marks_the_span_and_a_batch_is_one_producer_span(
     assert processed[tasks[1].id].status.status_code is StatusCode.UNSET
 
 
+async def test_enqueue_calls_is_one_producer_span_whose_context_every_task_carries(
+    backend: PostgreSQLBackend, db: Database, spans: InMemorySpanExporter
+) -> None:
+    template = Task(func=f"{JOBS}.traced", queue_name="mail", metadata={"k": 1})
+    ids = await backend.task_queue.enqueue_calls(template, [("a",), ("b",), ("c",)])
+    (single,) = await backend.task_queue.enqueue_calls(template, [("d",)])
+    batch, one = spans.get_finished_spans()
+    assert batch.kind is SpanKind.PRODUCER and batch.name == "publish mail"
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert "messaging.message.id" not in batch.attributes
+    assert one.attributes["messaging.message.id"] == single
+    for task_id, span in [(i, batch) for i in ids] + [(single, one)]:
+        metadata = (await db.row("tasks", task_id))["metadata"]
+        assert metadata["k"] == 1
+        assert metadata["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
+    assert template.metadata == {"k": 1}  # the caller's template is left as it was
+    await run_burst(backend)
+    processed = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert sorted(s.parent.span_id for s in processed) == sorted(
+        [batch.context.span_id] * 3 + [one.context.span_id]
+    )
+
+
 async def test_without_a_configured_sdk_nothing_is_added(backend: PostgreSQLBackend, db) -> None:
     """The API without an SDK: non-recording spans, no traceparent stored."""
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)

@@ -110,6 +110,8 @@ async def queue_api(queue: PostgresQueue) -> None:
     first = Task(func=JOB, args=(1, 2))
     assert_type(await queue.enqueue(first), str)
     assert_type(await queue.enqueue_many([Task(func=JOB), Task(func=JOB)]), list[str])
+    assert_type(await queue.enqueue_calls(JOB, [(1, 2), [3], {"a": 4}]), list[str])
+    assert_type(await queue.enqueue_calls(Task(func=JOB, priority=1), iter([()])), list[str])
     unique = await queue.enqueue_unique(Task(func=JOB, unique_key="typing-one"))
     assert_type(unique, Enqueued)
     assert unique.created
@@ -230,6 +232,7 @@ def queue_api_sync(queue: PostgresQueue) -> None:
     first = Task(func=JOB, args=(1, 2))
     assert_type(queue.enqueue_sync(first), str)
     assert_type(queue.enqueue_many_sync([Task(func=JOB), Task(func=JOB)]), list[str])
+    assert_type(queue.enqueue_calls_sync(JOB, [(1, 2), [3], {"a": 4}]), list[str])
     unique = queue.enqueue_unique_sync(Task(func=JOB, unique_key="typing-one"))
     assert_type(unique, Enqueued)
     assert unique.created

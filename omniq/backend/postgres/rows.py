@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, fields
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from ...models._common import dump_json
+from ...models._common import dump_json, utcnow
 from ...models.event import TaskEvent
 from ...models.result import TaskResult
 from ...models.schedule import Schedule
@@ -96,6 +96,44 @@ def tasks_json(tasks: Iterable[Task]) -> str:
             for key in ("args", "kwargs", "metadata", "task_data"):
                 if key in doc:
                     dump_json(doc[key], f"{key} of task {doc['id']} ({doc['func']})")
+        raise
+
+
+Call: TypeAlias = tuple[Any, ...] | list[Any] | dict[str, Any]  # positional or keyword arguments
+
+
+def calls_json(template: Task, calls: Sequence[Call], ids: Sequence[str]) -> str:
+    """The omniq_enqueue document of one task per call: ``template``'s document with the
+    call's id (``ids``, in call order), its own created_at and the call's arguments.
+
+    No Task is built per call: the template was checked once, and a call's arguments are
+    checked by serialising them, as a Task's are.
+    """
+    shared = task_document(template)
+    del shared["id"], shared["created_at"]
+    documents = []
+    for n, (call, task_id) in enumerate(zip(calls, ids, strict=True)):
+        doc = {"id": task_id, "created_at": utcnow().isoformat(), **shared}
+        kind = call.__class__
+        if kind is tuple or kind is list:
+            if call:
+                doc["args"] = call
+        elif kind is dict:
+            if call:
+                doc["kwargs"] = call
+        else:
+            raise TypeError(
+                f"call {n} of {template.func} is {call!r}: give each call as a tuple (or list) "
+                "of positional arguments or a dict of keyword arguments; nothing was enqueued"
+            )
+        documents.append(doc)
+    try:
+        return dump_json(documents, "task")
+    except TypeError:
+        for n, doc in enumerate(documents):
+            for key in ("args", "kwargs"):
+                if key in doc:
+                    dump_json(doc[key], f"{key} of call {n} of {template.func}")
         raise
 
 
