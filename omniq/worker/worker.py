@@ -295,7 +295,9 @@ class AsyncWorker:
                 try:
                     if self._reply_lost:
                         await self._release_unknown_tasks()
-                    tasks = await self.protocol.take(self.queues, free, self.worker_id)
+                    tasks = await self.protocol.take(
+                        self.queues, free, self.worker_id, start=self._start
+                    )
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
@@ -308,10 +310,7 @@ class AsyncWorker:
                     await _first(asyncio.sleep(delay), self._stopping.wait())
                     continue
                 backoff.reset()
-                for task in tasks:
-                    self._start(task)
                 if tasks:
-                    await asyncio.sleep(0)  # let them start before the next take is sent
                     continue
                 if wakeup is None:  # burst: done once nothing is ready and nothing runs
                     if not self._running:

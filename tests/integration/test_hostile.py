@@ -295,6 +295,8 @@ def test_a_row_the_models_refuse_is_read_as_stored() -> None:
     }  # fmt: skip
     task = task_from_row(row)
     assert (task.id, task.func, task.timeout, task.max_retries) == ("x" * 400, "not a path", -5, -1)
+    odd = task_from_row({**row, "args": 5, "kwargs": ["k"], "task_data": {"timeout": "soon"}})
+    assert (odd.args, odd.kwargs, odd.timeout) == (5, ["k"], "soon")  # the call fails, not the read
     schedule = schedule_from_row({
         "id": "s", "schedule_type": "cron", "func": "m.f", "args": [], "kwargs": {},
         "queue_name": "q", "cron_expression": "not cron", "interval_seconds": None,

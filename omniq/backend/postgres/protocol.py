@@ -9,7 +9,7 @@ document ``omniq_finish_tasks`` reads with ``jsonb_to_recordset``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -113,13 +113,25 @@ class WorkerProtocol(Component):
         async with translate_errors(config):
             return await asyncpg.connect(**kwargs, statement_cache_size=config.statement_cache_size)
 
-    async def take(self, queues: Sequence[str], limit: int, worker_id: str | None) -> list[Task]:
-        """Take up to ``limit`` ready tasks, marked running under ``worker_id``; does not wait."""
+    async def take(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str | None,
+        start: Callable[[Task], None] | None = None,
+    ) -> list[Task]:
+        """Take up to ``limit`` ready tasks, marked running under ``worker_id``; does not wait.
+        ``start`` is given each task before the connection goes back to the pool: the release
+        takes turns of the event loop, which the tasks can use to begin."""
         async with self._conn() as conn:
             rows = await self._sql.tasks.dequeue_tasks(
                 conn, queues=list(queues), limit=limit, worker_id=worker_id
             )
-        return [task_from_row(row) for row in rows]
+            tasks = [task_from_row(row) for row in rows]
+            if start is not None:
+                for task in tasks:
+                    start(task)
+        return tasks
 
     async def finish(self, outcomes: Sequence[Outcome], worker_id: str | None) -> dict[str, str]:
         """Record outcomes in one transaction; returns task id -> its new status.
