@@ -53,6 +53,11 @@ The figures:
   'successful' log row, procrastinate's last 'succeeded' event. Every job must complete:
   fewer is reported as lost. The JSON also gives the steady rate (first start to last
   completion) and, for 1 process, statements executed per job (pg_stat_statements).
+- PostgreSQL CPU and worker CPU per job (µs): in the first 1-process run, the CPU time of the
+  server's processes (from /proc: the postmaster's exited children and its live ones) and of
+  the worker processes (getrusage of the benchmark's children, start-up included), each
+  divided by the jobs. A note puts the two against the machine: with every core busy all the
+  time, at most cores / (both per job) jobs/s, and the 1-process figure as a share of that.
 - WAL per job and table + index bytes per job (bytes): in the first 1-process run, the WAL
   the whole server wrote from before the batch enqueue of ``--tasks`` jobs to the last
   completion (``pg_current_wal_lsn()``; checkpoint and ANALYZE included), and the size on
@@ -70,6 +75,11 @@ The figures:
   scripts/bench_tasks.py ``stamp`` returns it as its result; the peers keep no results, so
   their stamp job appends it to a file). Latency = start - enqueue. The systems take turns;
   the other systems' workers are up meanwhile, idle.
+- the commit floor (ms, in the notes): ``--latency-tasks`` one-row INSERTs with the ceiling's
+  NOTIFY trigger, each its own transaction, ``--latency-interval`` apart, while the workers of
+  the latency runs are up and idle. Enqueue-to-start holds two durable commits (the
+  enqueue's and the dequeue's), so twice this p50 is a floor; a note gives each system's p50
+  against it.
 - statements while idle: the same workers, caught up (2 s after their last job), are left
   alone for ``--idle-seconds`` (default 10; the issue's target is stated for 60), all at once.
   pg_stat_statements is reset for each database first; the figure is the sum of ``calls`` in
@@ -91,6 +101,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -168,6 +179,8 @@ def metrics(args: argparse.Namespace) -> list[Metric]:
         rows.append(Metric("process_1_million", "process, 1 process, 1M done in history", "jobs/s"))
     rows += [
         Metric("statements_per_job", "statements per job (1 process)", "count", False),
+        Metric("server_cpu_per_job", "PostgreSQL CPU per job (1 process)", "us", False),
+        Metric("worker_cpu_per_job", "worker CPU per job (1 process)", "us", False),
         Metric("wal_per_job", "WAL per job, enqueue_many + 1 process", "bytes", False),
         Metric("bytes_per_job", "table + index bytes per job, after", "bytes", False),
         Metric("latency_p50", "enqueue-to-start p50", "ms", False),
@@ -345,6 +358,32 @@ class System:
             # The system's own table names (class constants), not input.
             entry["rows"] = await self.db.fetchval(f'SELECT count(*) FROM "{name}"')  # noqa: S608
         return out
+
+
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds the server's processes used so far: the postmaster's reaped children
+    (backends that exited) and its own, plus every live child. Linux /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int | str) -> list[str]:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2 :].split()  # fields from the 3rd on
+
+    own = stat(postmaster)
+    total = sum(int(v) for v in own[11:15])  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat(entry.name)
+                if int(fields[1]) == postmaster:  # ppid
+                    total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have exited (the workers, once waited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def wal_lsn(conn: asyncpg.Connection) -> int:
@@ -665,6 +704,14 @@ class Bench:
         assert self.admin is not None
         return self.admin
 
+    def server_cpu(self) -> float:
+        """The embedded server's CPU seconds so far; 0.0 where /proc cannot tell."""
+        try:
+            pid = int(Path(self.server.data_dir, "postmaster.pid").read_text().split()[0])
+            return server_cpu(pid)
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     def note(self, message: str) -> None:
         self.notes.append(message)
         progress(f"NOTE: {message}")
@@ -833,6 +880,7 @@ class Bench:
             await self.reset_statements(system)
         stem = self.logdir / f"{system.name}-{key}"
         workers = Workers(system.worker(burst=True), procs, stem)
+        cpu = (self.server_cpu(), children_cpu())
         t0 = time.time()
         await workers.start()
         try:
@@ -840,6 +888,7 @@ class Bench:
         except BenchError as exc:
             codes = None
             error = f"{exc} ({workers.log_tail()})"
+        cpu = (self.server_cpu() - cpu[0], children_cpu() - cpu[1])
         if count_statements:
             calls = sum(c for c, _ in await self.statements(system))
             self.record(system, "statements_per_job", calls / n)
@@ -860,7 +909,10 @@ class Bench:
             )
         elapsed = last - t0
         self.record(system, key, n / elapsed)
-        if count_statements:  # what the jobs cost on disk: WAL and the tables they left
+        if count_statements:  # what the jobs cost: CPU, and on disk WAL and the tables left
+            if cpu[0] > 0:  # 0: the server's /proc was not readable
+                self.record(system, "server_cpu_per_job", cpu[0] / n * 1e6)
+            self.record(system, "worker_cpu_per_job", cpu[1] / n * 1e6)
             self.record(system, "wal_per_job", await wal_since(self.db, lsn) / n)
             tables = await system.storage()
             on_disk = sum(t["heap"] + t["indexes"] + t["toast"] for t in tables.values())
@@ -942,6 +994,7 @@ class Bench:
             for rep in range(a.repeat):
                 for system in systems:
                     await self._latency(system, workers[system.name], rep)
+            await self.commit_floor()  # as the latency runs had it: every worker up, idle
             await asyncio.sleep(2.0)  # caught up: the last outcomes and heartbeats are written
             for rep in range(a.repeat):
                 for system in systems:
@@ -952,6 +1005,59 @@ class Bench:
         finally:
             for w in workers.values():
                 await w.stop()
+
+    async def commit_floor(self) -> None:
+        """How long one durable commit takes at the latency runs' pace: ``--latency-tasks``
+        one-row INSERTs with the ceiling's NOTIFY trigger, ``--latency-interval`` apart, each
+        its own transaction (asyncpg, prepared). Enqueue-to-start holds two (the enqueue's and
+        the dequeue's), so twice its p50 is a floor no system goes below."""
+        a = self.args
+        try:
+            conn = await asyncpg.connect(self.dsn("bench_ceiling"))
+        except Exception as exc:
+            self.note(f"commit floor: not measured ({_describe(exc)})")
+            return
+        try:
+            insert = await conn.prepare("INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')")
+            took = []
+            for _ in range(a.latency_tasks):
+                t0 = time.perf_counter()
+                await insert.fetch("default")
+                took.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(a.latency_interval)
+        finally:
+            await conn.close()
+        p50 = statistics.median(took)
+        self.details["commit_floor_ms"] = {"p50": p50, "p99": statistics.quantiles(took, n=100)[98]}
+        progress(
+            f"floor         one committed INSERT + NOTIFY every {a.latency_interval * 1000:g} ms: p50 {p50:.2f} ms"
+        )
+
+    def ceilings(self) -> None:
+        """Notes putting the latency and the processing figures against what this machine
+        allows: two durable commits per enqueue-to-start; the CPU a job costs on its cores."""
+        medians = self.summary()
+        floor = self.details.get("commit_floor_ms")
+        cores = os.cpu_count() or 1
+        for system in self.live():
+            figures = {k: v.get("median") for k, v in medians.get(system.name, {}).items()}
+            if floor and figures.get("latency_p50"):
+                self.note(
+                    f"{system.name} enqueue-to-start p50 {figures['latency_p50']:.2f} ms against a "
+                    f"floor of {2 * floor['p50']:.2f} ms (two durable commits, "
+                    f"{floor['p50']:.2f} ms each at p50 when {self.args.latency_interval * 1000:g} "
+                    "ms apart)"
+                )
+            server, worker = figures.get("server_cpu_per_job"), figures.get("worker_cpu_per_job")
+            rate = figures.get("process_1")
+            if server and worker and rate:
+                most = cores / ((server + worker) / 1e6)
+                self.note(
+                    f"{system.name} process, 1 worker process: {server:.0f} us PostgreSQL + "
+                    f"{worker:.0f} us worker CPU per job, start-up included; {cores} cores busy "
+                    f"all the time would do at most {most:,.0f} jobs/s, it did {rate:,.0f} "
+                    f"({100 * rate / most:.0f}%)"
+                )
 
     async def _latency(self, system: System, workers: Workers, rep: int) -> None:
         try:
@@ -1005,6 +1111,7 @@ class Bench:
         omniq = next((s for s in self.live() if isinstance(s, OmniQ)), None)
         if self.args.million and omniq is not None:
             await self.million(omniq)
+        self.ceilings()
 
     # -- reporting
 
