@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,9 +135,10 @@ async def test_enqueue_many_stores_a_batch_atomically(
     assert await db.count("tasks", "func = 'm.g'") == 0
 
 
-async def test_enqueue_many_sends_one_notify_per_queue(
-    backend: PostgreSQLBackend, admin: asyncpg.Connection
-) -> None:
+async def tasks_notifications(
+    backend: PostgreSQLBackend, admin: asyncpg.Connection, enqueue: Awaitable[Any]
+) -> list[str]:
+    """The payloads of the NOTIFYs on the tasks channel while ``enqueue`` runs."""
     async with backend.acquire() as conn:
         channel = await backend.sql.migrations.channel(conn, kind="tasks")
     got: list[str] = []
@@ -146,11 +148,18 @@ async def test_enqueue_many_sends_one_notify_per_queue(
 
     await admin.add_listener(channel, on_notify)
     try:
-        tasks = [Task(func="m.f", queue_name="a" if i % 2 else "b") for i in range(40)]
-        await backend.task_queue.enqueue_many(tasks)
+        await enqueue
         await asyncio.sleep(0.1)
     finally:
         await admin.remove_listener(channel, on_notify)
+    return got
+
+
+async def test_enqueue_many_sends_one_notify_per_queue(
+    backend: PostgreSQLBackend, admin: asyncpg.Connection
+) -> None:
+    tasks = [Task(func="m.f", queue_name="a" if i % 2 else "b") for i in range(40)]
+    got = await tasks_notifications(backend, admin, backend.task_queue.enqueue_many(tasks))
     assert sorted(got) == ["a", "b"]
 
 
@@ -234,20 +243,8 @@ async def test_enqueue_calls_refuses_bad_input_and_stores_nothing(
 async def test_enqueue_calls_sends_one_notify(
     backend: PostgreSQLBackend, admin: asyncpg.Connection
 ) -> None:
-    async with backend.acquire() as conn:
-        channel = await backend.sql.migrations.channel(conn, kind="tasks")
-    got: list[str] = []
-
-    def on_notify(*args: Any) -> None:
-        got.append(args[3])
-
-    await admin.add_listener(channel, on_notify)
-    try:
-        await backend.task_queue.enqueue_calls(Task(func="m.f", queue_name="q"), [()] * 50)
-        await asyncio.sleep(0.1)
-    finally:
-        await admin.remove_listener(channel, on_notify)
-    assert got == ["q"]
+    batch = backend.task_queue.enqueue_calls(Task(func="m.f", queue_name="q"), [()] * 50)
+    assert await tasks_notifications(backend, admin, batch) == ["q"]
 
 
 # -- dequeue ---------------------------------------------------------------------------
