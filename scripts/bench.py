@@ -361,23 +361,19 @@ class System:
 
 
 def server_cpu(postmaster: int) -> float:
-    """CPU seconds the server's processes used so far: the postmaster's reaped children
-    (backends that exited) and its own, plus every live child. Linux /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def stat(pid: int | str) -> list[str]:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        return text[text.rindex(")") + 2 :].split()  # fields from the 3rd on
-
-    own = stat(postmaster)
-    total = sum(int(v) for v in own[11:15])  # utime stime cutime cstime
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat(entry.name)
-                if int(fields[1]) == postmaster:  # ppid
-                    total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    """CPU seconds of the postmaster, its live processes, and those it reaped (cutime/cstime):
+    the whole server's so far (Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+            pid, ppid = int(stat.parent.name), int(fields[1])
+            if pid == postmaster:
+                total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            elif ppid == postmaster:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu() -> float:

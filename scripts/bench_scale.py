@@ -47,9 +47,7 @@ from typing import Any
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (scripts/bench.py: the OmniQ system, worker processes, WAL position)
-
-TICKS = os.sysconf("SC_CLK_TCK")
+import bench  # noqa: E402  (scripts/bench.py: the OmniQ system, worker processes, WAL, server CPU)
 
 
 @dataclass(frozen=True)
@@ -58,21 +56,6 @@ class Config:
     processes: int
     concurrency: int
     bouncer: bool = False
-
-
-def server_cpu_seconds(postmaster: int) -> float:
-    """CPU time of the postmaster, its live processes, and those it reaped (cutime/cstime)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            text = stat.read_text()
-            fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-            pid, ppid = int(stat.parent.name), int(fields[1])
-            if pid == postmaster:
-                total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-            elif ppid == postmaster:
-                total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 @contextlib.contextmanager
@@ -149,7 +132,7 @@ async def measure(
     if statements:
         await admin.execute("SELECT pg_stat_statements_reset()")
     lsn = await bench.wal_lsn(admin)
-    cpu = server_cpu_seconds(postmaster)
+    cpu = bench.server_cpu(postmaster)
     dsn = bouncer_dsn or omniq.dsn
     argv = worker_argv(dsn, omniq.dsn if bouncer_dsn else None, config.concurrency)
     stem = omniq.logdir / f"scale-{config.name}"
@@ -179,7 +162,7 @@ async def measure(
         "through_pgbouncer": config.bouncer,
         "jobs": jobs,
         "jobs_per_s": round(jobs / (last - t0)),
-        "pg_cpu_s_per_1000_jobs": round((server_cpu_seconds(postmaster) - cpu) * 1000 / jobs, 3),
+        "pg_cpu_s_per_1000_jobs": round((bench.server_cpu(postmaster) - cpu) * 1000 / jobs, 3),
         "wal_bytes_per_job": round(await bench.wal_since(admin, lsn) / jobs),
         "peak_server_connections": peak,
     }
