@@ -32,7 +32,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     worker.add_argument(
         "--prefetch",
         type=whole_number,
-        help="tasks held beyond those running, for bigger dequeue batches (default: concurrency)",
+        help="tasks held beyond those running, for bigger dequeue batches (default: "
+        "concurrency, up to 20 x concurrency while tasks finish faster than a dequeue)",
     )
     worker.add_argument(
         "--burst", action="store_true", help="exit once no task is ready and none is running"

@@ -55,6 +55,7 @@ class WorkerStats:
     released: int = 0
     unrecorded: int = 0  # outcomes given up at a forced stop: rescue returns their tasks
     aborted: int = 0  # ended cancelled on an abort request
+    batches: int = 0  # dequeues that took tasks (started / batches: how many each took)
 
 
 NOT_RECORDED = "not recorded"  # the status _write reports for outcomes it gave up on

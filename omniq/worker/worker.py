@@ -1,6 +1,7 @@
 """The worker loop: take tasks while slots are free, run them, sleep on LISTEN when idle.
 
-One fetch loop per worker takes up to ``concurrency + prefetch - held`` tasks per dequeue.
+One fetch loop per worker takes up to ``concurrency + prefetch - held`` tasks per dequeue
+(prefetch: as set, or adapted to how fast tasks run, :mod:`omniq.worker.prefetch`).
 ``async def`` tasks run on the loop, plain functions in a thread pool. Outcomes go to the
 :class:`~omniq.worker.outcomes.OutcomeRecorder`, which writes them in batches. Heartbeats
 come from a thread of their own (:mod:`omniq.worker.liveness`), so a task blocking the loop
@@ -51,6 +52,7 @@ from .abort import Aborts, stopped
 from .imports import resolve
 from .liveness import FORCED_EXIT_AFTER, Liveness
 from .outcomes import OutcomeRecorder, WorkerStats, checked_result, ended, failure
+from .prefetch import AdaptivePrefetch
 
 if TYPE_CHECKING:
     from ..observability.metrics import WorkerMetrics
@@ -129,8 +131,10 @@ class AsyncWorker:
         self.queues = [check_queue_name(q) for q in queues]
         self.concurrency = concurrency
         # Tasks held beyond those running: bigger dequeue batches, fewer round trips. They are
-        # returned to pending untouched if the worker stops before starting them.
-        self.prefetch = concurrency if prefetch is None else prefetch
+        # returned to pending untouched if the worker stops before starting them. None: as
+        # many as hide a dequeue's round trip, from concurrency up (omniq.worker.prefetch).
+        self.prefetch = prefetch
+        self._adaptive = AdaptivePrefetch(concurrency)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.default_timeout = default_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -295,9 +299,11 @@ class AsyncWorker:
                 try:
                     if self._reply_lost:
                         await self._release_unknown_tasks()
+                    asked = time.perf_counter()
                     tasks = await self.protocol.take(
                         self.queues, free, self.worker_id, start=self._start
                     )
+                    self._adaptive.dequeued(time.perf_counter() - asked)
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
@@ -311,6 +317,7 @@ class AsyncWorker:
                     continue
                 backoff.reset()
                 if tasks:
+                    self.stats.batches += 1
                     continue
                 if wakeup is None:  # burst: done once nothing is ready and nothing runs
                     if not self._running:
@@ -345,7 +352,8 @@ class AsyncWorker:
         stuck = len(self._stuck)
         if stuck >= self.concurrency:
             return 0
-        return self.concurrency + self.prefetch - len(self._running) - stuck
+        prefetch = self._adaptive.value if self.prefetch is None else self.prefetch
+        return self.concurrency + prefetch - len(self._running) - stuck
 
     async def _release_unknown_tasks(self) -> None:
         """Release tasks the database says this worker holds but it never received.
@@ -461,7 +469,9 @@ class AsyncWorker:
         try:
             if self._stopping.is_set():
                 return  # prefetched but not started: released untouched at shutdown
+            began = time.perf_counter()
             await self._execute_now(running)
+            self._adaptive.task_ran(time.perf_counter() - began)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug of the worker's own: still an outcome

@@ -1,0 +1,49 @@
+"""How many tasks a worker holds beyond those running, when ``prefetch`` is not set.
+
+Prefetch hides the dequeue's round trip: while the next batch is on its way, held tasks keep
+the slots busy. Tasks that run longer than a round trip need no more than ``concurrency``
+held (the fixed default before). Tasks that finish faster leave the slots idle while the
+worker waits for its next batch, so the worker holds as many as its slots run in one round
+trip: ``concurrency * round trip / task time``, at most ``MAX_FACTOR * concurrency``. Tasks
+held that way all finish within about one round trip, about as soon as they would have
+started had they stayed in the table.
+
+Both times are moving averages of what this worker measured, so a worker whose tasks turn
+slow holds fewer within a few tasks; what it took already still runs here.
+"""
+
+from __future__ import annotations
+
+MAX_FACTOR = 20  # hold at most this many times concurrency beyond the running tasks
+_WEIGHT = 0.2  # of the newest measurement in each moving average
+
+
+class AdaptivePrefetch:
+    """The prefetch of a worker of ``concurrency`` slots, from its task and dequeue times."""
+
+    __slots__ = ("_concurrency", "_task_time", "_dequeue_time")
+
+    def __init__(self, concurrency: int) -> None:
+        self._concurrency = concurrency
+        self._task_time: float | None = None  # seconds, moving average of task runs
+        self._dequeue_time: float | None = None  # seconds, moving average of dequeue calls
+
+    def task_ran(self, seconds: float) -> None:
+        self._task_time = _average(self._task_time, seconds)
+
+    def dequeued(self, seconds: float) -> None:
+        self._dequeue_time = _average(self._dequeue_time, seconds)
+
+    @property
+    def value(self) -> int:
+        """Tasks to hold beyond those running: ``concurrency`` until both times are known."""
+        low, high = self._concurrency, MAX_FACTOR * self._concurrency
+        if self._task_time is None or self._dequeue_time is None:
+            return low
+        if self._task_time * high <= self._dequeue_time * self._concurrency:
+            return high  # also covers a task time of 0
+        return max(low, int(self._concurrency * self._dequeue_time / self._task_time))
+
+
+def _average(mean: float | None, sample: float) -> float:
+    return sample if mean is None else mean + _WEIGHT * (sample - mean)

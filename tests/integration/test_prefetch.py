@@ -1,0 +1,60 @@
+"""The worker's prefetch: fixed when set; by default adapted to how fast tasks run, so short
+tasks come in big batches and long ones as before (omniq/worker/prefetch.py). What a worker
+took per dequeue is ``stats.started / stats.batches``."""
+
+from __future__ import annotations
+
+import math
+
+from omniq.worker import AsyncWorker
+from omniq.worker.prefetch import MAX_FACTOR, AdaptivePrefetch
+
+SLEEP = "tests.support.jobs.async_sleep"
+
+
+async def _burst(backend, tasks: int, seconds: float, **options) -> tuple[int, int]:
+    """Run ``tasks`` async tasks of ``seconds`` with a burst worker; (started, batches)."""
+    await backend.task_queue.enqueue_calls(SLEEP, [(seconds,)] * tasks)
+    worker = AsyncWorker(backend, ["default"], install_signal_handlers=False, **options)
+    stats = await worker.run(burst=True)
+    assert stats.succeeded == tasks
+    return stats.started, stats.batches
+
+
+async def test_short_tasks_come_in_batches_bigger_than_twice_concurrency(backend) -> None:
+    """Tasks that finish in microseconds, against a dequeue of about a millisecond: the worker
+    holds more than ``concurrency`` beyond the running ones (up to 20 times as many)."""
+    started, batches = await _burst(backend, 600, 0.0, concurrency=2)
+    assert started / batches > 2 * 2, (started, batches)
+    assert started / batches <= 2 + MAX_FACTOR * 2
+
+
+async def test_long_tasks_are_held_as_before(backend) -> None:
+    """Tasks far longer than a dequeue: at most ``2 * concurrency`` held, as with the fixed
+    default before, so no task waits long behind this worker's busy slots."""
+    started, batches = await _burst(backend, 12, 0.05, concurrency=2)
+    assert batches >= math.ceil(12 / (2 * 2)), (started, batches)
+
+
+async def test_a_prefetch_set_is_kept(backend) -> None:
+    """``prefetch=0``: never more than ``concurrency`` taken at once, however short the tasks."""
+    started, batches = await _burst(backend, 60, 0.0, concurrency=3, prefetch=0)
+    assert batches >= 60 / 3, (started, batches)
+
+
+def test_the_prefetch_follows_the_two_times() -> None:
+    pace = AdaptivePrefetch(concurrency=4)
+    assert pace.value == 4  # nothing measured yet: concurrency, as before
+    pace.dequeued(0.001)
+    assert pace.value == 4
+    pace.task_ran(0.010)  # tasks 10x a dequeue: concurrency
+    assert pace.value == 4
+    for _ in range(50):
+        pace.task_ran(0.0001)  # tasks a tenth of a dequeue: 10 x concurrency
+    assert 38 <= pace.value <= 40
+    for _ in range(50):
+        pace.task_ran(0.0)  # instant: the cap
+    assert pace.value == MAX_FACTOR * 4
+    for _ in range(50):
+        pace.task_ran(1.0)  # slow again: back to concurrency within a few tasks
+    assert pace.value == 4
