@@ -9,12 +9,16 @@ held that way all finish within about one round trip, about as soon as they woul
 started had they stayed in the table.
 
 Both times are moving averages of what this worker measured, so a worker whose tasks turn
-slow holds fewer within a few tasks; what it took already still runs here.
+slow holds fewer within a few tasks. Tasks it took while they were fast are not kept waiting
+behind slow ones: once the first task held beyond ``concurrency`` has waited ``HOLD_LIMIT``
+for a slot, the worker gives those back to the queue (untouched, no retry counted), where an
+idle worker can take them, and holds ``concurrency`` again until its tasks are fast again.
 """
 
 from __future__ import annotations
 
 MAX_FACTOR = 20  # hold at most this many times concurrency beyond the running tasks
+HOLD_LIMIT = 0.1  # seconds a task held beyond concurrency may wait for a slot
 _WEIGHT = 0.2  # of the newest measurement in each moving average
 
 
@@ -33,6 +37,10 @@ class AdaptivePrefetch:
 
     def dequeued(self, seconds: float) -> None:
         self._dequeue_time = _average(self._dequeue_time, seconds)
+
+    def slowed(self, seconds: float) -> None:
+        """Tasks held waited ``seconds`` for a slot: tasks take at least that long now."""
+        self._task_time = max(self._task_time or 0.0, seconds)
 
     @property
     def value(self) -> int:

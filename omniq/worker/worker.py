@@ -52,7 +52,7 @@ from .abort import Aborts, stopped
 from .imports import resolve
 from .liveness import FORCED_EXIT_AFTER, Liveness
 from .outcomes import OutcomeRecorder, WorkerStats, checked_result, ended, failure
-from .prefetch import AdaptivePrefetch
+from .prefetch import HOLD_LIMIT, AdaptivePrefetch
 
 if TYPE_CHECKING:
     from ..observability.metrics import WorkerMetrics
@@ -69,6 +69,8 @@ class _Running:
     thread_kept: bool = False  # its thread outlived the run: the slot is freed when it returns
     context: TaskContext | None = None  # what omniq.current_task() returns inside it
     began: bool = False  # its asyncio task runs (a cancel reaches our handlers, not before)
+    has_slot: bool = False  # it holds one of the concurrency slots: it runs, or is about to
+    taken_at: float = field(default_factory=time.monotonic)
     aborted: bool = False  # someone asked to abort it: it ends cancelled, whatever it does
 
 
@@ -245,6 +247,8 @@ class AsyncWorker:
             asyncio.create_task(outcomes.run(), name="omniq-flusher"),
             asyncio.create_task(self._rescues(), name="omniq-rescues"),
         ]
+        if self.prefetch is None:
+            helpers.append(asyncio.create_task(self._surplus_watch(), name="omniq-surplus"))
         if self.run_scheduler and not burst:
             helpers.append(
                 asyncio.create_task(
@@ -459,6 +463,7 @@ class AsyncWorker:
         running.began = True
         try:
             await self._slots.acquire()
+            running.has_slot = True
         except asyncio.CancelledError:
             if not running.aborted or self._forced or running.lost:
                 raise
@@ -703,6 +708,43 @@ class AsyncWorker:
             await asyncio.sleep(self.heartbeat_interval)
             if self._running:
                 await self._rescue_if_due()
+
+    async def _surplus_watch(self) -> None:
+        """With the adaptive prefetch: give back tasks held beyond ``concurrency`` once the
+        first of them has waited HOLD_LIMIT for a slot (omniq.worker.prefetch)."""
+        while True:
+            await asyncio.sleep(HOLD_LIMIT / 2)
+            if len(self._running) > 2 * self.concurrency:  # else at most concurrency wait
+                await self._release_surplus()
+
+    async def _release_surplus(self) -> None:
+        waiting = [r for r in self._running.values() if not r.has_slot and not r.lost]
+        if len(waiting) <= self.concurrency:
+            return
+        waited = time.monotonic() - waiting[0].taken_at  # the first taken is the first to start
+        if waited < HOLD_LIMIT:
+            return
+        surplus = waiting[self.concurrency :]
+        self._adaptive.slowed(waited)
+        for running in surplus:  # they never start here: cancelled while waiting for a slot
+            running.lost = True
+            running.future.cancel()
+        ids = [r.task.id for r in surplus]
+        try:
+            released = await self.protocol.release(
+                ids, self.worker_id, "held for a slot while the tasks ahead ran slow"
+            )
+        except Exception as exc:  # the fetch loop releases what the database still has
+            log.warning("giving back %d held task(s) failed (%s)", len(ids), exc)
+            self._reply_lost = True
+            return
+        self.stats.released += released
+        log.info(
+            "gave back %d task(s) held for %.2fs behind slow tasks; holding %d from now on",
+            released,
+            waited,
+            self.concurrency,
+        )
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """The worker's prefetch: fixed when set; by default adapted to how fast tasks run, so short
-tasks come in big batches and long ones as before (omniq/worker/prefetch.py). What a worker
-took per dequeue is ``stats.started / stats.batches``."""
+tasks come in big batches and long ones as before, and tasks taken while they were short are
+given back when they turn slow (omniq/worker/prefetch.py). What a worker took per dequeue is
+``stats.started / stats.batches``."""
 
 from __future__ import annotations
 
 import math
 
 from omniq.worker import AsyncWorker
-from omniq.worker.prefetch import MAX_FACTOR, AdaptivePrefetch
+from omniq.worker.prefetch import HOLD_LIMIT, MAX_FACTOR, AdaptivePrefetch
+from tests.support.db import Database
 
 SLEEP = "tests.support.jobs.async_sleep"
 
@@ -36,6 +38,24 @@ async def test_long_tasks_are_held_as_before(backend) -> None:
     assert batches >= math.ceil(12 / (2 * 2)), (started, batches)
 
 
+async def test_tasks_held_behind_slow_ones_are_given_back(backend, db: Database) -> None:
+    """Short tasks, then slow ones in the same queue: the worker took slow tasks in a batch
+    sized for short ones; those waiting beyond ``concurrency`` go back to pending after
+    HOLD_LIMIT (a 'requeued' event each, no retry counted), and every task still runs once."""
+    await backend.task_queue.enqueue_calls(SLEEP, [(0.0,)] * 200)
+    slow = await backend.task_queue.enqueue_calls(SLEEP, [(4 * HOLD_LIMIT,)] * 16)
+    worker = AsyncWorker(backend, ["default"], concurrency=2, install_signal_handlers=False)
+    stats = await worker.run(burst=True)
+    assert stats.succeeded == 216 and stats.failed == 0
+    assert stats.released > 0, stats
+    requeued = await db.rows("events", "event_type = 'requeued'")
+    assert len(requeued) == stats.released
+    assert {e["task_id"] for e in requeued} <= set(slow)
+    assert all("slow" in e["message"] for e in requeued)
+    for row in await db.rows("tasks", "id = ANY($1)", slow):
+        assert row["status"] == "completed" and row["retry_count"] == 0
+
+
 async def test_a_prefetch_set_is_kept(backend) -> None:
     """``prefetch=0``: never more than ``concurrency`` taken at once, however short the tasks."""
     started, batches = await _burst(backend, 60, 0.0, concurrency=3, prefetch=0)
@@ -57,4 +77,8 @@ def test_the_prefetch_follows_the_two_times() -> None:
     assert pace.value == MAX_FACTOR * 4
     for _ in range(50):
         pace.task_ran(1.0)  # slow again: back to concurrency within a few tasks
+    assert pace.value == 4
+    for _ in range(50):
+        pace.task_ran(0.0)
+    pace.slowed(HOLD_LIMIT)  # tasks held waited that long: concurrency at once
     assert pace.value == 4
