@@ -10,15 +10,18 @@ started had they stayed in the table.
 
 Both times are moving averages of what this worker measured, so a worker whose tasks turn
 slow holds fewer within a few tasks. Tasks it took while they were fast are not kept waiting
-behind slow ones: once the first task held beyond ``concurrency`` has waited ``HOLD_LIMIT``
-for a slot, the worker gives those back to the queue (untouched, no retry counted), where an
-idle worker can take them, and holds ``concurrency`` again until its tasks are fast again.
+behind slow ones: when tasks are held beyond ``concurrency`` and no task has started for
+``HOLD_LIMIT`` (every slot busy with a task that has run that long), the worker gives those
+back to the queue (untouched, no retry counted), where an idle worker can take them, and holds
+``concurrency`` again until its tasks are fast again. It goes by the slots, not by how long the
+tasks held have waited: on a machine short of CPU, short tasks wait too, and giving them back
+would only make them be taken again.
 """
 
 from __future__ import annotations
 
 MAX_FACTOR = 20  # hold at most this many times concurrency beyond the running tasks
-HOLD_LIMIT = 0.1  # seconds a task held beyond concurrency may wait for a slot
+HOLD_LIMIT = 1.0  # seconds without a task starting before those held beyond concurrency go
 _WEIGHT = 0.2  # of the newest measurement in each moving average
 
 
@@ -39,7 +42,7 @@ class AdaptivePrefetch:
         self._dequeue_time = _average(self._dequeue_time, seconds)
 
     def slowed(self, seconds: float) -> None:
-        """Tasks held waited ``seconds`` for a slot: tasks take at least that long now."""
+        """No task started for ``seconds``: tasks take at least that long now."""
         self._task_time = max(self._task_time or 0.0, seconds)
 
     @property

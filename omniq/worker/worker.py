@@ -71,6 +71,7 @@ class _Running:
     began: bool = False  # its asyncio task runs (a cancel reaches our handlers, not before)
     has_slot: bool = False  # it holds one of the concurrency slots: it runs, or is about to
     taken_at: float = field(default_factory=time.monotonic)
+    slot_at: float = 0.0  # time.monotonic() when it got its slot
     aborted: bool = False  # someone asked to abort it: it ends cancelled, whatever it does
 
 
@@ -463,7 +464,7 @@ class AsyncWorker:
         running.began = True
         try:
             await self._slots.acquire()
-            running.has_slot = True
+            running.has_slot, running.slot_at = True, time.monotonic()
         except asyncio.CancelledError:
             if not running.aborted or self._forced or running.lost:
                 raise
@@ -710,8 +711,8 @@ class AsyncWorker:
                 await self._rescue_if_due()
 
     async def _surplus_watch(self) -> None:
-        """With the adaptive prefetch: give back tasks held beyond ``concurrency`` once the
-        first of them has waited HOLD_LIMIT for a slot (omniq.worker.prefetch)."""
+        """With the adaptive prefetch: give back tasks held beyond ``concurrency`` once no task
+        has started for HOLD_LIMIT (omniq.worker.prefetch)."""
         while True:
             await asyncio.sleep(HOLD_LIMIT / 2)
             if len(self._running) > 2 * self.concurrency:  # else at most concurrency wait
@@ -721,11 +722,14 @@ class AsyncWorker:
         waiting = [r for r in self._running.values() if not r.has_slot and not r.lost]
         if len(waiting) <= self.concurrency:
             return
-        waited = time.monotonic() - waiting[0].taken_at  # the first taken is the first to start
-        if waited < HOLD_LIMIT:
+        # Since the last start, or since the first task waiting was taken if that is later
+        # (slots held by stuck threads are not in _running: no start counts as long ago).
+        last_start = max((r.slot_at for r in self._running.values() if r.has_slot), default=0.0)
+        blocked = time.monotonic() - max(last_start, waiting[0].taken_at)
+        if blocked < HOLD_LIMIT:
             return
         surplus = waiting[self.concurrency :]
-        self._adaptive.slowed(waited)
+        self._adaptive.slowed(blocked)
         for running in surplus:  # they never start here: cancelled while waiting for a slot
             running.lost = True
             running.future.cancel()
@@ -740,9 +744,9 @@ class AsyncWorker:
             return
         self.stats.released += released
         log.info(
-            "gave back %d task(s) held for %.2fs behind slow tasks; holding %d from now on",
+            "gave back %d task(s): no task started for %.1fs; holding %d from now on",
             released,
-            waited,
+            blocked,
             self.concurrency,
         )
 
