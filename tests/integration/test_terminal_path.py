@@ -399,11 +399,15 @@ async def test_a_delayed_retry_wakes_nobody_unless_it_is_due_first(
     channel = await listening.fetchval("SELECT omniq_channel('tasks')")
     await listening.add_listener(channel, lambda *a: heard.append(a[3]))
 
-    async def notifications_after(action: Any) -> list[str]:
-        heard.clear()
-        await action()
+    async def arrived() -> None:
         await listening.execute("SELECT 1")  # a round trip: notifications sent so far arrive
         await asyncio.sleep(0)
+
+    async def notifications_after(action: Any) -> list[str]:
+        await arrived()  # an earlier step's NOTIFY (an enqueue's) is not counted as the action's
+        heard.clear()
+        await action()
+        await arrived()
         return list(heard)
 
     # A delayed task enqueued wakes its queue: sleeping workers re-read the earliest due time.
