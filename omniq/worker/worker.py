@@ -69,9 +69,8 @@ class _Running:
     thread_kept: bool = False  # its thread outlived the run: the slot is freed when it returns
     context: TaskContext | None = None  # what omniq.current_task() returns inside it
     began: bool = False  # its asyncio task runs (a cancel reaches our handlers, not before)
-    has_slot: bool = False  # it holds one of the concurrency slots: it runs, or is about to
-    taken_at: float = field(default_factory=time.monotonic)
-    slot_at: float = 0.0  # time.monotonic() when it got its slot
+    taken_at: float = field(default_factory=time.monotonic)  # when the dequeue handed it over
+    slot_at: float | None = None  # when it got one of the concurrency slots (None: waiting)
     aborted: bool = False  # someone asked to abort it: it ends cancelled, whatever it does
 
 
@@ -464,7 +463,7 @@ class AsyncWorker:
         running.began = True
         try:
             await self._slots.acquire()
-            running.has_slot, running.slot_at = True, time.monotonic()
+            running.slot_at = time.monotonic()
         except asyncio.CancelledError:
             if not running.aborted or self._forced or running.lost:
                 raise
@@ -719,12 +718,13 @@ class AsyncWorker:
                 await self._release_surplus()
 
     async def _release_surplus(self) -> None:
-        waiting = [r for r in self._running.values() if not r.has_slot and not r.lost]
+        waiting = [r for r in self._running.values() if r.slot_at is None and not r.lost]
         if len(waiting) <= self.concurrency:
             return
         # Since the last start, or since the first task waiting was taken if that is later
         # (slots held by stuck threads are not in _running: no start counts as long ago).
-        last_start = max((r.slot_at for r in self._running.values() if r.has_slot), default=0.0)
+        starts = [r.slot_at for r in self._running.values() if r.slot_at is not None]
+        last_start = max(starts, default=0.0)
         blocked = time.monotonic() - max(last_start, waiting[0].taken_at)
         if blocked < HOLD_LIMIT:
             return
