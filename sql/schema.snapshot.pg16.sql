@@ -2112,7 +2112,7 @@ CREATE TABLE public.tasks (
     abort_reason text,
     CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'waiting'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 )
-WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05');
+WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_insert_scale_factor='0.05', fillfactor='50');
 
 CREATE VIEW public.omniq_queue_overview AS
  SELECT queue_name,
