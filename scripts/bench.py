@@ -33,8 +33,9 @@ The figures:
   includes building the Task objects but not connecting.
 - the ceiling of enqueueing one at a time (jobs/s, in the notes): pgbench, a C client with
   prepared statements on one connection, runs ``--single`` one-row INSERTs into a bare table
-  whose per-statement trigger sends a NOTIFY, each its own committed transaction. Each
-  system's single enqueue is reported as a share of it.
+  whose per-statement trigger sends a NOTIFY, each its own committed transaction; and the
+  same INSERT through asyncpg (prepared, one held connection), the driver OmniQ and pgqueuer
+  use. Each system's single enqueue is reported as a share of both.
 - enqueue batch (jobs/s): ``--batch`` (10,000) jobs in one call, each system's batch call
   given plain data (OmniQ ``enqueue_calls(func, [(), ...])``, pgqueuer ``Queries.enqueue``
   with lists, procrastinate ``batch_defer_async``); the time includes building the call's
@@ -80,6 +81,10 @@ The figures:
   the latency runs are up and idle. Enqueue-to-start holds two durable commits (the
   enqueue's and the dequeue's), so twice this p50 is a floor; a note gives each system's p50
   against it.
+- the bare queue's latency (ms, in the notes): scripts/bench_floor.py, a queue reduced to its
+  two commits (the ceiling's one-row INSERT + NOTIFY; LISTEN; one prepared DELETE ... FOR
+  UPDATE SKIP LOCKED per job; asyncpg), measured like the systems, in turn with them. No
+  system that records its jobs durably and lets two workers race for them starts a job sooner.
 - statements while idle: the same workers, caught up (2 s after their last job), are left
   alone for ``--idle-seconds`` (default 10; the issue's target is stated for 60), all at once.
   pg_stat_statements is reset for each database first; the figure is the sum of ``calls`` in
@@ -846,14 +851,36 @@ class Bench:
         rate = statistics.median(rates)
         self.details["ceiling_insert_notify"] = rates
         progress(f"ceiling       pgbench one-row INSERT + NOTIFY: {rate:,.0f} jobs/s")
+        floor = await self.driver_ceiling(database)
         for system in self.live():
             runs = [v for v in self.runs.get(system.name, {}).get("enqueue_single", []) if v]
             if runs:
-                share = statistics.median(runs) / rate
+                single = statistics.median(runs)
                 self.note(
-                    f"{system.name} enqueues one at a time at {100 * share:.0f}% of the ceiling "
-                    f"(pgbench one-row INSERT + NOTIFY, C client, prepared: {rate:,.0f} jobs/s)"
+                    f"{system.name} enqueues one at a time at {100 * single / rate:.0f}% of the "
+                    f"ceiling (pgbench one-row INSERT + NOTIFY, C client, prepared: {rate:,.0f} "
+                    f"jobs/s), at {100 * single / floor:.0f}% of the same INSERT through asyncpg "
+                    f"({floor:,.0f} jobs/s)"
                 )
+
+    async def driver_ceiling(self, database: str) -> float:
+        """The ceiling's INSERT + NOTIFY through asyncpg (prepared, one connection), the driver
+        OmniQ and pgqueuer use: the fastest a Python client enqueues one at a time."""
+        conn = await asyncpg.connect(self.dsn(database))
+        try:
+            insert = await conn.prepare("INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')")
+            rates: list[float] = []
+            for _ in range(self.args.repeat):
+                t0 = time.perf_counter()
+                for _ in range(self.args.single):
+                    await insert.fetch("default")
+                rates.append(self.args.single / (time.perf_counter() - t0))
+        finally:
+            await conn.close()
+        self.details["ceiling_insert_notify_asyncpg"] = rates
+        rate = statistics.median(rates)
+        progress(f"ceiling       the same INSERT + NOTIFY through asyncpg: {rate:,.0f} jobs/s")
+        return rate
 
     async def process(self, system: System, key: str, procs: int, reset: bool = True) -> None:
         """Enqueue ``--tasks`` no-ops, start ``procs`` burst workers, time until all are done."""
@@ -987,9 +1014,17 @@ class Bench:
                         self.record(system, f"latency_p{q}", None, str(exc))
                     self.record(system, "idle_statements", None, str(exc))
                     self.note(f"{system.name} latency: {exc} ({workers[system.name].log_tail()})")
-            for rep in range(a.repeat):
-                for system in systems:
-                    await self._latency(system, workers[system.name], rep)
+            bare = await self._start_bare_queue()
+            try:
+                for rep in range(a.repeat):
+                    for system in systems:
+                        await self._latency(system, workers[system.name], rep)
+                    if bare is not None:
+                        await self._bare_latency(rep)
+            finally:
+                if bare is not None:
+                    _kill(bare, signal.SIGTERM)
+                    await bare.wait()
             await self.commit_floor()  # as the latency runs had it: every worker up, idle
             await asyncio.sleep(2.0)  # caught up: the last outcomes and heartbeats are written
             for rep in range(a.repeat):
@@ -1001,6 +1036,75 @@ class Bench:
         finally:
             for w in workers.values():
                 await w.stop()
+
+    async def _start_bare_queue(self) -> asyncio.subprocess.Process | None:
+        """scripts/bench_floor.py on the ceiling database: a queue reduced to its commits."""
+        try:
+            conn = await asyncpg.connect(self.dsn("bench_ceiling"))
+            try:
+                await conn.execute("TRUNCATE jobs")  # the ceiling's rows: not jobs to take
+            finally:
+                await conn.close()
+        except Exception as exc:
+            self.note(f"bare queue: not measured ({_describe(exc)})")
+            return None
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(SCRIPTS / "bench_floor.py"),
+            self.dsn("bench_ceiling"),
+            str(self.logdir / "bare-queue.stamps"),
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            _kill(proc, signal.SIGTERM)
+            rest = line + await proc.stdout.read()
+            self.note(f"bare queue: did not start ({rest.decode(errors='replace')[-300:]})")
+            await proc.wait()
+            return None
+        return proc
+
+    async def _bare_latency(self, rep: int) -> None:
+        """Enqueue-to-start of the bare queue, as _latency_run measures a system's."""
+        a = self.args
+        stamps = self.logdir / "bare-queue.stamps"
+        since = time.time()
+        conn = await asyncpg.connect(self.dsn("bench_ceiling"))
+        try:
+            insert = await conn.prepare(
+                "INSERT INTO jobs (queue_name, payload) VALUES ('default', to_jsonb($1::float8))"
+            )
+            for _ in range(a.latency_tasks):
+                await insert.fetch(time.time())
+                await asyncio.sleep(a.latency_interval)
+        finally:
+            await conn.close()
+        deadline = time.monotonic() + 30
+        while True:
+            pairs = [line.split() for line in stamps.read_text().splitlines()]
+            got = [(float(s) - float(e)) * 1000 for e, s in pairs if float(e) >= since]
+            if len(got) >= a.latency_tasks or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        if len(got) < a.latency_tasks:
+            self.note(f"bare queue: only {len(got)} of {a.latency_tasks} jobs started within 30s")
+            return
+        p = statistics.quantiles(got, n=100)
+        self.details.setdefault("bare_queue_latency_ms", []).append(
+            {"p50": p[49], "p95": p[94], "p99": p[98]}
+        )
+        progress(
+            f"bare queue    latency {rep + 1}/{a.repeat}: p50 {p[49]:.1f} ms, "
+            f"p95 {p[94]:.1f} ms, p99 {p[98]:.1f} ms"
+        )
 
     async def commit_floor(self) -> None:
         """How long one durable commit takes at the latency runs' pace: ``--latency-tasks``
@@ -1034,9 +1138,18 @@ class Bench:
         allows: two durable commits per enqueue-to-start; the CPU a job costs on its cores."""
         medians = self.summary()
         floor = self.details.get("commit_floor_ms")
+        runs = self.details.get("bare_queue_latency_ms", [])
+        bare = {q: statistics.median(r[q] for r in runs) for q in ("p50", "p99")} if runs else None
         cores = os.cpu_count() or 1
         for system in self.live():
             figures = {k: v.get("median") for k, v in medians.get(system.name, {}).items()}
+            if bare and figures.get("latency_p50"):
+                self.note(
+                    f"{system.name} enqueue-to-start p50 {figures['latency_p50']:.2f} ms, "
+                    f"p99 {figures['latency_p99']:.2f} ms against the bare queue's "
+                    f"{bare['p50']:.2f} / {bare['p99']:.2f} ms (scripts/bench_floor.py: one-row "
+                    "INSERT + NOTIFY; LISTEN; one DELETE ... SKIP LOCKED per job)"
+                )
             if floor and figures.get("latency_p50"):
                 self.note(
                     f"{system.name} enqueue-to-start p50 {figures['latency_p50']:.2f} ms against a "
