@@ -707,7 +707,9 @@ BEGIN
         EXIT WHEN v_got >= p_limit;
     END LOOP;
     IF v_got > 0 AND p_worker_id IS NOT NULL THEN
-        UPDATE omniq_workers SET last_heartbeat = now() WHERE omniq_workers.id = p_worker_id;
+        UPDATE omniq_workers AS w SET last_heartbeat = now()
+        WHERE w.id = p_worker_id
+          AND w.last_heartbeat < now() - least(w.stale_after / 10, interval '1 second');
     END IF;
 END
 $$;
@@ -1092,6 +1094,8 @@ CREATE FUNCTION public.omniq_insert_tasks(p_tasks jsonb, p_internal boolean, OUT
     LANGUAGE plpgsql
     SET search_path TO 'public'
     AS $$
+DECLARE
+    v_woken TEXT[];
 BEGIN
     IF p_internal THEN
         SELECT coalesce(jsonb_agg(e.doc), '[]') INTO p_tasks
@@ -1123,8 +1127,10 @@ BEGIN
         FROM jsonb_populate_recordset(NULL::"tasks", p_tasks) AS r
         RETURNING t.id, t.status, t.queue_name
     )
-    SELECT count(*), array_agg(n.id) FILTER (WHERE n.status = 'waiting')
-    INTO inserted, waiting FROM new_rows AS n;
+    SELECT count(*), array_agg(n.id) FILTER (WHERE n.status = 'waiting'),
+           array_agg(DISTINCT n.queue_name) FILTER (WHERE n.status = 'pending')
+    INTO inserted, waiting, v_woken FROM new_rows AS n;
+    PERFORM pg_notify(omniq_channel_of('tasks', current_schema()), q) FROM unnest(v_woken) AS q;
 
     IF waiting IS NOT NULL THEN
         PERFORM omniq_check_new_dependencies(waiting);
@@ -1258,17 +1264,6 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), NEW.queue_name);
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION public.omniq_notify_tasks_inserted() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO 'public'
-    AS $$
-BEGIN
-    PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), q.queue_name)
-    FROM (SELECT DISTINCT n.queue_name FROM new_tasks AS n WHERE n.status = 'pending') AS q;
     RETURN NULL;
 END
 $$;
@@ -2310,8 +2305,6 @@ CREATE TRIGGER results_notify_inserted AFTER INSERT ON public.results REFERENCIN
 CREATE TRIGGER results_notify_updated AFTER UPDATE ON public.results REFERENCING NEW TABLE AS changed_results FOR EACH STATEMENT EXECUTE FUNCTION public.omniq_notify_results();
 
 CREATE TRIGGER schedules_notify_changed AFTER INSERT OR UPDATE OF next_run, status ON public.schedules FOR EACH STATEMENT EXECUTE FUNCTION public.omniq_notify_schedules();
-
-CREATE TRIGGER tasks_notify_inserted AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_tasks FOR EACH STATEMENT EXECUTE FUNCTION public.omniq_notify_tasks_inserted();
 
 CREATE TRIGGER tasks_notify_ready AFTER UPDATE OF status ON public.tasks FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (old.status <> 'pending'::text))) EXECUTE FUNCTION public.omniq_notify_task_ready();
 

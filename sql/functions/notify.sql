@@ -1,6 +1,7 @@
 -- The NOTIFY channels and the bodies of the triggers that send wake-ups (the triggers
--- themselves are in migration 0001): workers on the 'tasks' channel when tasks are inserted
--- or become pending again, result waiters on 'results', schedulers on 'schedules'. They
+-- themselves are in migration 0001): workers on the 'tasks' channel when tasks become pending
+-- again, result waiters on 'results', schedulers on 'schedules' (new tasks wake workers from
+-- omniq_insert_tasks, sql/functions/tasks.sql, since migration 0017). They
 -- replace the first versions of migration 0001 (same names), so these are the ones that run.
 -- The trigger functions name their channel with omniq_channel_of(kind, TG_TABLE_SCHEMA),
 -- which the planner inlines: calling omniq_channel (pinned to its schema by a SET clause,
@@ -16,17 +17,6 @@ LANGUAGE sql IMMUTABLE AS $$
 -- schema; omniq_channel keeps its own copy of the formula, so a role granted EXECUTE on it
 -- (sql/roles.sql) needs no grant on this one.
     SELECT 'omniq_' || p_kind || '_' || left(md5(p_schema), 12)
-$$;
-
-CREATE OR REPLACE FUNCTION omniq_notify_tasks_inserted() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- Trigger tasks_notify_inserted, per statement: one NOTIFY per queue that got pending tasks,
--- whatever the number of rows inserted.
-BEGIN
-    PERFORM pg_notify(omniq_channel_of('tasks', TG_TABLE_SCHEMA), q.queue_name)
-    FROM (SELECT DISTINCT n.queue_name FROM new_tasks AS n WHERE n.status = 'pending') AS q;
-    RETURN NULL;
-END
 $$;
 
 CREATE OR REPLACE FUNCTION omniq_notify_schedules() RETURNS trigger

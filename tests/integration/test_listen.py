@@ -84,6 +84,30 @@ async def test_waiter_ignores_other_queues(backend: PostgreSQLBackend, make_back
     assert await backend.task_queue.get_queue_size("b") == 1
 
 
+async def test_an_enqueue_notifies_each_queue_that_got_pending_tasks_once_at_commit(
+    backend: PostgreSQLBackend, raw: Any
+) -> None:
+    """omniq_insert_tasks sends the wake-ups (migration 0017): one per queue with pending
+    tasks, however many rows, none for a queue that got only waiting tasks, at commit only."""
+    listening = await raw()
+    heard: list[str] = []
+    channel = await listening.fetchval("SELECT omniq_channel('tasks')")
+    await listening.add_listener(channel, lambda *a: heard.append(a[3]))
+    parent = Task(func="m.f", queue_name="a")
+    batch = [parent, *(Task(func="m.f", queue_name="a") for _ in range(50))]
+    batch += [Task(func="m.f", queue_name="b", run_at=now() + timedelta(minutes=5))]  # delayed
+    batch += [Task(func="m.f", queue_name="c", dependencies=[parent])]  # waiting
+    producer = await raw()
+    async with producer.transaction():
+        await backend.task_queue.enqueue_many(batch, connection=producer)
+        await listening.execute("SELECT 1")  # a round trip: anything sent so far arrives
+        await asyncio.sleep(0)
+        assert heard == []  # nothing before the commit
+    await listening.execute("SELECT 1")
+    await asyncio.sleep(0)
+    assert sorted(heard) == ["a", "b"]
+
+
 async def test_many_waiters_each_get_one_task(backend: PostgreSQLBackend, make_backend) -> None:
     producer = await same_schema(make_backend, backend)
     consumer = await same_schema(make_backend, backend)

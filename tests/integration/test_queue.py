@@ -12,9 +12,10 @@ import asyncpg
 import pytest
 
 from omniq.backend.postgres import PostgreSQLBackend
-from omniq.backend.postgres.protocol import WorkerProtocol
+from omniq.backend.postgres.protocol import Registration, WorkerProtocol
 from omniq.backend.postgres.rows import task_document
 from omniq.errors import DuplicateTaskError, UnknownDependencyError
+from omniq.identifiers import quote_identifier
 from omniq.models._common import utcnow
 from omniq.models.enums import TaskStatus
 from omniq.models.task import Task
@@ -262,6 +263,36 @@ async def test_dequeue_marks_running_and_logs(backend: PostgreSQLBackend, db: Da
     assert row["status"] == "running" and row["worker_id"] == "w1"  # type: ignore[index]
     assert sorted(await db.events(task.id)) == ["dequeued", "enqueued"]
     assert await backend.task_queue.dequeue(["default"]) is None
+
+
+async def test_taking_tasks_rewrites_the_worker_row_only_when_its_heartbeat_is_a_second_old(
+    backend: PostgreSQLBackend, db: Database, protocol: WorkerProtocol
+) -> None:
+    """A dequeue counts as a heartbeat of the worker taking tasks, but writes its row only when
+    the last heartbeat is older than a tenth of stale_after, at most 1 s (omniq_dequeue_v1)."""
+    workers = f"{quote_identifier(db.schema)}.omniq_workers"
+    await protocol.heartbeat(Registration("w-hb", "h", 1, ["default"], 1))
+    await backend.task_queue.enqueue_many([Task(func="m.f") for _ in range(3)])
+
+    async def worker_row() -> dict[str, Any]:
+        sql = f"SELECT last_heartbeat, xmin::text AS version FROM {workers} WHERE id = 'w-hb'"  # noqa: S608
+        return dict(await db.conn.fetchrow(sql))
+
+    # Beaten "just now": a minute ahead, so that a slow machine cannot age it past the second.
+    await db.execute(f"UPDATE {workers} SET last_heartbeat = now() + interval '1 minute'")  # noqa: S608
+    fresh = await worker_row()
+    assert await protocol.take(["default"], 1, "w-hb")
+    assert await worker_row() == fresh  # not written again
+
+    await db.execute(f"UPDATE {workers} SET last_heartbeat = now() - interval '2 seconds'")  # noqa: S608
+    old = await worker_row()
+    assert await protocol.take(["default"], 1, "w-hb")
+    refreshed = await worker_row()
+    assert refreshed["last_heartbeat"] > old["last_heartbeat"] + timedelta(seconds=1.5)
+
+    # Nobody else's row is touched, and a worker id with no row registers nothing.
+    assert await protocol.take(["default"], 1, "w-unknown")
+    assert await db.conn.fetchval(f"SELECT count(*) FROM {workers}") == 1  # noqa: S608
 
 
 async def test_dequeue_empty_returns_none_at_once(backend: PostgreSQLBackend) -> None:
