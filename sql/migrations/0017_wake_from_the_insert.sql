@@ -11,6 +11,9 @@
 -- unchanged, and their enqueues run this release's omniq_insert_tasks.
 -- A row INSERTed into tasks by hand as the table owner no longer wakes workers by itself:
 -- use omniq_add_task (sql/functions/sqlapi.sql), or NOTIFY the queue's channel.
+-- Also in tasks.sql: omniq_dequeue_v1 counts a dequeue as the worker's heartbeat only when the
+-- last one is older than a tenth of stale_after (at most 1 s), so a worker taking one task at a
+-- time rewrites its omniq_workers row about once a second instead of once per task.
 -- DROP TRIGGER takes the table's ACCESS EXCLUSIVE lock for that instant; the function files
 -- are re-applied in the same transaction, so no enqueue commits without its NOTIFY.
 --
