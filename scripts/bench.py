@@ -572,10 +572,52 @@ class Peer(System):
         await self.driver("latency", n, interval)
 
     async def stamps(self) -> list[tuple[float, float]]:
-        if not self.stamp_file.exists():
-            return []
-        lines = self.stamp_file.read_text().splitlines()
-        return [(float(a), float(b)) for a, b in (line.split() for line in lines if line.strip())]
+        return read_stamps(self.stamp_file)
+
+
+def read_stamps(path: Path) -> list[tuple[float, float]]:
+    """The (enqueued_at, started_at) lines a stamp job appends to ``path``."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [(float(a), float(b)) for a, b in (line.split() for line in lines if line.strip())]
+
+
+class BareQueue:
+    """scripts/bench_floor.py on the ceiling database: a queue reduced to its two commits. Not
+    a System: only its latency is measured, through the systems' send_stamps/stamps."""
+
+    name = "bare queue"
+
+    def __init__(self, dsn: str, logdir: Path) -> None:
+        self.dsn = dsn
+        self.stamp_file = logdir / "bare-queue.stamps"
+
+    def worker(self) -> tuple[list[str], dict[str, str], Path]:
+        argv = [sys.executable, str(SCRIPTS / "bench_floor.py"), self.dsn, str(self.stamp_file)]
+        return argv, clean_env(), SCRIPTS
+
+    async def reset(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute("TRUNCATE jobs")  # the ceiling's rows are not stamp jobs
+        finally:
+            await conn.close()
+
+    async def send_stamps(self, n: int, interval: float) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            insert = await conn.prepare(
+                "INSERT INTO jobs (queue_name, payload) VALUES ('default', to_jsonb($1::float8))"
+            )
+            for _ in range(n):
+                await insert.fetch(time.time())
+                await asyncio.sleep(interval)
+        finally:
+            await conn.close()
+
+    async def stamps(self) -> list[tuple[float, float]]:
+        return read_stamps(self.stamp_file)
 
 
 class PgQueuer(Peer):
@@ -1020,11 +1062,10 @@ class Bench:
                     for system in systems:
                         await self._latency(system, workers[system.name], rep)
                     if bare is not None:
-                        await self._bare_latency(rep)
+                        await self._bare_latency(*bare, rep)
             finally:
                 if bare is not None:
-                    _kill(bare, signal.SIGTERM)
-                    await bare.wait()
+                    await bare[1].stop()
             await self.commit_floor()  # as the latency runs had it: every worker up, idle
             await asyncio.sleep(2.0)  # caught up: the last outcomes and heartbeats are written
             for rep in range(a.repeat):
@@ -1037,73 +1078,30 @@ class Bench:
             for w in workers.values():
                 await w.stop()
 
-    async def _start_bare_queue(self) -> asyncio.subprocess.Process | None:
-        """scripts/bench_floor.py on the ceiling database: a queue reduced to its commits."""
+    async def _start_bare_queue(self) -> tuple[BareQueue, Workers] | None:
+        """The bare queue's worker, up and listening (warmed up as the systems' are)."""
+        bare = BareQueue(self.dsn("bench_ceiling"), self.logdir)
+        workers = Workers(bare.worker(), 1, self.logdir / "bare-queue")
         try:
-            conn = await asyncpg.connect(self.dsn("bench_ceiling"))
-            try:
-                await conn.execute("TRUNCATE jobs")  # the ceiling's rows: not jobs to take
-            finally:
-                await conn.close()
+            await bare.reset()
+            await workers.start()
+            await self._latency_run(bare, 5, workers)
         except Exception as exc:
-            self.note(f"bare queue: not measured ({_describe(exc)})")
+            await workers.stop(grace=0)
+            self.note(f"bare queue: not measured ({_describe(exc)}; {workers.log_tail()})")
             return None
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPTS / "bench_floor.py"),
-            self.dsn("bench_ceiling"),
-            str(self.logdir / "bare-queue.stamps"),
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        except TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            _kill(proc, signal.SIGTERM)
-            rest = line + await proc.stdout.read()
-            self.note(f"bare queue: did not start ({rest.decode(errors='replace')[-300:]})")
-            await proc.wait()
-            return None
-        return proc
+        return bare, workers
 
-    async def _bare_latency(self, rep: int) -> None:
-        """Enqueue-to-start of the bare queue, as _latency_run measures a system's."""
-        a = self.args
-        stamps = self.logdir / "bare-queue.stamps"
-        since = time.time()
-        conn = await asyncpg.connect(self.dsn("bench_ceiling"))
+    async def _bare_latency(self, bare: BareQueue, workers: Workers, rep: int) -> None:
+        """Enqueue-to-start of the bare queue, measured as a system's (in the notes)."""
         try:
-            insert = await conn.prepare(
-                "INSERT INTO jobs (queue_name, payload) VALUES ('default', to_jsonb($1::float8))"
-            )
-            for _ in range(a.latency_tasks):
-                await insert.fetch(time.time())
-                await asyncio.sleep(a.latency_interval)
-        finally:
-            await conn.close()
-        deadline = time.monotonic() + 30
-        while True:
-            pairs = [line.split() for line in stamps.read_text().splitlines()]
-            got = [(float(s) - float(e)) * 1000 for e, s in pairs if float(e) >= since]
-            if len(got) >= a.latency_tasks or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
-        if len(got) < a.latency_tasks:
-            self.note(f"bare queue: only {len(got)} of {a.latency_tasks} jobs started within 30s")
+            lat = await self._latency_run(bare, self.args.latency_tasks, workers)
+        except BenchError as exc:
+            self.note(f"bare queue latency: {exc} ({workers.log_tail()})")
             return
-        p = statistics.quantiles(got, n=100)
+        p = self._latency_progress(bare.name, rep, lat)
         self.details.setdefault("bare_queue_latency_ms", []).append(
             {"p50": p[49], "p95": p[94], "p99": p[98]}
-        )
-        progress(
-            f"bare queue    latency {rep + 1}/{a.repeat}: p50 {p[49]:.1f} ms, "
-            f"p95 {p[94]:.1f} ms, p99 {p[98]:.1f} ms"
         )
 
     async def commit_floor(self) -> None:
@@ -1176,13 +1174,18 @@ class Bench:
                 self.record(system, f"latency_p{q}", None, str(exc))
             self.note(f"{system.name} latency: {exc} ({workers.log_tail()})")
             return
-        p = statistics.quantiles(lat, n=100, method="inclusive")
+        p = self._latency_progress(system.name, rep, lat)
         for q in (50, 95, 99):
             self.record(system, f"latency_p{q}", p[q - 1])
+
+    def _latency_progress(self, name: str, rep: int, lat: list[float]) -> list[float]:
+        """The percentiles of one latency run (p[49] is p50), printed."""
+        p = statistics.quantiles(lat, n=100, method="inclusive")
         progress(
-            f"{system.name:13} latency {rep + 1}/{self.args.repeat}: p50 {p[49]:.1f} ms, "
+            f"{name:13} latency {rep + 1}/{self.args.repeat}: p50 {p[49]:.1f} ms, "
             f"p95 {p[94]:.1f} ms, p99 {p[98]:.1f} ms, max {max(lat):.1f} ms"
         )
+        return p
 
     async def _idle(self, system: System, workers: Workers, rep: int) -> None:
         if workers.procs[0].returncode is not None:
@@ -1199,7 +1202,9 @@ class Bench:
             f"{self.args.idle_seconds:g}s" + (f", most: {seen[0][1][:80]!r}" if seen else "")
         )
 
-    async def _latency_run(self, system: System, n: int, workers: Workers) -> list[float]:
+    async def _latency_run(
+        self, system: System | BareQueue, n: int, workers: Workers
+    ) -> list[float]:
         """Enqueue ``n`` stamp jobs ``--latency-interval`` apart; their latencies in ms."""
         since = time.time()
         await system.send_stamps(n, self.args.latency_interval)
