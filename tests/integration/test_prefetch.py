@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from omniq.worker import AsyncWorker
-from omniq.worker.prefetch import HOLD_LIMIT, MAX_FACTOR, AdaptivePrefetch
+from omniq.worker.prefetch import HOLD_LIMIT, MAX_FACTOR
 from tests.support.db import Database
 
 SLEEP = "tests.support.jobs.async_sleep"
@@ -61,25 +61,3 @@ async def test_a_prefetch_set_is_kept(backend) -> None:
     """``prefetch=0``: never more than ``concurrency`` taken at once, however short the tasks."""
     started, batches = await _burst(backend, 60, 0.0, concurrency=3, prefetch=0)
     assert batches >= 60 / 3, (started, batches)
-
-
-def test_the_prefetch_follows_the_two_times() -> None:
-    pace = AdaptivePrefetch(concurrency=4)
-    assert pace.value == 4  # nothing measured yet: concurrency, as before
-    pace.dequeued(0.001)
-    assert pace.value == 4
-    pace.task_ran(0.010)  # tasks 10x a dequeue: concurrency
-    assert pace.value == 4
-    for _ in range(50):
-        pace.task_ran(0.0001)  # tasks a tenth of a dequeue: 10 x concurrency
-    assert 38 <= pace.value <= 40
-    for _ in range(50):
-        pace.task_ran(0.0)  # instant: the cap
-    assert pace.value == MAX_FACTOR * 4
-    for _ in range(50):
-        pace.task_ran(1.0)  # slow again: back to concurrency within a few tasks
-    assert pace.value == 4
-    for _ in range(50):
-        pace.task_ran(0.0)
-    pace.slowed(HOLD_LIMIT)  # tasks held waited that long: concurrency at once
-    assert pace.value == 4
