@@ -453,6 +453,24 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.omniq_checked_queue_name(p_queue_name text) RETURNS text
+    LANGUAGE sql
+    AS $$
+    SELECT CASE WHEN p_queue_name IS NULL THEN 'default'
+                WHEN omniq_valid_queue_name(p_queue_name) THEN p_queue_name
+                ELSE omniq_refuse_queue_name(p_queue_name) END
+$$;
+
+CREATE FUNCTION public.omniq_checked_task_id(p_id text, p_internal boolean) RETURNS text
+    LANGUAGE sql
+    AS $$
+    SELECT CASE WHEN p_id IS NULL THEN omniq_new_id()
+                WHEN omniq_valid_id(p_id, 255)
+                     AND (p_internal OR strpos(p_id, '@') = 0 OR NOT omniq_reserved_id(p_id))
+                THEN p_id
+                ELSE omniq_refuse_id(p_id) END
+$$;
+
 CREATE FUNCTION public.omniq_claim_schedules_v1(p_limit integer) RETURNS TABLE(id text, schedule_type text, func text, args jsonb, kwargs jsonb, queue_name text, cron_expression text, interval_seconds real, "timestamp" timestamp with time zone, status text, created_at timestamp with time zone, last_run timestamp with time zone, next_run timestamp with time zone, max_runs integer, run_count integer, ttl_seconds real, expires_at timestamp with time zone, metadata jsonb, schedule_data jsonb)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -842,6 +860,25 @@ CREATE FUNCTION public.omniq_enqueue(p_tasks jsonb) RETURNS TABLE(id text, statu
     SELECT e.id, e.status FROM omniq_enqueue_v1(p_tasks) AS e
 $$;
 
+CREATE FUNCTION public.omniq_enqueue_one_v1(p_id text, p_func text, p_created_at timestamp with time zone, p_queue_name text, p_priority integer, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    v_id TEXT := omniq_checked_task_id(p_id, false);
+    v_queue TEXT := omniq_checked_queue_name(p_queue_name);
+BEGIN
+    INSERT INTO "tasks" (id, queue_name, priority, status, delayed, func, args, kwargs,
+        created_at, run_at, expires_at, retry_count, max_retries, retry_delay, callbacks,
+        metadata, task_data)
+    VALUES (v_id, v_queue, p_priority, 'pending', coalesce(p_run_at > now(), false), p_func,
+        p_args, p_kwargs, p_created_at, p_run_at, p_expires_at, p_retry_count, p_max_retries,
+        p_retry_delay, p_callbacks, p_metadata, p_task_data);
+    PERFORM pg_notify(omniq_channel_of('tasks', current_schema()), v_queue);
+    RETURN v_id;
+END
+$$;
+
 CREATE FUNCTION public.omniq_enqueue_v1(p_tasks jsonb) RETURNS TABLE(id text, status text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1106,14 +1143,7 @@ BEGIN
         INSERT INTO "tasks" AS t (id, queue_name, priority, status, delayed, func, args, kwargs,
             created_at, run_at, expires_at, retry_count, max_retries, retry_delay,
             dependencies, callbacks, metadata, task_data)
-        SELECT CASE WHEN r.id IS NULL THEN omniq_new_id()
-                    WHEN omniq_valid_id(r.id, 255)
-                         AND (p_internal OR strpos(r.id, '@') = 0 OR NOT omniq_reserved_id(r.id))
-                    THEN r.id
-                    ELSE omniq_refuse_id(r.id) END,
-               CASE WHEN r.queue_name IS NULL THEN 'default'
-                    WHEN omniq_valid_queue_name(r.queue_name) THEN r.queue_name
-                    ELSE omniq_refuse_queue_name(r.queue_name) END,
+        SELECT omniq_checked_task_id(r.id, p_internal), omniq_checked_queue_name(r.queue_name),
                coalesce(r.priority, 0),
                CASE WHEN jsonb_array_length(coalesce(r.dependencies, '[]')) > 0
                     THEN 'waiting' ELSE 'pending' END,
@@ -2325,6 +2355,8 @@ REVOKE ALL ON FUNCTION public.omniq_claim_schedules_v1(p_limit integer) FROM PUB
 REVOKE ALL ON FUNCTION public.omniq_dequeue_v1(p_queues text[], p_limit integer, p_worker_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_enqueue(p_tasks jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_enqueue_one_v1(p_id text, p_func text, p_created_at timestamp with time zone, p_queue_name text, p_priority integer, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_enqueue_v1(p_tasks jsonb) FROM PUBLIC;
 

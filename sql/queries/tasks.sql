@@ -9,6 +9,13 @@
 -- tasks_unique_key_idx for unique keys.
 SELECT id, status, existing_id FROM "public".omniq_enqueue_v2(:tasks::jsonb);
 
+-- name: enqueue_one(id, func, created_at, queue_name, priority, args, kwargs, run_at, expires_at, retry_count, max_retries, retry_delay, callbacks, metadata, task_data)$
+-- Insert one task that has no dependencies and no unique key; returns its id (see
+-- omniq_enqueue_one_v1). Index: tasks_pkey.
+SELECT "public".omniq_enqueue_one_v1(:id, :func, :created_at, :queue_name, :priority,
+    :args::jsonb, :kwargs::jsonb, :run_at, :expires_at, :retry_count, :max_retries,
+    :retry_delay, :callbacks::jsonb, :metadata::jsonb, :task_data::jsonb) AS id;
+
 -- name: dequeue_tasks(queues, limit, worker_id)
 -- Hand out up to :limit ready tasks, marked running. Index: tasks_pending_idx.
 SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,

@@ -275,7 +275,25 @@ async def test_the_database_refuses_ids_and_queue_names_the_models_refuse(
                 f"SELECT * FROM {quote_identifier(db.schema)}.omniq_enqueue($1::jsonb)",  # noqa: S608
                 [bad],  # this connection's codec writes the JSON
             )
+    # The typed entry point of one task (omniq_enqueue_one_v1, migration 0018) checks alike.
+    one = (
+        f"SELECT {quote_identifier(db.schema)}.omniq_enqueue_one_v1($1, 'm.f', now(), $2, 0, "
+        "'[]', '{}', NULL, NULL, 0, 3, 1.0, '{}', '{}', '{}')"
+    )
+    for task_id, queue in (
+        ("x" * 400, "q"), ("has space", "q"), ("a,b", "q"), ("", "q"),
+        ("ok", "   "), ("ok", "q\u001f"), ("ok", "q" * 201),
+    ):  # fmt: skip
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="task id|queue_name"):
+            await db.conn.fetchval(one, task_id, queue)
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="reserved for OmniQ"):
+        await db.conn.fetchval(one, "t@on_success", "q")
     assert await db.count("tasks") == 0
+    generated = await db.conn.fetchval(one, None, None)  # no id, no queue: the defaults
+    assert (await db.row("tasks", generated))["queue_name"] == "default"  # type: ignore[index]
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.conn.fetchval(one, generated, "q")
+    assert await db.count("tasks") == 1
     with pytest.raises(ValueError, match="control characters"):
         Schedule(func="m.f", queue_name="\x00", interval_seconds=60)
     with pytest.raises(ValueError, match="schedule id"):

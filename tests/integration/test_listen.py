@@ -88,7 +88,8 @@ async def test_an_enqueue_notifies_each_queue_that_got_pending_tasks_once_at_com
     backend: PostgreSQLBackend, raw: Any
 ) -> None:
     """omniq_insert_tasks sends the wake-ups (migration 0017): one per queue with pending
-    tasks, however many rows, none for a queue that got only waiting tasks, at commit only."""
+    tasks, however many rows, none for a queue that got only waiting tasks, at commit only;
+    omniq_enqueue_one_v1 (enqueue() of one plain task, migration 0018) sends its queue's."""
     listening = await raw()
     heard: list[str] = []
     channel = await listening.fetchval("SELECT omniq_channel('tasks')")
@@ -100,12 +101,14 @@ async def test_an_enqueue_notifies_each_queue_that_got_pending_tasks_once_at_com
     producer = await raw()
     async with producer.transaction():
         await backend.task_queue.enqueue_many(batch, connection=producer)
+        await backend.task_queue.enqueue(Task(func="m.f", queue_name="d"), connection=producer)
+        await backend.task_queue.enqueue(Task(func="m.f", queue_name="a"), connection=producer)
         await listening.execute("SELECT 1")  # a round trip: anything sent so far arrives
         await asyncio.sleep(0)
         assert heard == []  # nothing before the commit
     await listening.execute("SELECT 1")
     await asyncio.sleep(0)
-    assert sorted(heard) == ["a", "b"]
+    assert sorted(heard) == ["a", "b", "d"]  # PostgreSQL folds the second 'a' into the first
 
 
 async def test_many_waiters_each_get_one_task(backend: PostgreSQLBackend, make_backend) -> None:

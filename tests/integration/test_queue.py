@@ -97,11 +97,46 @@ async def test_values_left_out_of_the_document_are_stored_as_the_model_has_them(
     backend: PostgreSQLBackend, fields: dict[str, Any], sent: set[str]
 ) -> None:
     """task_document sends a value only when it differs from what omniq_insert_tasks stores
-    for an absent key; what is stored must then be exactly what the model says."""
+    for an absent key; what is stored must then be exactly what the model says. (A batch
+    sends documents; enqueue() of one plain task sends every column, typed.)"""
     task = Task(func="m.f", **fields)
     assert set(task_document(task)) == {"id", "func", "created_at"} | sent
-    await backend.task_queue.enqueue(task)
+    await backend.task_queue.enqueue_many([task])
     assert await backend.task_queue.get_task(task.id) == task
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"priority": -1, "max_retries": 0, "retry_delay": 0, "retry_count": 2, "args": (0,)},
+        {
+            "queue_name": "emails", "priority": 7, "args": (1, "two", [3.5, None]),
+            "kwargs": {"k": {"n": [1]}, "s": "ü✓"}, "run_at": datetime(2030, 1, 3),
+            "expires_at": datetime(2030, 2, 1, tzinfo=UTC), "max_retries": 5,
+            "retry_delay": 2.5, "callbacks": {"on_success": "m.done"},
+            "metadata": {"owner": "me"}, "timeout": 12.5, "result_ttl": 60,
+            "task_data": {"extra": 1},
+        },
+        {"run_at": datetime(2000, 1, 1, tzinfo=UTC)},  # due already: not delayed
+    ],
+    ids=["defaults", "zeros", "every-column", "due"],
+)  # fmt: skip
+async def test_one_task_and_a_batch_of_one_store_the_same_row(
+    backend: PostgreSQLBackend, db: Database, fields: dict[str, Any]
+) -> None:
+    """enqueue() of a task without dependencies or unique key calls omniq_enqueue_one_v1
+    (typed arguments, migration 0018); enqueue_many sends a JSON document to omniq_enqueue_v2.
+    The same task stores the same row either way, every column (delayed included)."""
+    one = Task(func="m.f", **fields)
+    twin = dataclasses.replace(one, id=one.id + "-twin")
+    assert await backend.task_queue.enqueue(one) == one.id
+    assert await backend.task_queue.enqueue_many([twin]) == [twin.id]
+    first, second = await db.row("tasks", one.id), await db.row("tasks", twin.id)
+    assert first is not None and second is not None
+    assert {**first, "id": twin.id} == second
+    assert one.status == twin.status == TaskStatus.PENDING
+    assert await backend.task_queue.get_task(one.id) == one
 
 
 async def test_get_task_unknown_is_none(backend: PostgreSQLBackend) -> None:

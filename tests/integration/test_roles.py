@@ -362,7 +362,8 @@ async def test_fresh_install_revokes_enqueue_from_public(pg_dsn: str) -> None:
             name,
         )
         assert {r["proname"] for r in rows} >= {
-            "omniq_enqueue", "omniq_enqueue_v1", "omniq_dequeue_v1", "omniq_finish_tasks_v1",
+            "omniq_enqueue", "omniq_enqueue_v1", "omniq_enqueue_one_v1", "omniq_dequeue_v1",
+            "omniq_finish_tasks_v1",
             "omniq_release_tasks_v1", "omniq_cancel_tasks", "omniq_cancel_tasks_v1",
             "omniq_heartbeat_v1", "omniq_worker_stopped_v1", "omniq_rescue_tasks",
             "omniq_rescue_tasks_v1", "omniq_claim_schedules_v1", "omniq_fire_schedules_v1",

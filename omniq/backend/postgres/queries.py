@@ -1,7 +1,7 @@
 """Typed named queries: one class per query of sql/queries/*.sql, written by scripts/queries
 from the -- name: headers and the types PostgreSQL reports; do not edit."""
 
-# source: sql/queries sha256 e36a5d1d22439410
+# source: sql/queries sha256 593b3cd94d00c259
 
 from __future__ import annotations
 
@@ -647,6 +647,52 @@ class EnqueueTasks(Query):
         return await conn.fetch(self.sql, tasks)
 
 
+class EnqueueOne(Query):
+    """enqueue_one(id, func, created_at, queue_name, priority, args, kwargs, run_at, expires_at, retry_count, max_retries, retry_delay, callbacks, metadata, task_data) of sql/queries/tasks.sql."""
+
+    async def __call__(
+        self,
+        conn: Connection,
+        *,
+        id: str | None,
+        func: str | None,
+        created_at: datetime | None,
+        queue_name: str | None,
+        priority: int | None,
+        args: Any | None,
+        kwargs: Any | None,
+        run_at: datetime | None,
+        expires_at: datetime | None,
+        retry_count: int | None,
+        max_retries: int | None,
+        retry_delay: float | None,
+        callbacks: Any | None,
+        metadata: Any | None,
+        task_data: Any | None,
+    ) -> str | None:
+        return cast(
+            "str | None",
+            await conn.fetchval(
+                self.sql,
+                id,
+                func,
+                created_at,
+                queue_name,
+                priority,
+                args,
+                kwargs,
+                run_at,
+                expires_at,
+                retry_count,
+                max_retries,
+                retry_delay,
+                callbacks,
+                metadata,
+                task_data,
+            ),
+        )
+
+
 class DequeueTasks(Query):
     """dequeue_tasks(queues, limit, worker_id) of sql/queries/tasks.sql."""
 
@@ -1008,6 +1054,7 @@ class TasksQueries(QueryGroup):
     """The queries of sql/queries/tasks.sql."""
 
     enqueue_tasks: EnqueueTasks
+    enqueue_one: EnqueueOne
     dequeue_tasks: DequeueTasks
     finish_tasks: FinishTasks
     release_tasks: ReleaseTasks

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -20,11 +20,13 @@ from ...observability import tracing
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .connection import Connection
 from .protocol import WorkerProtocol
-from .rows import Call, calls_json, task_from_row, task_params, tasks_json
+from .rows import Call, calls_json, one_task_params, task_from_row, task_params, tasks_json
 from .sync import run_on
 
 if TYPE_CHECKING:
     from .backend import PostgreSQLBackend
+
+T = TypeVar("T")
 
 
 def _with_hint(exc: asyncpg.PostgresError) -> str:
@@ -32,6 +34,15 @@ def _with_hint(exc: asyncpg.PostgresError) -> str:
     message = getattr(exc, "message", None) or str(exc)  # str(exc) adds DETAIL and HINT lines
     hint = getattr(exc, "hint", None)
     return f"{message}. {hint}" if hint else message
+
+
+def _refuse_reserved(task: Task) -> None:
+    if is_reserved_id(task.id):
+        raise ValueError(
+            f"task id {task.id!r} is reserved for OmniQ's own tasks (schedule fires "
+            "'<schedule id>@<UTC time>' and callbacks '<task id>@on_success'...); "
+            "nothing was enqueued. Choose another id."
+        )
 
 
 def _queues(queues: str | Sequence[str]) -> list[str]:
@@ -58,8 +69,16 @@ class AsyncPostgresQueue(Component):
         With ``connection`` (an asyncpg connection of yours, inside your transaction) the task
         is written in that transaction: it becomes visible, and wakes workers, only on commit.
         """
-        (task_id,) = await self.enqueue_many([task], connection=connection)
-        return task_id
+        if task.dependencies or task.unique is not None:
+            (task_id,) = await self.enqueue_many([task], connection=connection)
+            return task_id
+        # Most tasks: one typed call (omniq_enqueue_one_v1), no JSON document to unpack.
+        _refuse_reserved(task)
+        with tracing.publishing((task,)):  # a producer span, its trace context in the metadata
+            params = one_task_params(task)  # raises TypeError before anything is sent
+            await self._insert(lambda conn: self._sql.tasks.enqueue_one(conn, **params), connection)
+        task.status = TaskStatus.PENDING
+        return task.id
 
     async def enqueue_many(
         self, tasks: Iterable[Task], *, connection: Connection | None = None
@@ -69,15 +88,12 @@ class AsyncPostgresQueue(Component):
         if not batch:
             return []
         for task in batch:
-            if is_reserved_id(task.id):
-                raise ValueError(
-                    f"task id {task.id!r} is reserved for OmniQ's own tasks (schedule fires "
-                    "'<schedule id>@<UTC time>' and callbacks '<task id>@on_success'...); "
-                    "nothing was enqueued. Choose another id."
-                )
+            _refuse_reserved(task)
         with tracing.publishing(batch):  # a producer span, its trace context in the metadata
             payload = tasks_json(batch)  # raises TypeError before anything is sent
-            changed = await self._insert(payload, connection)
+            changed = await self._insert(
+                lambda conn: self._sql.tasks.enqueue_tasks(conn, tasks=payload), connection
+            )
         statuses = {row["id"]: row["status"] for row in changed}
         for task in batch:
             task.status = TaskStatus(
@@ -123,15 +139,19 @@ class AsyncPostgresQueue(Component):
         head = dataclasses.replace(task, id=ids[0])
         with tracing.publishing([head] * len(batch)):
             payload = calls_json(head, batch, ids)  # raises TypeError before anything is sent
-            await self._insert(payload, connection)
+            await self._insert(
+                lambda conn: self._sql.tasks.enqueue_tasks(conn, tasks=payload), connection
+            )
         return ids
 
-    async def _insert(self, payload: str, connection: Connection | None) -> list[asyncpg.Record]:
-        """Run omniq_enqueue on a JSON array of task documents; the database's refusals
-        become the errors enqueue documents, each saying that nothing was stored."""
+    async def _insert(
+        self, run: Callable[[Connection], Awaitable[T]], connection: Connection | None
+    ) -> T:
+        """Run an enqueue query on a connection; the database's refusals become the errors
+        enqueue documents, each saying that nothing was stored."""
         async with self._conn(connection) as conn:
             try:
-                return await self._sql.tasks.enqueue_tasks(conn, tasks=payload)
+                return await run(conn)
             except asyncpg.UniqueViolationError as exc:
                 raise DuplicateTaskError(
                     f"a task with this id already exists ({exc.detail or exc}); nothing was "

@@ -300,3 +300,31 @@ def schedule_from_row(row: Row) -> Schedule:
     data = dict(values.pop("schedule_data"))
     extra = {k: data.pop(k) for k in SCHEDULE_DATA_FIELDS if k in data}
     return _build(Schedule, {**values, **extra, "schedule_data": data})
+
+
+def one_task_params(task: Task) -> dict[str, Any]:
+    """Parameters of the enqueue_one query (omniq_enqueue_one_v1): every column of a task
+    without dependencies or unique key, its JSON values serialised (TypeError, naming the
+    field, before anything is sent)."""
+    return {
+        "id": task.id,
+        "func": task.func,
+        "created_at": task.created_at,
+        "queue_name": task.queue_name,
+        "priority": task.priority,
+        "args": _json(task.args, "args", task, "[]"),
+        "kwargs": _json(task.kwargs, "kwargs", task, "{}"),
+        "run_at": task.run_at,
+        "expires_at": task.expires_at,
+        "retry_count": task.retry_count,
+        "max_retries": task.max_retries,
+        "retry_delay": task.retry_delay,
+        "callbacks": _json(task.callbacks, "callbacks", task, "{}"),
+        "metadata": _json(task.metadata, "metadata", task, "{}"),
+        "task_data": _json(_task_data(task), "task_data", task, "{}"),
+    }
+
+
+def _json(value: Any, key: str, task: Task, empty: str) -> str:
+    """``value`` as JSON text; ``empty`` (no serialising) when it is empty."""
+    return dump_json(value, f"{key} of task {task.id} ({task.func})") if value else empty
