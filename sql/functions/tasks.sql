@@ -95,14 +95,13 @@ CREATE OR REPLACE FUNCTION omniq_insert_tasks(p_tasks JSONB, p_internal BOOLEAN,
     OUT inserted INTEGER, OUT waiting TEXT[])
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- Insert a JSON array of tasks. No 'enqueued' event is stored: a task's history derives it
--- from created_at when read (list_events, sql/queries/events.sql). Ids and queue names are checked
--- as the Python model checks them (omniq_checked_task_id, omniq_checked_queue_name: this and
--- omniq_enqueue_one_v1, which checks alike, are the ways tasks enter the table for every role
--- but the owner). From a producer (p_internal
--- false) an id in OmniQ's reserved namespace is refused and an id that exists raises
--- unique_violation. OmniQ's own fires and callbacks
--- (p_internal) may use reserved ids and skip an id that exists: only OmniQ writes those ids,
--- under a lock that serialises the writers of one id, so firing again is harmless.
+-- from created_at when read (list_events, sql/queries/events.sql). Ids and queue names are
+-- checked as the Python model checks them (omniq_checked_task_id, omniq_checked_queue_name:
+-- this and omniq_enqueue_one_v1, which checks alike, are the ways tasks enter the table for
+-- every role but the owner). From a producer (p_internal false) an id in OmniQ's reserved
+-- namespace is refused and an id that exists raises unique_violation. OmniQ's own fires and
+-- callbacks (p_internal) may use reserved ids and skip an id that exists: only OmniQ writes
+-- those ids, under a lock that serialises the writers of one id, so firing again is harmless.
 -- Tasks with dependencies start 'waiting' and are resolved at once (strict: an unknown
 -- dependency raises) and again when the transaction commits (trigger
 -- tasks_waiting_committed). A task whose run_at has not come is pending and delayed: it stays
