@@ -26,6 +26,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     from ..observability.metrics import WorkerMetrics
 
 log = logging.getLogger("omniq.worker")
+
+RESCUE_CHECK_GAP = 1.0  # seconds: the least time between rescue checks prompted by new work
 
 
 @dataclass
@@ -161,6 +164,7 @@ class AsyncWorker:
         self._next_rescue: float | None = (
             0.0  # loop time of the next rescue check; None: nobody holds tasks
         )
+        self._rescued_at = -math.inf  # loop time of the last rescue check
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._threads_lock = threading.Lock()
@@ -348,7 +352,10 @@ class AsyncWorker:
                 timeout = max(0.0, min(deadlines) - loop.time()) + 0.002 if deadlines else None
                 await _first(wakeup.wait(timeout), self._stopping.wait())
                 if self._next_rescue is None and wakeup.event.is_set():
-                    self._next_rescue = loop.time()  # work appeared: someone may hold tasks now
+                    # Work appeared: someone may hold tasks now. At most one such check a
+                    # second, or a worker woken for each task of a trickle checks after each
+                    # one (omniq_rescue_tasks_v1 costs the server more than the task's enqueue).
+                    self._next_rescue = max(loop.time(), self._rescued_at + RESCUE_CHECK_GAP)
 
     def _free_slots(self) -> int:
         """How many tasks to take now. Threads stuck in given-up tasks hold their slots; when
@@ -385,6 +392,7 @@ class AsyncWorker:
         loop = asyncio.get_running_loop()
         if self._next_rescue is None or loop.time() < self._next_rescue:
             return
+        self._rescued_at = loop.time()
         try:
             self._next_rescue = await self._rescue()
         except Exception as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -112,3 +114,37 @@ def test_a_backend_open_on_a_loop_that_is_not_running_is_refused_clearly(pg_dsn:
         loop.close()
         backend.close_sync()  # the loop thread the runners' attempt started
         run_in_thread(lambda: drop_schemas(pg_dsn, schema))
+
+
+# -- rescue checks prompted by new work ---------------------------------------------------------
+
+
+async def test_a_trickle_of_tasks_prompts_a_rescue_check_at_most_once_a_second(backend) -> None:
+    """A worker woken from idle by new work checks for tasks held by dead workers (someone may
+    hold tasks now). With one task every 50 ms it used to check after each task: 20 calls of
+    omniq_rescue_tasks_v1 for 20 tasks, each costing the server more than the task's enqueue.
+    Now at most one such check a second: put off, not dropped, so checks go on as long as
+    work keeps appearing."""
+    worker = AsyncWorker(backend, ["default"], concurrency=2, install_signal_handlers=False)
+    checks: list[float] = []
+    rescue = worker.protocol.rescue
+
+    async def counted(worker_id: str) -> Any:
+        checks.append(time.monotonic())
+        return await rescue(worker_id)
+
+    worker.protocol.rescue = counted  # type: ignore[method-assign]
+    running = asyncio.ensure_future(worker.run())
+    tasks = [Task(func="tests.support.jobs.add", args=(i, 1)) for i in range(20)]
+    for task in tasks:
+        await backend.task_queue.enqueue(task)
+        await asyncio.sleep(0.05)
+    for task in tasks:
+        assert (await backend.result_storage.wait(task.id, 10)).status == "success"
+    last_work = time.monotonic()
+    await asyncio.sleep(1.5)  # a check work prompted is put off by at most a second
+    worker.stop()
+    await asyncio.wait_for(running, 10)
+    # One at start-up, then at most one a second over the ~1 s of work (it was 20).
+    assert 2 <= len(checks) <= 5, checks
+    assert checks[-1] >= last_work - 1.0, "the last check is at most a second older than the work"
