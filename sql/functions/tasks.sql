@@ -108,9 +108,9 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 -- off the ready path until the dequeue clears delayed. Returns how many were inserted, and
 -- the ids of those inserted waiting (resolved since: pending, cancelled or still waiting).
 -- Wakes the workers: one NOTIFY per queue that got pending tasks, payload the queue name (a
--- batch of 10,000 sends one), delivered when the transaction commits. This is the one way
--- into the table, so it is sent here rather than by a trigger on tasks, whose transition
--- table cost each enqueue 25-40 us (migration 0017).
+-- batch of 10,000 sends one), delivered when the transaction commits. The functions that
+-- insert tasks (this one, omniq_enqueue_one_v1) send it rather than a trigger on tasks, whose
+-- transition table cost each enqueue 25-40 us (migration 0017).
 -- Index: tasks_pkey.
 DECLARE
     v_woken TEXT[];

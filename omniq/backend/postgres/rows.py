@@ -209,27 +209,9 @@ def task_from_row(row: Row) -> Task:
 def task_params(task: Task) -> dict[str, Any]:
     """Parameters of the update_task query: every field, defaults included."""
     return {
-        "id": task.id,
-        "queue_name": task.queue_name,
-        "priority": task.priority,
-        "func": task.func,
-        "retry_count": task.retry_count,
-        "max_retries": task.max_retries,
-        "retry_delay": task.retry_delay,
+        **_task_columns(task),
         "status": str(task.status),
-        "run_at": task.run_at,
-        "expires_at": task.expires_at,
-        **{
-            k: dump_json(v, f"{k} of task {task.id}")
-            for k, v in (
-                ("args", task.args),
-                ("kwargs", task.kwargs),
-                ("dependencies", task.dependencies),
-                ("callbacks", task.callbacks),
-                ("metadata", task.metadata),
-                ("task_data", _task_data(task)),
-            )
-        },
+        "dependencies": _json(task.dependencies, "dependencies", task, "[]"),
     }
 
 
@@ -306,10 +288,14 @@ def one_task_params(task: Task) -> dict[str, Any]:
     """Parameters of the enqueue_one query (omniq_enqueue_one_v1): every column of a task
     without dependencies or unique key, its JSON values serialised (TypeError, naming the
     field, before anything is sent)."""
+    return {**_task_columns(task), "created_at": task.created_at}
+
+
+def _task_columns(task: Task) -> dict[str, Any]:
+    """The columns the typed task queries (update_task, enqueue_one) both take."""
     return {
         "id": task.id,
         "func": task.func,
-        "created_at": task.created_at,
         "queue_name": task.queue_name,
         "priority": task.priority,
         "args": _json(task.args, "args", task, "[]"),
