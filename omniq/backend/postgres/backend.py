@@ -13,7 +13,14 @@ import asyncpg
 
 from ...models.config import PostgresConfig
 from . import schema
-from .connection import Connection, Pooled, connect_listener, create_pool, translate_errors
+from .connection import (
+    Connection,
+    Pooled,
+    Spare,
+    connect_listener,
+    create_pool,
+    translate_errors,
+)
 from .events import PostgresEventStorage
 from .listener import CHANNEL_KINDS, Listener
 from .monitor import PostgresMonitor
@@ -49,6 +56,7 @@ class PostgreSQLBackend:
         self.schedule_storage = PostgresScheduleStorage(self)
         self.monitor = PostgresMonitor(self)  # read-only views for the dashboard
         self._pool: asyncpg.Pool | None = None
+        self._spare = Spare()  # the connection kept between OmniQ's own operations
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: LoopThread | None = None
@@ -94,6 +102,7 @@ class PostgreSQLBackend:
         if listener is not None:
             listener.terminate()
         pool, self._pool = self._pool, None
+        self._spare.closed, self._spare = True, Spare()
         if pool is not None:
             pool.terminate()
         self._opening = None
@@ -104,7 +113,11 @@ class PostgreSQLBackend:
         if listener is not None:
             await listener.close()
         pool, self._pool = self._pool, None
+        spare, self._spare = self._spare, Spare()
+        spare.closed = True
         if pool is not None:
+            if (kept := spare.take()) is not None:
+                await pool.release(kept)
             await pool.close()
         self._opening = None
 
@@ -162,7 +175,20 @@ class PostgreSQLBackend:
     def acquire(self) -> Pooled:
         """``async with backend.acquire() as conn``: a pooled connection (connecting first if
         needed), with errors translated."""
-        return Pooled(self.config, self.config.acquire_timeout, ready=self._ready_pool)
+        return Pooled(
+            self.config, self.config.acquire_timeout, ready=self._ready_pool, spare=self._spare
+        )
+
+    def _lend(self) -> Pooled:
+        """What OmniQ's own operations use: :meth:`acquire`, keeping the connection in hand
+        for the next operation (connection.Spare) instead of releasing it."""
+        return Pooled(
+            self.config,
+            self.config.acquire_timeout,
+            ready=self._ready_pool,
+            spare=self._spare,
+            keep=True,
+        )
 
     def _forget_parent(self) -> None:
         """In a child after ``fork()``: start afresh, leaving the parent's connections alone.
@@ -175,8 +201,9 @@ class PostgreSQLBackend:
         if self._generation == fork_generation():
             return
         self._generation = fork_generation()
-        _inherited.extend([self._pool, self._listener, self._thread, self._loop])
+        _inherited.extend([self._pool, self._listener, self._thread, self._loop, self._spare])
         self._pool = self._listener = self._loop = self._thread = self._opening = None
+        self._spare = Spare()
 
     async def _ready_pool(self) -> asyncpg.Pool:
         if self._generation != fork_generation():

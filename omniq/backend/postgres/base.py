@@ -31,10 +31,11 @@ class Component:
         return self._backend._sync_loop()
 
     def _conn(self, connection: Connection | None = None) -> Pooled | Given:
-        """The caller's connection when given (their transaction), else one from the pool."""
+        """The caller's connection when given (their transaction), else a pooled one (the
+        one the last operation kept in hand, when it is free)."""
         if connection is not None:
             return Given(connection, self._backend.config)
-        return self._backend.acquire()
+        return self._backend._lend()
 
     async def _drain(
         self,
