@@ -5,7 +5,7 @@ enqueue-to-start latency is the floor the real systems are measured against.
 
 It works on the ``jobs`` table of the benchmark's ceiling database (bench.CEILING_SCHEMA:
 an INSERT's per-statement trigger sends NOTIFY 'jobs'). It LISTENs on one asyncpg connection
-and, when woken, takes jobs one by one on another: a prepared ``DELETE ... FOR UPDATE SKIP
+and, once listening and whenever woken, takes jobs one by one on another: a prepared ``DELETE ... FOR UPDATE SKIP
 LOCKED ... RETURNING``, its own durable commit, the least a dequeue that two workers cannot
 both win can be. Each job's payload is the time it was enqueued (``time.time()``); for each
 job taken it appends "<enqueued_at> <started_at>" to STAMP_FILE. No pool, no retries, no
@@ -33,6 +33,7 @@ async def main(dsn: str, stamp_file: str) -> None:
     take = await working.prepare(TAKE)
     woken = asyncio.Event()
     await listening.add_listener("jobs", lambda *_: woken.set())
+    woken.set()  # listening now: take what was enqueued before (the bench does not wait for us)
     print("ready", flush=True)
     with open(stamp_file, "a") as stamps:
         while True:
