@@ -155,8 +155,8 @@ class Hub:
                 continue
             started = time.monotonic()
             await asyncio.sleep(self.debounce)  # let the rest of the burst arrive
-            arrived = [q for q, (_cm, w) in self._queue_watches.items() if w.event.is_set()]
-            if tasks.event.is_set() and not arrived:
+            arrived = [q for q, (_cm, w) in self._queue_watches.items() if w.is_set()]
+            if tasks.is_set() and not arrived:
                 arrived = ["*"]  # a queue the hub did not know yet
             for w in (*wakeups, *(w for _cm, w in self._queue_watches.values())):
                 w.clear()
@@ -214,8 +214,8 @@ def _state(row: dict[str, Any] | None) -> str:
 
 async def _first(kick: asyncio.Event, wakeups: tuple[Wakeup, ...], timeout: float | None) -> None:
     """Return when the kick or any wake-up is set, or after ``timeout``."""
-    waits = [asyncio.ensure_future(kick.wait())]
-    waits += [asyncio.ensure_future(w.event.wait()) for w in wakeups]
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(kick.wait())]
+    waits += [asyncio.ensure_future(w.wait(None)) for w in wakeups]
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

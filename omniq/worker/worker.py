@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..backend.postgres import PostgreSQLBackend
+from ..backend.postgres.listener import Wakeup
 from ..backend.postgres.protocol import Registration, WorkerProtocol
 from ..context import TaskContext, enter
 from ..errors import Backoff, is_transient
@@ -159,6 +160,7 @@ class AsyncWorker:
         self._slot_free: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
+        self._wakeup: Wakeup | None = None  # the fetch loop's LISTEN wake-up, set on stop too
         self._forced = False
         self._reply_lost = False  # a dequeue failed: it may have taken tasks we never received
         self._next_rescue: float | None = (
@@ -201,6 +203,8 @@ class AsyncWorker:
         else:
             log.info("stopping: no new tasks; running ones have %gs to finish", self.shutdown_grace)
         self._stopping.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -296,6 +300,8 @@ class AsyncWorker:
             )
             if listener:  # abort requests for this worker's tasks (burst workers hear none)
                 stack.enter_context(listener.subscribe("aborts", self._aborts.on_notice))
+            self._wakeup = wakeup
+            stack.callback(setattr, self, "_wakeup", None)
             while not self._stopping.is_set():
                 free = self._free_slots()
                 if free <= 0:
@@ -350,8 +356,8 @@ class AsyncWorker:
                 if self._next_rescue is not None:
                     deadlines.append(self._next_rescue)
                 timeout = max(0.0, min(deadlines) - loop.time()) + 0.002 if deadlines else None
-                await _first(wakeup.wait(timeout), self._stopping.wait())
-                if self._next_rescue is None and wakeup.event.is_set():
+                await wakeup.wait(timeout)  # stopping sets it too (_request_stop)
+                if self._next_rescue is None and wakeup.is_set():
                     # Work appeared: someone may hold tasks now. At most one such check a
                     # second, or a worker woken for each task of a trickle checks after each
                     # one (omniq_rescue_tasks_v1 costs the server more than the task's enqueue).

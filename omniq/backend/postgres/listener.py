@@ -32,26 +32,53 @@ PING_TIMEOUT = 5.0  # an unanswered ping after this long drops the connection
 
 
 class Wakeup:
-    """An event a waiter clears before looking and waits on afterwards."""
+    """A flag a waiter clears before looking and waits on afterwards (one waiter at a time).
 
-    __slots__ = ("event", "keys")
+    A future of its own rather than ``asyncio.wait_for(Event.wait())``: the waiter resumes on
+    the loop turn after :meth:`set`, where wait_for over an Event took three more turns (a
+    task for the Event's wait, the timeout's callback, the outer task). A worker woken for
+    each task of a trickle pays those turns on every task's way to starting.
+    """
+
+    __slots__ = ("keys", "_set", "_waiter")
 
     def __init__(self, keys: frozenset[str] | None) -> None:
-        self.event = asyncio.Event()
         self.keys = keys  # None: wake on any notification of the kind
+        self._set = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def is_set(self) -> bool:
+        return self._set
 
     def clear(self) -> None:
-        self.event.clear()
+        self._set = False
 
     async def wait(self, timeout: float | None) -> bool:
         """True when woken, False on timeout."""
+        if self._set:
+            return True
         if timeout is not None and timeout <= 0:
-            return self.event.is_set()
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except TimeoutError:
             return False
-        return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class Listener:
@@ -109,7 +136,7 @@ class Listener:
         keys = text.split(",") if kind == "results" else (text,)
         for waiter in self._waiters[kind]:
             if waiter.keys is None or not waiter.keys.isdisjoint(keys):
-                waiter.event.set()
+                waiter.set()
 
     def _on_terminated(self, conn: Any) -> None:
         if self._conn is not None and conn is not self._conn:
@@ -165,7 +192,7 @@ class Listener:
     def wake_all(self) -> None:
         for waiters in self._waiters.values():
             for waiter in waiters:
-                waiter.event.set()
+                waiter.set()
 
     @contextlib.contextmanager
     def watch(self, kind: str, keys: frozenset[str] | None = None) -> Iterator[Wakeup]:
