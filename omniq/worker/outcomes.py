@@ -2,7 +2,8 @@
 counted and logged.
 
 Outcomes wait in memory at most ``flush_interval`` seconds (or until ``flush_size`` of them
-have gathered), then one round trip records them all. No outcome is dropped silently:
+have gathered, or the worker has no task left running), then one round trip records them
+all. No outcome is dropped silently:
 
 - a transient error (connection lost, failover, timeout, deadlock) keeps the outcomes and
   writes them again, with backoff, until it works or the worker is forced to stop;
@@ -124,6 +125,14 @@ class OutcomeRecorder:
             self._due.set()
         elif len(outcomes) == 1:
             asyncio.get_running_loop().call_later(self._flush_interval, self._due.set)
+
+    def flush_soon(self) -> None:
+        """Write what is waiting now rather than after ``flush_interval``: the worker's last
+        running task has ended, so nothing else is about to join the batch. At a trickle the
+        write (a durable commit) then lands between tasks, not on the next one's way to start,
+        and results show up sooner; a busy worker still batches."""
+        if self._batch.outcomes:
+            self._due.set()
 
     async def run(self) -> None:
         """The flusher: write whenever a batch is due, until cancelled."""

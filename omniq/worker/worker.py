@@ -466,6 +466,8 @@ class AsyncWorker:
         task_id = running.task.id
         if self._running.get(task_id) is running:  # not the entry of a later attempt
             del self._running[task_id]
+        if not self._running and self._outcomes is not None:
+            self._outcomes.flush_soon()
         assert self._slot_free is not None
         self._slot_free.set()
 

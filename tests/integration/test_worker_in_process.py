@@ -148,3 +148,26 @@ async def test_a_trickle_of_tasks_prompts_a_rescue_check_at_most_once_a_second(b
     # One at start-up, then at most one a second over the ~1 s of work (it was 20).
     assert 2 <= len(checks) <= 5, checks
     assert checks[-1] >= last_work - 1.0, "the last check is at most a second older than the work"
+
+
+# -- outcomes of a worker with nothing else running -------------------------------------------
+
+
+async def test_an_idle_workers_outcome_is_written_without_waiting_for_the_batch(backend) -> None:
+    """Outcomes are written in batches, at most ``flush_interval`` after the first of them. A
+    worker whose last running task just ended writes at once: nothing else is about to join
+    the batch, and at a trickle the write would otherwise land on the next task's way to
+    start. With a flush_interval of a minute, each result of a trickle is there long before."""
+    worker = AsyncWorker(
+        backend, ["default"], concurrency=2, flush_interval=60.0, install_signal_handlers=False
+    )
+    running = asyncio.ensure_future(worker.run())
+    try:
+        for i in range(3):
+            task = Task(func="tests.support.jobs.add", args=(i, 1))
+            await backend.task_queue.enqueue(task)
+            result = await backend.result_storage.wait(task.id, 20)
+            assert result is not None and result.status == "success" and result.result == i + 1
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
