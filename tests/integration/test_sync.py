@@ -282,3 +282,36 @@ def test_sync_backend_after_fork_starts_afresh_in_the_child(
     assert seen == before.id
     assert queue.get_task_sync(made) is not None  # the child's write reached the database
     assert queue.get_queue_size_sync("forked") == 2  # the parent's pool still works
+
+
+def test_async_backend_after_fork_does_not_use_the_parents_kept_connection(
+    pg_dsn: str, schema_name: str
+) -> None:
+    """The parent's last operation keeps its pooled connection in hand (connection.Spare). A
+    child forked then must open its own: the kept one's socket and loop are the parent's (the
+    child's first call would hang on them, or talk over the parent's session)."""
+    backend = create_postgres_backend(dsn=pg_dsn, schema=schema_name, max_connections=3)
+
+    async def enqueue(name: str) -> str:
+        return await backend.task_queue.enqueue(Task(func="m.f", queue_name=name))
+
+    async def parent_first() -> str:
+        made = await enqueue("forked")
+        assert backend._spare.conn is not None  # kept in hand when the child is forked
+        return made
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(parent_first())
+
+        def child() -> str:
+            return asyncio.run(enqueue("forked"))
+
+        status, said = _in_child(child)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, said)
+        assert loop.run_until_complete(backend.task_queue.get_task(said)) is not None
+        assert loop.run_until_complete(backend.task_queue.get_queue_size("forked")) == 2
+        loop.run_until_complete(backend.close())
+    finally:
+        loop.close()
+        run_in_thread(lambda: drop_schemas(pg_dsn, schema_name))

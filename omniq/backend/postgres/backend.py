@@ -175,6 +175,7 @@ class PostgreSQLBackend:
     def acquire(self) -> Pooled:
         """``async with backend.acquire() as conn``: a pooled connection (connecting first if
         needed), with errors translated."""
+        self._forget_parent()  # in a child after fork(), not the parent's kept connection
         return Pooled(
             self.config, self.config.acquire_timeout, ready=self._ready_pool, spare=self._spare
         )
@@ -182,6 +183,7 @@ class PostgreSQLBackend:
     def _lend(self) -> Pooled:
         """What OmniQ's own operations use: :meth:`acquire`, keeping the connection in hand
         for the next operation (connection.Spare) instead of releasing it."""
+        self._forget_parent()  # in a child after fork(), not the parent's kept connection
         return Pooled(
             self.config,
             self.config.acquire_timeout,
