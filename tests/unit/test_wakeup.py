@@ -41,7 +41,7 @@ async def test_a_cancelled_wait_leaves_the_wakeup_usable() -> None:
 
 
 async def test_each_wait_resumes_on_the_loop_turn_after_set() -> None:
-    # The reason for the class: asyncio.wait_for over an Event took three more turns.
+    # The reason for the class: asyncio.wait_for over an Event took two more turns.
     wakeup = Wakeup(None)
     resumed: list[int] = []
     turns = 0

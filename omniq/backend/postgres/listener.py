@@ -35,9 +35,10 @@ class Wakeup:
     """A flag a waiter clears before looking and waits on afterwards (one waiter at a time).
 
     A future of its own rather than ``asyncio.wait_for(Event.wait())``: the waiter resumes on
-    the loop turn after :meth:`set`, where wait_for over an Event took three more turns (a
-    task for the Event's wait, the timeout's callback, the outer task). A worker woken for
-    each task of a trickle pays those turns on every task's way to starting.
+    the loop turn after :meth:`set`, where wait_for over an Event took two more (a task for
+    the Event's wait, the timeout's callback), and the worker's wait for it or for stopping
+    four more. A worker woken for each task of a trickle paid them on every task's way to
+    starting.
     """
 
     __slots__ = ("keys", "_set", "_waiter")
