@@ -2,9 +2,9 @@
 --
 --   psql "$DSN" -v schema=public -f sql/roles.sql
 --
--- omniq_producer  enqueues (omniq_enqueue[_vN], omniq_enqueue_one_v1, omniq_add_task) and
---                 reads results; by default it also reads tasks and events, of every queue
---                 (see producer_reads_tasks).
+-- omniq_producer  enqueues (omniq_enqueue[_vN], omniq_enqueue_one_v1, omniq_enqueue_calls_v1,
+--                 omniq_add_task) and reads results; by default it also reads tasks and
+--                 events, of every queue (see producer_reads_tasks).
 -- omniq_worker    runs tasks: dequeue, finish, release, heartbeat, rescue, fire schedules.
 -- omniq_admin     owns the installation: migrations, maintenance, schedules, everything.
 --
@@ -100,15 +100,15 @@ GRANT USAGE ON SCHEMA :"schema" TO :"producer_role", :"worker_role";
 GRANT SELECT ON :"schema".omniq_migrations, :"schema".omniq_meta
     TO :"producer_role", :"worker_role";
 
--- omniq_producer: enqueue through the functions (omniq_enqueue, its versions and
--- omniq_enqueue_one_v1 are SECURITY DEFINER, so no write privilege on any table is needed),
--- wait for and read results.
+-- omniq_producer: enqueue through the functions (omniq_enqueue, its versions,
+-- omniq_enqueue_one_v1 and omniq_enqueue_calls_v1 are SECURITY DEFINER, so no write
+-- privilege on any table is needed), wait for and read results.
 -- Every protocol version of a function is granted (_v1, _v2, ...): processes of the releases
 -- a rolling deploy runs side by side each call their own.
 SELECT format('GRANT EXECUTE ON ROUTINE %s TO %I', p.oid::regprocedure, :'producer_role')
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = :'schema'
-  AND p.proname ~ '^omniq_(enqueue|enqueue_one|add_task|new_id|channel)(_v[0-9]+)?$' \gexec
+  AND p.proname ~ '^omniq_(enqueue|enqueue_one|enqueue_calls|add_task|new_id|channel)(_v[0-9]+)?$' \gexec
 GRANT SELECT ON :"schema".:"results_table" TO :"producer_role";
 \if :producer_reads_tasks
     GRANT SELECT ON :"schema".:"tasks_table", :"schema".:"events_table" TO :"producer_role";
@@ -131,7 +131,7 @@ FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = :'schema'
   AND p.proname ~ ('^omniq_(dequeue|finish_tasks|release_tasks|heartbeat|worker_stopped'
                    '|rescue_tasks|claim_schedules|fire_schedules|enqueue|enqueue_one'
-                   '|add_task|new_id'
+                   '|enqueue_calls|add_task|new_id'
                    '|channel)(_v[0-9]+)?$') \gexec
 GRANT SELECT ON :"schema".:"tasks_table", :"schema".:"results_table",
     :"schema".:"schedules_table", :"schema".omniq_workers TO :"worker_role";

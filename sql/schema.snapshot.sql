@@ -860,6 +860,52 @@ CREATE FUNCTION public.omniq_enqueue(p_tasks jsonb) RETURNS TABLE(id text, statu
     SELECT e.id, e.status FROM omniq_enqueue_v1(p_tasks) AS e
 $$;
 
+CREATE FUNCTION public.omniq_enqueue_calls_v1(p_template jsonb, p_ids text[], p_created_at timestamp with time zone[], p_calls jsonb) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    v_queue TEXT;
+    v_count INTEGER;
+BEGIN
+    IF jsonb_typeof(p_template) IS DISTINCT FROM 'object' OR p_template ->> 'func' IS NULL
+       OR p_template ?| '{id,args,kwargs,created_at,dependencies,unique_key}' THEN
+        RAISE EXCEPTION 'the template must be a JSON object with func and without id, args, kwargs, created_at, dependencies or unique_key, got %',
+            left(p_template::text, 300) USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Each task''s id, created_at and arguments come from p_ids, p_created_at and p_calls; enqueue tasks with dependencies or a unique key through omniq_enqueue.';
+    END IF;
+    IF jsonb_typeof(p_calls) IS DISTINCT FROM 'array'
+       OR jsonb_array_length(p_calls) <> coalesce(cardinality(p_ids), 0)
+       OR jsonb_array_length(p_calls) <> coalesce(cardinality(p_created_at), 0) THEN
+        RAISE EXCEPTION 'p_calls must be a JSON array with one call per id and created_at, got % calls, % ids and % created_at',
+            CASE WHEN jsonb_typeof(p_calls) = 'array' THEN jsonb_array_length(p_calls)::text
+                 ELSE 'no array of' END,
+            coalesce(cardinality(p_ids), 0), coalesce(cardinality(p_created_at), 0)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_queue := omniq_checked_queue_name(p_template ->> 'queue_name');
+    INSERT INTO "tasks" (id, queue_name, priority, status, delayed, func, args, kwargs,
+        created_at, run_at, expires_at, retry_count, max_retries, retry_delay, callbacks,
+        metadata, task_data)
+    SELECT omniq_checked_task_id(c.id, false), v_queue, coalesce(r.priority, 0), 'pending',
+           coalesce(r.run_at > now(), false), r.func,
+           CASE jsonb_typeof(c.call) WHEN 'array' THEN c.call WHEN 'object' THEN '[]'
+                ELSE omniq_refuse_call(c.n, c.call) END,
+           CASE jsonb_typeof(c.call) WHEN 'object' THEN c.call ELSE '{}' END,
+           coalesce(c.created_at, now()), r.run_at, r.expires_at, coalesce(r.retry_count, 0),
+           coalesce(r.max_retries, 3), coalesce(r.retry_delay, 1.0), coalesce(r.callbacks, '{}'),
+           coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
+    FROM jsonb_populate_record(NULL::"tasks", p_template) AS r
+    CROSS JOIN ROWS FROM (unnest(p_ids), unnest(p_created_at), jsonb_array_elements(p_calls))
+        WITH ORDINALITY AS c(id, created_at, call, n);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM pg_notify(omniq_channel_of('tasks', current_schema()), v_queue);
+    END IF;
+    RETURN v_count;
+END
+$$;
+
 CREATE FUNCTION public.omniq_enqueue_one_v1(p_id text, p_func text, p_created_at timestamp with time zone, p_queue_name text, p_priority integer, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1533,6 +1579,15 @@ CREATE FUNCTION public.omniq_redirect_dependencies(p_doc jsonb, p_map jsonb) RET
                     SELECT jsonb_agg(coalesce(p_map -> d.dep, to_jsonb(d.dep)) ORDER BY d.n)
                     FROM jsonb_array_elements_text(p_doc -> 'dependencies')
                          WITH ORDINALITY AS d(dep, n)), '[]')) END
+$$;
+
+CREATE FUNCTION public.omniq_refuse_call(p_n bigint, p_call jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'call % is %: each call is a JSON array of positional arguments or an object of keyword arguments',
+        p_n - 1, left(p_call::text, 300) USING ERRCODE = 'invalid_parameter_value';
+END
 $$;
 
 CREATE FUNCTION public.omniq_refuse_id(p_id text) RETURNS text
@@ -2355,6 +2410,8 @@ REVOKE ALL ON FUNCTION public.omniq_claim_schedules_v1(p_limit integer) FROM PUB
 REVOKE ALL ON FUNCTION public.omniq_dequeue_v1(p_queues text[], p_limit integer, p_worker_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_enqueue(p_tasks jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.omniq_enqueue_calls_v1(p_template jsonb, p_ids text[], p_created_at timestamp with time zone[], p_calls jsonb) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.omniq_enqueue_one_v1(p_id text, p_func text, p_created_at timestamp with time zone, p_queue_name text, p_priority integer, p_args jsonb, p_kwargs jsonb, p_run_at timestamp with time zone, p_expires_at timestamp with time zone, p_retry_count integer, p_max_retries integer, p_retry_delay real, p_callbacks jsonb, p_metadata jsonb, p_task_data jsonb) FROM PUBLIC;
 

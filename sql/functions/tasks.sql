@@ -230,6 +230,74 @@ $$;
 REVOKE EXECUTE ON FUNCTION omniq_enqueue_one_v1(TEXT, TEXT, TIMESTAMPTZ, TEXT, INTEGER, JSONB,
     JSONB, TIMESTAMPTZ, TIMESTAMPTZ, INTEGER, INTEGER, REAL, JSONB, JSONB, JSONB) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION omniq_enqueue_calls_v1(p_template JSONB, p_ids TEXT[],
+    p_created_at TIMESTAMPTZ[], p_calls JSONB)
+RETURNS INTEGER
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = "public", pg_temp AS $$
+-- Insert one task per call of one function (what Python's enqueue_calls sends when the
+-- template has no dependencies) and return how many. p_template holds the columns every task
+-- shares (keys = tasks columns, omitted keys take the defaults, as in omniq_enqueue); the
+-- n-th task takes the n-th id (NULL: a generated one), created_at (NULL: now()) and call: a
+-- JSON array of positional arguments (args) or an object of keyword arguments (kwargs).
+-- Stored as omniq_enqueue_v2 stores the same tasks: the same checks, unique_violation for an
+-- id that exists, pending (delayed while run_at has not come), one NOTIFY of the queue at
+-- commit. Typed arrays instead of one JSON document per task: 10,000 calls in 138 against
+-- 167 ms through omniq_enqueue_v2 (migration 0019). Nothing is stored when anything is
+-- refused. Index: tasks_pkey.
+-- SECURITY DEFINER: a producer role needs EXECUTE on this function only (sql/roles.sql).
+DECLARE
+    v_queue TEXT;
+    v_count INTEGER;
+BEGIN
+    IF jsonb_typeof(p_template) IS DISTINCT FROM 'object' OR p_template ->> 'func' IS NULL
+       OR p_template ?| '{id,args,kwargs,created_at,dependencies,unique_key}' THEN
+        RAISE EXCEPTION 'the template must be a JSON object with func and without id, args, kwargs, created_at, dependencies or unique_key, got %',
+            left(p_template::text, 300) USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Each task''s id, created_at and arguments come from p_ids, p_created_at and p_calls; enqueue tasks with dependencies or a unique key through omniq_enqueue.';
+    END IF;
+    IF jsonb_typeof(p_calls) IS DISTINCT FROM 'array'
+       OR jsonb_array_length(p_calls) <> coalesce(cardinality(p_ids), 0)
+       OR jsonb_array_length(p_calls) <> coalesce(cardinality(p_created_at), 0) THEN
+        RAISE EXCEPTION 'p_calls must be a JSON array with one call per id and created_at, got % calls, % ids and % created_at',
+            CASE WHEN jsonb_typeof(p_calls) = 'array' THEN jsonb_array_length(p_calls)::text
+                 ELSE 'no array of' END,
+            coalesce(cardinality(p_ids), 0), coalesce(cardinality(p_created_at), 0)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_queue := omniq_checked_queue_name(p_template ->> 'queue_name');
+    INSERT INTO "tasks" (id, queue_name, priority, status, delayed, func, args, kwargs,
+        created_at, run_at, expires_at, retry_count, max_retries, retry_delay, callbacks,
+        metadata, task_data)
+    SELECT omniq_checked_task_id(c.id, false), v_queue, coalesce(r.priority, 0), 'pending',
+           coalesce(r.run_at > now(), false), r.func,
+           CASE jsonb_typeof(c.call) WHEN 'array' THEN c.call WHEN 'object' THEN '[]'
+                ELSE omniq_refuse_call(c.n, c.call) END,
+           CASE jsonb_typeof(c.call) WHEN 'object' THEN c.call ELSE '{}' END,
+           coalesce(c.created_at, now()), r.run_at, r.expires_at, coalesce(r.retry_count, 0),
+           coalesce(r.max_retries, 3), coalesce(r.retry_delay, 1.0), coalesce(r.callbacks, '{}'),
+           coalesce(r.metadata, '{}'), coalesce(r.task_data, '{}')
+    FROM jsonb_populate_record(NULL::"tasks", p_template) AS r
+    CROSS JOIN ROWS FROM (unnest(p_ids), unnest(p_created_at), jsonb_array_elements(p_calls))
+        WITH ORDINALITY AS c(id, created_at, call, n);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM pg_notify(omniq_channel_of('tasks', current_schema()), v_queue);
+    END IF;
+    RETURN v_count;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION omniq_enqueue_calls_v1(JSONB, TEXT[], TIMESTAMPTZ[], JSONB) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION omniq_refuse_call(p_n BIGINT, p_call JSONB) RETURNS JSONB
+LANGUAGE plpgsql AS $$
+-- Raise the error for a call of omniq_enqueue_calls_v1 that is neither a JSON array
+-- (positional arguments) nor an object (keyword arguments).
+BEGIN
+    RAISE EXCEPTION 'call % is %: each call is a JSON array of positional arguments or an object of keyword arguments',
+        p_n - 1, left(p_call::text, 300) USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
 CREATE OR REPLACE FUNCTION omniq_check_new_dependencies(p_ids TEXT[])
 RETURNS VOID
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$

@@ -16,6 +16,11 @@ SELECT "public".omniq_enqueue_one_v1(:id, :func, :created_at, :queue_name, :prio
     :args::jsonb, :kwargs::jsonb, :run_at, :expires_at, :retry_count, :max_retries,
     :retry_delay, :callbacks::jsonb, :metadata::jsonb, :task_data::jsonb) AS id;
 
+-- name: enqueue_calls(template, ids, created_at, calls)$
+-- Insert one task per call of the template's function (no dependencies, no unique key);
+-- returns how many (see omniq_enqueue_calls_v1). Index: tasks_pkey.
+SELECT "public".omniq_enqueue_calls_v1(:template::jsonb, :ids, :created_at, :calls::jsonb) AS count;
+
 -- name: dequeue_tasks(queues, limit, worker_id)
 -- Hand out up to :limit ready tasks, marked running. Index: tasks_pending_idx.
 SELECT id, queue_name, priority, status, func, args, kwargs, created_at, run_at, expires_at,

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import traceback
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -294,6 +295,33 @@ async def test_the_database_refuses_ids_and_queue_names_the_models_refuse(
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.conn.fetchval(one, generated, "q")
     assert await db.count("tasks") == 1
+    # The calls of one function (omniq_enqueue_calls_v1, migration 0019) check alike, and
+    # refuse a template, or calls, that are not what enqueue_calls sends.
+    calls = (
+        f"SELECT {quote_identifier(db.schema)}.omniq_enqueue_calls_v1($1::jsonb, $2, $3, $4::jsonb)"
+    )
+    at = [datetime.now(UTC)]
+    for template, ids, created, sent, match in (
+        ({"func": "m.f"}, ["x" * 400], at, [[]], "task id"),
+        ({"func": "m.f"}, ["t@on_failure"], at, [[]], "reserved for OmniQ"),
+        ({"func": "m.f", "queue_name": " "}, ["ok"], at, [[]], "queue_name"),
+        ({"func": "m.f"}, ["ok"], at, [7], "call 0 is 7: each call is a JSON array"),
+        ({"func": "m.f"}, ["ok", "ok2"], at * 2, [[], "x"], 'call 1 is "x"'),
+        ({"func": "m.f"}, ["ok", "ok2"], at, [[], []], "one call per id and created_at"),
+        ({"func": "m.f"}, ["ok"], at, {"a": 1}, "must be a JSON array"),
+        ({}, ["ok"], at, [[]], "template must be a JSON object with func"),
+        ({"func": "m.f", "args": [1]}, ["ok"], at, [[]], "without id, args"),
+        ({"func": "m.f", "dependencies": ["d"]}, ["ok"], at, [[]], "without id, args"),
+        ([], ["ok"], at, [[]], "template must be a JSON object"),
+    ):
+        with pytest.raises(asyncpg.InvalidParameterValueError, match=match):
+            await db.conn.fetchval(calls, template, ids, created, sent)
+    assert await db.count("tasks") == 1
+    assert await db.conn.fetchval(calls, {"func": "m.f"}, [None, "c2"], [None] * 2, [[1], {}]) == 2
+    assert await db.count("tasks") == 3
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.conn.fetchval(calls, {"func": "m.f"}, ["c3", "c2"], at * 2, [[], []])
+    assert await db.count("tasks") == 3
     with pytest.raises(ValueError, match="control characters"):
         Schedule(func="m.f", queue_name="\x00", interval_seconds=60)
     with pytest.raises(ValueError, match="schedule id"):

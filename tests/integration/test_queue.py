@@ -244,6 +244,48 @@ async def test_enqueue_calls_stores_what_enqueue_many_of_the_same_tasks_stores(
     assert await queue.get_queue_size("default") == 4
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {
+            "queue_name": "emails", "priority": -3, "run_at": datetime(2030, 1, 3),
+            "expires_at": datetime(2030, 2, 1, tzinfo=UTC), "max_retries": 0,
+            "retry_delay": 0, "retry_count": 2, "callbacks": {"on_success": "m.done"},
+            "metadata": {"owner": "me"}, "timeout": 12.5, "result_ttl": 60,
+            "task_data": {"extra": 1},
+        },
+        {"run_at": datetime(2000, 1, 1, tzinfo=UTC)},  # due already: not delayed
+    ],
+    ids=["defaults", "every-column", "due"],
+)  # fmt: skip
+async def test_enqueue_calls_and_enqueue_many_store_the_same_rows(
+    backend: PostgreSQLBackend, db: Database, fields: dict[str, Any]
+) -> None:
+    """enqueue_calls sends typed arrays to omniq_enqueue_calls_v1 (migration 0019);
+    enqueue_many sends one JSON document per task to omniq_enqueue_v2. The same tasks store
+    the same rows either way, every column (delayed included) but id and created_at."""
+    calls: list[tuple[Any, ...] | list[Any] | dict[str, Any]] = [(1, "a"), [], {"k": [None]}, ()]
+    ids = await backend.task_queue.enqueue_calls(Task(func="m.f", **fields), calls)
+    twins = [
+        Task(
+            func="m.f",
+            args=tuple(call) if not isinstance(call, dict) else (),
+            kwargs=call if isinstance(call, dict) else {},
+            **fields,
+        )
+        for call in calls
+    ]
+    assert await backend.task_queue.enqueue_many(twins) == [t.id for t in twins]
+    skip = ("id", "created_at")
+    for task_id, twin in zip(ids, twins, strict=True):
+        row, twin_row = await db.row("tasks", task_id), await db.row("tasks", twin.id)
+        assert row is not None and twin_row is not None
+        assert {k: v for k, v in row.items() if k not in skip} == {
+            k: v for k, v in twin_row.items() if k not in skip
+        }
+
+
 async def test_enqueue_calls_are_taken_and_run_like_any_task(backend: PostgreSQLBackend) -> None:
     ids = await backend.task_queue.enqueue_calls("m.f", [(i,) for i in range(5)])
     taken = await backend.task_queue.dequeue_many("default", 10)

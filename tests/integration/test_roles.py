@@ -144,6 +144,7 @@ async def test_producer_enqueues_and_reads_results_but_touches_nothing(
     after = Task(func="operator.mul", args=(4, 5), dependencies=[first.id])
     await producer.task_queue.enqueue(after)  # dependencies too, with no write privilege
     assert after.status == TaskStatus.WAITING
+    (fanned,) = await producer.task_queue.enqueue_calls("operator.neg", [(8,)])  # typed arrays
 
     sql = await inst.connect("producer")
     try:
@@ -180,12 +181,13 @@ async def test_producer_enqueues_and_reads_results_but_touches_nothing(
 
     worker = await inst.backend("worker")
     stats = await AsyncWorker(worker, concurrency=2, install_signal_handlers=False).run(burst=True)
-    assert stats.succeeded == 3
+    assert stats.succeeded == 4
 
     result = await producer.result_storage.wait(first.id, timeout=10)
     assert result is not None and result.status == ResultStatus.SUCCESS and result.result == 5
     assert (await producer.result_storage.get(after.id)).result == 20
     assert (await producer.result_storage.get(from_sql)).result == -7
+    assert (await producer.result_storage.get(fanned)).result == -8
     assert (await producer.task_queue.get_task(first.id)).status == TaskStatus.COMPLETED
 
     queue = producer.task_queue
@@ -362,7 +364,8 @@ async def test_fresh_install_revokes_enqueue_from_public(pg_dsn: str) -> None:
             name,
         )
         assert {r["proname"] for r in rows} >= {
-            "omniq_enqueue", "omniq_enqueue_v1", "omniq_enqueue_one_v1", "omniq_dequeue_v1",
+            "omniq_enqueue", "omniq_enqueue_v1", "omniq_enqueue_one_v1", "omniq_enqueue_calls_v1",
+            "omniq_dequeue_v1",
             "omniq_finish_tasks_v1",
             "omniq_release_tasks_v1", "omniq_cancel_tasks", "omniq_cancel_tasks_v1",
             "omniq_heartbeat_v1", "omniq_worker_stopped_v1", "omniq_rescue_tasks",

@@ -1,7 +1,7 @@
 """Typed named queries: one class per query of sql/queries/*.sql, written by scripts/queries
 from the -- name: headers and the types PostgreSQL reports; do not edit."""
 
-# source: sql/queries sha256 593b3cd94d00c259
+# source: sql/queries sha256 e3c504c0abe2fd70
 
 from __future__ import annotations
 
@@ -693,6 +693,21 @@ class EnqueueOne(Query):
         )
 
 
+class EnqueueCalls(Query):
+    """enqueue_calls(template, ids, created_at, calls) of sql/queries/tasks.sql."""
+
+    async def __call__(
+        self,
+        conn: Connection,
+        *,
+        template: Any | None,
+        ids: Sequence[str | None] | None,
+        created_at: Sequence[datetime | None] | None,
+        calls: Any | None,
+    ) -> int | None:
+        return cast("int | None", await conn.fetchval(self.sql, template, ids, created_at, calls))
+
+
 class DequeueTasks(Query):
     """dequeue_tasks(queues, limit, worker_id) of sql/queries/tasks.sql."""
 
@@ -1055,6 +1070,7 @@ class TasksQueries(QueryGroup):
 
     enqueue_tasks: EnqueueTasks
     enqueue_one: EnqueueOne
+    enqueue_calls: EnqueueCalls
     dequeue_tasks: DequeueTasks
     finish_tasks: FinishTasks
     release_tasks: ReleaseTasks

@@ -20,7 +20,15 @@ from ...observability import tracing
 from .base import DEFAULT_LIMIT, Component, Progress, as_list, check_page
 from .connection import Connection
 from .protocol import WorkerProtocol
-from .rows import Call, calls_json, one_task_params, task_from_row, task_params, tasks_json
+from .rows import (
+    Call,
+    calls_columns,
+    calls_json,
+    one_task_params,
+    task_from_row,
+    task_params,
+    tasks_json,
+)
 from .sync import run_on
 
 if TYPE_CHECKING:
@@ -138,10 +146,20 @@ class AsyncPostgresQueue(Component):
         # template's copy gets it: the caller's template is left as it was).
         head = dataclasses.replace(task, id=ids[0])
         with tracing.publishing([head] * len(batch)):
-            payload = calls_json(head, batch, ids)  # raises TypeError before anything is sent
-            await self._insert(
-                lambda conn: self._sql.tasks.enqueue_tasks(conn, tasks=payload), connection
-            )
+            # Either raises TypeError before anything is sent.
+            if task.dependencies:  # waiting tasks: the batch path resolves them
+                payload = calls_json(head, batch, ids)
+                await self._insert(
+                    lambda conn: self._sql.tasks.enqueue_tasks(conn, tasks=payload), connection
+                )
+            else:  # typed arrays, the template once (omniq_enqueue_calls_v1)
+                shared, created, args = calls_columns(head, batch)
+                await self._insert(
+                    lambda conn: self._sql.tasks.enqueue_calls(
+                        conn, template=shared, ids=ids, created_at=created, calls=args
+                    ),
+                    connection,
+                )
         return ids
 
     async def _insert(

@@ -105,36 +105,63 @@ Call: TypeAlias = tuple[Any, ...] | list[Any] | dict[str, Any]  # positional or 
 
 def calls_json(template: Task, calls: Sequence[Call], ids: Sequence[str]) -> str:
     """The omniq_enqueue document of one task per call: ``template``'s document with the
-    call's id (``ids``, in call order), its own created_at and the call's arguments.
+    call's id (``ids``, in call order), its own created_at and the call's arguments. For a
+    template with dependencies (the waiting tasks' path); :func:`calls_columns` otherwise.
 
     No Task is built per call: the template was checked once, and a call's arguments are
     checked by serialising them, as a Task's are.
     """
-    shared = task_document(template)
-    del shared["id"], shared["created_at"]
+    shared = shared_document(template)
     documents = []
     for n, (call, task_id) in enumerate(zip(calls, ids, strict=True)):
         doc = {"id": task_id, "created_at": utcnow().isoformat(), **shared}
-        kind = call.__class__
-        if kind is tuple or kind is list:
-            if call:
-                doc["args"] = call
-        elif kind is dict:
-            if call:
-                doc["kwargs"] = call
-        else:
-            raise TypeError(
-                f"call {n} of {template.func} is {call!r}: give each call as a tuple (or list) "
-                "of positional arguments or a dict of keyword arguments; nothing was enqueued"
-            )
+        kind = _call_kind(template, n, call)
+        if call:
+            doc[kind] = call
         documents.append(doc)
+    return _calls_dump(template, documents, calls)
+
+
+def calls_columns(template: Task, calls: Sequence[Call]) -> tuple[str, list[datetime], str]:
+    """The enqueue_calls query's template, created_at and calls (omniq_enqueue_calls_v1): the
+    columns every task shares as one JSON object, a creation time per call, and the calls as
+    one JSON array, a call's positional arguments an array and its keyword arguments an
+    object. Checked as :func:`calls_json` checks them."""
+    for n, call in enumerate(calls):
+        _call_kind(template, n, call)
+    shared = dump_json(shared_document(template), f"template of {template.func}")
+    created = [utcnow() for _ in calls]
+    return shared, created, _calls_dump(template, calls, calls)
+
+
+def shared_document(template: Task) -> dict[str, Any]:
+    """``template``'s document without what each call has of its own: id and created_at."""
+    shared = task_document(template)
+    del shared["id"], shared["created_at"]
+    return shared
+
+
+def _call_kind(template: Task, n: int, call: Call) -> str:
+    """The column call ``n`` fills: args (a tuple or list) or kwargs (a dict)."""
+    kind = call.__class__
+    if kind is tuple or kind is list:
+        return "args"
+    if kind is dict:
+        return "kwargs"
+    raise TypeError(
+        f"call {n} of {template.func} is {call!r}: give each call as a tuple (or list) "
+        "of positional arguments or a dict of keyword arguments; nothing was enqueued"
+    )
+
+
+def _calls_dump(template: Task, value: Any, calls: Sequence[Call]) -> str:
+    """``value`` (the calls, or documents holding them) as JSON text; on failure, name the
+    call whose arguments cannot be stored."""
     try:
-        return dump_json(documents, "task")
+        return dump_json(value, "task")
     except TypeError:
-        for n, doc in enumerate(documents):
-            for key in ("args", "kwargs"):
-                if key in doc:
-                    dump_json(doc[key], f"{key} of call {n} of {template.func}")
+        for n, call in enumerate(calls):
+            dump_json(call, f"{_call_kind(template, n, call)} of call {n} of {template.func}")
         raise
 
 
