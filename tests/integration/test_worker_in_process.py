@@ -17,6 +17,7 @@ from omniq.models.config import PostgresConfig
 from omniq.scheduler import Scheduler
 from omniq.worker import AsyncWorker, Worker
 from tests.support.db import drop_schemas, run_in_thread, unique_schema
+from tests.support.jobs import read_trace
 
 
 async def test_async_and_blocking_workers_in_process(backend, db) -> None:
@@ -171,3 +172,43 @@ async def test_an_idle_workers_outcome_is_written_without_waiting_for_the_batch(
     finally:
         worker.stop()
         await asyncio.wait_for(running, 10)
+
+
+# -- a task taken at a trickle starts before the worker looks again ------------------------------
+
+
+async def test_a_task_taken_from_a_drained_queue_starts_before_the_next_look(
+    backend, make_backend, tmp_path
+) -> None:
+    """After a dequeue that returned fewer tasks than asked (the queue ran dry), the tasks it
+    took begin before the worker builds and sends its next dequeue (likely empty): at a
+    trickle that look used to come first, on each task's way to start. The trace shows the
+    order: the worker's looks (its calls of take) and each task's start, in one file. The
+    producer has a backend of its own, as in production (it would lend the worker its
+    connections otherwise)."""
+    trace = tmp_path / "trace"
+    producer = await make_backend(dsn=backend.config.dsn, schema=backend.config.schema)
+    worker = AsyncWorker(backend, ["default"], concurrency=4, install_signal_handlers=False)
+    take = worker.protocol.take
+
+    async def traced(*args: Any, **kwargs: Any) -> Any:
+        with open(trace, "a") as f:
+            f.write("look 0 0\n")
+        return await take(*args, **kwargs)
+
+    worker.protocol.take = traced  # type: ignore[method-assign]
+    running = asyncio.ensure_future(worker.run())
+    try:
+        for _ in range(3):
+            task = Task(func="tests.support.jobs.async_sleep", args=(0, str(trace)))
+            await producer.task_queue.enqueue(task)
+            assert (await producer.result_storage.wait(task.id, 20)).status == "success"
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    events = [what for what, _, _ in read_trace(trace) if what != "end"]
+    starts = [n for n, what in enumerate(events) if what == "start"]
+    assert len(starts) == 3, events
+    for n in starts:  # the look that took it, then the task, then the next look
+        assert events[n - 1] == "look" and events[n + 1] == "look", events
