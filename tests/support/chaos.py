@@ -8,7 +8,8 @@ every committed task must have become.
 Actors, each with its own random generator seeded from the run's seed:
 
 * producers enqueue graphs of 1-6 tasks (dependencies inside the graph and on earlier tasks,
-  callbacks, delays, expiries, retries) in transactions of their own that commit or roll back;
+  callbacks, delays, expiries, retries) in transactions of their own that commit or roll back,
+  and fan-outs of 1-6 calls of one template through enqueue_calls (migration 0019's path);
 * a manual worker dequeues through the API and finishes with success or failure, releases, or
   falls silent while holding tasks (so that they are rescued, and its late outcomes ignored);
 * a canceller cancels random parents and children;
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import sys
@@ -70,6 +72,7 @@ class Counts:
     tasks: int = 0  # committed enqueues
     rolled_back: int = 0
     graphs: int = 0
+    fan_outs: int = 0  # of the graphs, those enqueued as calls of one template
     with_dependencies: int = 0
     cancels: int = 0
     aborts: int = 0  # abort_task calls that returned True
@@ -86,7 +89,8 @@ class Counts:
         finals = ", ".join(f"{k} {v}" for k, v in sorted(self.final.items()))
         return (
             f"chaos seed={seed}: {seconds:.0f} s, {self.tasks} tasks in {self.graphs} graphs "
-            f"({self.with_dependencies} with dependencies; {self.rolled_back} rolled back), "
+            f"({self.fan_outs} fan-outs, {self.with_dependencies} with dependencies; "
+            f"{self.rolled_back} rolled back), "
             f"{self.cancels} cancels, {self.aborts} aborts, {self.manual_finishes} manual outcomes, "
             f"{self.manual_deaths} manual-worker deaths, {self.kills} worker kills, "
             f"{self.schedules} schedules fired {self.schedule_fires} times, "
@@ -172,9 +176,21 @@ class Chaos:
             while not self.stopping.is_set():
                 graph = self.graph(rng)
                 commit = rng.random() < 0.85
+                fan_out = rng.random() < 0.25
                 try:
                     async with conn.transaction():
-                        await self.backend.task_queue.enqueue_many(graph, connection=conn)
+                        if fan_out:  # calls of one template: the typed arrays' path
+                            template = dataclasses.replace(graph[0], dependencies=[], args=())
+                            calls = [t.args for t in graph]
+                            ids = await self.backend.task_queue.enqueue_calls(
+                                template, calls, connection=conn
+                            )
+                            graph = [
+                                dataclasses.replace(template, id=task_id, args=call)
+                                for task_id, call in zip(ids, calls, strict=True)
+                            ]
+                        else:
+                            await self.backend.task_queue.enqueue_many(graph, connection=conn)
                         if rng.random() < 0.3:  # the transaction stays open a while
                             await asyncio.sleep(rng.uniform(0, 0.3))
                         if not commit:
@@ -186,6 +202,7 @@ class Chaos:
                         raise
                     continue
                 self.counts.graphs += 1
+                self.counts.fan_outs += fan_out
                 for task in graph:
                     if commit:
                         self.model.kinds[task.id] = task.args[0]
