@@ -111,7 +111,7 @@ def calls_json(template: Task, calls: Sequence[Call], ids: Sequence[str]) -> str
     No Task is built per call: the template was checked once, and a call's arguments are
     checked by serialising them, as a Task's are.
     """
-    shared = shared_document(template)
+    shared = _shared_document(template)
     documents = []
     for n, (call, task_id) in enumerate(zip(calls, ids, strict=True)):
         doc = {"id": task_id, "created_at": utcnow().isoformat(), **shared}
@@ -129,12 +129,12 @@ def calls_columns(template: Task, calls: Sequence[Call]) -> tuple[str, list[date
     object. Checked as :func:`calls_json` checks them."""
     for n, call in enumerate(calls):
         _call_kind(template, n, call)
-    shared = dump_json(shared_document(template), f"template of {template.func}")
+    shared = dump_json(_shared_document(template), f"template of {template.func}")
     created = [utcnow() for _ in calls]
     return shared, created, _calls_dump(template, calls, calls)
 
 
-def shared_document(template: Task) -> dict[str, Any]:
+def _shared_document(template: Task) -> dict[str, Any]:
     """``template``'s document without what each call has of its own: id and created_at."""
     shared = task_document(template)
     del shared["id"], shared["created_at"]
