@@ -869,7 +869,9 @@ DECLARE
     v_count INTEGER;
 BEGIN
     IF jsonb_typeof(p_template) IS DISTINCT FROM 'object' OR p_template ->> 'func' IS NULL
-       OR p_template ?| '{id,args,kwargs,created_at,dependencies,unique_key}' THEN
+       OR p_template ?| '{id,args,kwargs,created_at}'
+       OR coalesce(p_template -> 'dependencies', '[]') <> '[]'
+       OR coalesce(p_template -> 'unique_key', 'null') <> 'null' THEN
         RAISE EXCEPTION 'the template must be a JSON object with func and without id, args, kwargs, created_at, dependencies or unique_key, got %',
             left(p_template::text, 300) USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Each task''s id, created_at and arguments come from p_ids, p_created_at and p_calls; enqueue tasks with dependencies or a unique key through omniq_enqueue.';

@@ -312,6 +312,8 @@ async def test_the_database_refuses_ids_and_queue_names_the_models_refuse(
         ({}, ["ok"], at, [[]], "template must be a JSON object with func"),
         ({"func": "m.f", "args": [1]}, ["ok"], at, [[]], "without id, args"),
         ({"func": "m.f", "dependencies": ["d"]}, ["ok"], at, [[]], "without id, args"),
+        ({"func": "m.f", "unique_key": "k"}, ["ok"], at, [[]], "without id, args"),
+        ({"func": "m.f", "dependencies": {}}, ["ok"], at, [[]], "without id, args"),
         ([], ["ok"], at, [[]], "template must be a JSON object"),
     ):
         with pytest.raises(asyncpg.InvalidParameterValueError, match=match):
@@ -322,6 +324,12 @@ async def test_the_database_refuses_ids_and_queue_names_the_models_refuse(
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.conn.fetchval(calls, {"func": "m.f"}, ["c3", "c2"], at * 2, [[], []])
     assert await db.count("tasks") == 3
+    # What a psql caller writes for "none" is taken as none (migration 0020).
+    none = {"func": "m.f", "dependencies": [], "unique_key": None}
+    assert await db.conn.fetchval(calls, none, ["c4"], at, [[]]) == 1
+    stored = await db.row("tasks", "c4")
+    assert stored is not None
+    assert (stored["dependencies"], stored["unique_key"]) == ([], None)
     with pytest.raises(ValueError, match="control characters"):
         Schedule(func="m.f", queue_name="\x00", interval_seconds=60)
     with pytest.raises(ValueError, match="schedule id"):
