@@ -58,7 +58,7 @@ WITH i AS (
 SELECT i.id, pg_notify(omniq_channel_of('tasks', current_schema()), i.queue_name) FROM i
 """
 
-Call = Callable[[], Awaitable[Any]]
+Run = Callable[[], Awaitable[float]]  # enqueues --jobs through one path; returns seconds
 
 
 async def plain_copy(conn: asyncpg.Connection) -> None:
@@ -74,8 +74,9 @@ async def plain_copy(conn: asyncpg.Connection) -> None:
     await conn.execute(ddl)
 
 
-async def paths(omniq: bench.OmniQ, pgqueuer: bench.PgQueuer, ceiling: asyncpg.Connection,
-                jobs: int) -> dict[str, Callable[[], Awaitable[float]]]:  # fmt: skip
+async def paths(
+    omniq: bench.OmniQ, pgqueuer: bench.PgQueuer, ceiling: asyncpg.Connection, jobs: int
+) -> dict[str, Run]:
     """Each path: a coroutine function enqueueing ``jobs`` one at a time, returning seconds."""
     conn = omniq.db
     await conn.set_type_codec(
@@ -87,7 +88,7 @@ async def paths(omniq: bench.OmniQ, pgqueuer: bench.PgQueuer, ceiling: asyncpg.C
     top = await conn.prepare(TOP_LEVEL)
     bare = await ceiling.prepare("INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')")
 
-    def statement(prepared: asyncpg.prepared_stmt.PreparedStatement) -> Callable[[], Awaitable[float]]:  # fmt: skip
+    def statement(prepared: asyncpg.prepared_stmt.PreparedStatement) -> Run:
         async def run() -> float:
             t0 = time.perf_counter()
             for _ in range(jobs):
