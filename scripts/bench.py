@@ -139,6 +139,8 @@ END
 $$;
 CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify();
 """
+# One job into it, the queue name as $1 (the ceiling through asyncpg, the commit floor).
+CEILING_INSERT = "INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')"
 T0 = time.monotonic()
 
 sys.path.insert(0, str(ROOT))  # omniq from this checkout even without the editable install
@@ -910,7 +912,7 @@ class Bench:
         OmniQ and pgqueuer use: the fastest a Python client enqueues one at a time."""
         conn = await asyncpg.connect(self.dsn(database))
         try:
-            insert = await conn.prepare("INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')")
+            insert = await conn.prepare(CEILING_INSERT)
             rates: list[float] = []
             for _ in range(self.args.repeat):
                 t0 = time.perf_counter()
@@ -1116,7 +1118,7 @@ class Bench:
             self.note(f"commit floor: not measured ({_describe(exc)})")
             return
         try:
-            insert = await conn.prepare("INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')")
+            insert = await conn.prepare(CEILING_INSERT)
             took = []
             for _ in range(a.latency_tasks):
                 t0 = time.perf_counter()

@@ -86,7 +86,7 @@ async def paths(
     function = await conn.prepare(f"SELECT omniq_enqueue_one_v1({PLACEHOLDERS})")
     plain = await conn.prepare(f"SELECT bench_enqueue_one_plain({PLACEHOLDERS})")
     top = await conn.prepare(TOP_LEVEL)
-    bare = await ceiling.prepare("INSERT INTO jobs (queue_name, payload) VALUES ($1, '[]')")
+    bare = await ceiling.prepare(bench.CEILING_INSERT)
 
     def statement(prepared: asyncpg.prepared_stmt.PreparedStatement) -> Run:
         async def run() -> float:
@@ -123,6 +123,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     dsn = f"postgresql://postgres@127.0.0.1:{server.port}"
     admin = await asyncpg.connect(f"{dsn}/postgres")
     systems: list[bench.System] = []
+    ceiling: asyncpg.Connection | None = None
     try:
         for name in ("omniq", "pgqueuer", "ceiling"):
             await admin.execute(f'CREATE DATABASE "paths_{name}"')
@@ -146,8 +147,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             await ceiling.execute("TRUNCATE jobs")
             rates = ", ".join(f"{args.jobs / s[-1]:,.0f}" for s in seconds.values())
             print(f"round {n + 1}/{args.rounds}: {rates} jobs/s", flush=True)
-        await ceiling.close()
     finally:
+        if ceiling is not None:
+            await ceiling.close()
         for system in systems:
             await system.close()
         await admin.close()
